@@ -1,0 +1,1 @@
+"""Applications: OTP-secured trio streams, chat and file transfer."""

@@ -1,0 +1,1 @@
+"""Trusted-hub routing: spokes, hop-by-hop re-keying, key relay."""

@@ -1,0 +1,1 @@
+"""QKD link layer: sifting, parameter estimation, error correction, verification, privacy amplification."""

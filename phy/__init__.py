@@ -1,0 +1,1 @@
+"""Emulated quantum PHY: decoy-state weak-coherent-pulse source, fibre, detectors, attacks."""
