@@ -1,0 +1,50 @@
+"""The command line's shared conventions: help everywhere, version, error lines, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qkdnet import __version__
+from qkdnet.cli import build_parser, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qkdnet", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"qkdnet {__version__}"
+
+
+def _walk(parser, path=()):  # type: ignore[no-untyped-def]
+    yield path, parser
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):
+            for name, sub in choices.items():
+                yield from _walk(sub, (*path, name))
+
+
+def test_every_command_level_has_help_verbose_and_json() -> None:
+    commands = list(_walk(build_parser()))
+    assert len(commands) > 1, "no subcommands registered"
+    for path, parser in commands:
+        options = {opt for action in parser._actions for opt in action.option_strings}
+        assert {"-h", "--help", "-v", "--verbose", "--json"} <= options, path
+
+
+def test_bare_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = run_cli("--no-such-option")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
