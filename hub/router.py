@@ -1,0 +1,533 @@
+"""The hub's routing core, sans-I/O: directory, hop-by-hop re-keying, key relay.
+
+Theory of operation
+-------------------
+The daemon feeds :class:`HubRouter` three kinds of input, each with ``now``:
+``connect(spoke)`` when a sideband connection authenticated as ``spoke`` is up,
+``receive(spoke, body)`` for every hub message the sideband accepted (its
+Wegman–Carter tag already verified), and ``disconnect(spoke)``. ``poll(now)`` runs
+the dispatcher; every call returns a list of actions (:class:`Send`,
+:class:`Disconnect`) for the daemon to carry out. The router never reads a clock
+or touches a socket; the only side effect is on the key store, whose ``take`` and
+``reserve`` are synchronous and durable.
+
+Identity. The sideband authenticated the peer with that peer's bootstrap secret,
+so ``spoke`` (the argument) *is* the peer; every name a frame claims (REGISTER's
+name, the ``src`` of DATA, acks and requests) must equal it, else the frame is an
+impersonation attempt and the spoke is disconnected with a protocol error.
+
+Data path. Each source spoke has one FIFO per destination. The dispatcher visits
+sources round robin, and a source's destinations round robin, taking at most one
+frame from a queue per visit, so a flooding spoke gets its share and no more.
+A DATA frame at the head of its queue is re-keyed when the hub→B pool holds
+enough key and fewer than ``window`` frames to B are unsent: the hub takes the
+A→hub key the frame names (pool ``(A, "data-rx")``), reserves hub→B key (pool
+``(B, "data-tx")``), and computes ``ct ⊕ k_in ⊕ k_out`` in one numpy buffer; the
+plaintext exists only inside that buffer between the two XORs. A head waiting for
+key past its deadline fails with KEY_EXHAUSTED naming the hop, the channel is
+marked failed, and later frames of that channel are refused (CHANNEL_FAILED), so
+a receiver never sees a gap. Queues are bounded per source (frames and bytes);
+beyond that frames are refused with THROTTLED at once.
+
+Key relay. For A asking n bits with B the hub reserves K_A from ``(A, "data-tx")``
+and K_B from ``(B, "data-tx")``, sends B ``K_A ⊕ K_B`` with the K_B references, and
+A the K_A references. Both then hold K_A — and so does the hub (spec/hub.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+from qkdnet.errors import ErrorCode, KeyExhausted, KeyReuseError, QkdnetError
+from qkdnet.hub import wire as w
+from scapy.packet import Packet
+
+try:  # the key store's segment type; any object with these three fields works
+    from qkdnet.keystore import KeySegment as _StoreSegment
+except ImportError:  # pragma: no cover - only before the key store lands
+    class _StoreSegment(NamedTuple):  # type: ignore[no-redef]
+        block_id: int
+        offset: int
+        n_bits: int
+
+
+class Grant(Protocol):
+    """What ``reserve`` returns (``qkdnet.keystore.KeyGrant``)."""
+
+    segments: Sequence[Any]
+    data: bytes
+
+
+class KeyPools(Protocol):
+    """The subset of :class:`qkdnet.keystore.KeyStore` the router uses."""
+
+    def available(self, peer: str, purpose: str) -> int: ...
+    def reserve(self, peer: str, purpose: str, n_bits: int) -> Any: ...
+    def take(self, peer: str, purpose: str, segments: Sequence[Any]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send hub message ``body`` to spoke ``to`` on its sideband connection."""
+
+    to: str
+    body: Packet
+
+    def __repr__(self) -> str:  # bodies may hold ciphertext / masked key: keep out
+        return f"Send(to={self.to!r}, {type(self.body).__name__})"
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Close the spoke's connection with an ERROR frame (``code``, ``reason``)."""
+
+    spoke: str
+    code: ErrorCode
+    reason: str
+
+
+Action = Send | Disconnect
+
+
+@dataclass
+class _Item:
+    """A queued message from one source to one destination."""
+
+    body: Packet
+    deadline: float
+    n_bytes: int
+    kind: w.NackKind
+
+    def __repr__(self) -> str:
+        return f"_Item({type(self.body).__name__}, {self.n_bytes} B)"
+
+
+@dataclass
+class SpokeEntry:
+    """Directory entry for one connected spoke."""
+
+    name: str
+    registered: bool = False
+    connected_at: float = 0.0
+    queues: OrderedDict[str, deque[_Item]] = field(default_factory=OrderedDict)
+    queued_frames: int = 0
+    queued_bytes: int = 0
+    unsent: int = 0  # frames handed to the daemon for this spoke and not yet written
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    relays: int = 0
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+_FAILED_CHANNELS_MAX = 4096
+
+
+class HubRouter:
+    """The hub's sans-I/O routing core (see the module docstring)."""
+
+    def __init__(self, hub_name: str, keys: KeyPools, *, key_wait: float = 5.0,
+                 queue_frames: int = 64, queue_bytes: int = 2 << 20, window: int = 64,
+                 relay_id_base: int = 0) -> None:
+        self.hub_name = hub_name
+        self.keys = keys
+        self.key_wait = key_wait
+        self.queue_frames = queue_frames
+        self.queue_bytes = queue_bytes
+        self.window = window
+        self.spokes: dict[str, SpokeEntry] = {}
+        self._rr: deque[str] = deque()  # sources with queued frames, round-robin order
+        self._failed: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
+        self._relay_seq = 0
+        self._relay_base = relay_id_base & 0xFFFFFFFF
+        self.totals: collections.Counter[str] = collections.Counter()
+        #: Hook the hub's own local service uses (single-hop DATA to the hub).
+        self.local_bytes = 0
+
+    # -- inputs -------------------------------------------------------------------
+
+    def connect(self, spoke: str, now: float) -> list[Action]:
+        """A sideband connection authenticated as ``spoke`` is up (not yet registered)."""
+        actions: list[Action] = []
+        if spoke in self.spokes:  # a reconnect racing the old connection's teardown
+            actions += self.disconnect(spoke, now)
+        self.spokes[spoke] = SpokeEntry(spoke, connected_at=now)
+        return actions
+
+    def disconnect(self, spoke: str, now: float) -> list[Action]:
+        """The spoke's connection is gone: drop its queues, fail frames bound to it."""
+        entry = self.spokes.pop(spoke, None)
+        if entry is None:
+            return []
+        if spoke in self._rr:
+            self._rr.remove(spoke)
+        actions: list[Action] = []
+        for src, other in self.spokes.items():
+            q = other.queues.pop(spoke, None)
+            if not q:
+                continue
+            for item in q:
+                other.queued_frames -= 1
+                other.queued_bytes -= item.n_bytes
+                actions += self._nack(src, item, w.HubReason.PEER_DISCONNECTED,
+                                      f"hub->{spoke}", f"{spoke} disconnected")
+            if not other.queues and src in self._rr:
+                self._rr.remove(src)
+        self.totals["disconnects"] += 1
+        return actions
+
+    def sent(self, spoke: str, n: int = 1) -> None:
+        """The daemon wrote ``n`` frames handed to it for ``spoke`` (flow control)."""
+        entry = self.spokes.get(spoke)
+        if entry is not None:
+            entry.unsent = max(0, entry.unsent - n)
+
+    def receive(self, spoke: str, body: Packet, now: float) -> list[Action]:
+        """A hub message arrived from ``spoke`` (sideband-authenticated)."""
+        entry = self.spokes.get(spoke)
+        if entry is None:
+            return []
+        try:
+            w.check(body)
+        except QkdnetError as err:
+            return [Disconnect(spoke, ErrorCode.MALFORMED_FRAME, str(err))]
+        entry.frames_in += 1
+        if isinstance(body, w.HubRegister):
+            return self._register(entry, body)
+        if not entry.registered:
+            return [Disconnect(spoke, ErrorCode.PROTOCOL_VIOLATION,
+                               f"{type(body).__name__} before REGISTER")]
+        claimed = w.as_text(getattr(body, "src", spoke.encode()))
+        if claimed != spoke:
+            self.totals["impersonation"] += 1
+            return [Disconnect(spoke, ErrorCode.PROTOCOL_VIOLATION,
+                               f"frame claims to come from {claimed!r} but the sideband "
+                               f"authenticated {spoke!r}")]
+        if isinstance(body, w.HubData | w.HubOpenChannel | w.HubChannelClose
+                      | w.HubKeyRelayRequest):
+            return self._enqueue(entry, body, now) + self.poll(now)
+        if isinstance(body, w.HubDeliveryAck | w.HubDeliveryNack):
+            dst = w.as_text(body.dst)
+            if dst in self.spokes and self.spokes[dst].registered:
+                self.spokes[dst].frames_out += 1
+                return [Send(dst, body)]
+            return []
+        if isinstance(body, w.HubStatusRequest):
+            text = json.dumps(self.spoke_status(spoke), sort_keys=True).encode()
+            return [Send(spoke, w.HubStatus(request_id=body.request_id, text=text))]
+        return [Disconnect(spoke, ErrorCode.PROTOCOL_VIOLATION,
+                           f"a spoke may not send {type(body).__name__}")]
+
+    def poll(self, now: float, budget: int = 256) -> list[Action]:
+        """Dispatch queued frames (fair round robin) and expire waits past deadline."""
+        actions: list[Action] = []
+        idle_rounds = 0
+        while self._rr and budget > 0 and idle_rounds < len(self._rr):
+            src = self._rr[0]
+            self._rr.rotate(-1)
+            entry = self.spokes[src]
+            progressed = False
+            for dst in list(entry.queues):
+                q = entry.queues[dst]
+                item = q[0]
+                done, acts = self._try(entry, dst, item, now)
+                if done:
+                    q.popleft()
+                    entry.queued_frames -= 1
+                    entry.queued_bytes -= item.n_bytes
+                    if not q:
+                        del entry.queues[dst]
+                    actions += acts
+                    budget -= 1
+                    progressed = True
+                    if dst in entry.queues:
+                        entry.queues.move_to_end(dst)
+                    break  # one frame per source per visit: fairness across sources
+            if not entry.queues:
+                self._rr.remove(src)
+            idle_rounds = 0 if progressed else idle_rounds + 1
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """Earliest deadline of a queued frame, or None when nothing waits."""
+        best: float | None = None
+        for src in self._rr:
+            for q in self.spokes[src].queues.values():
+                if q and (best is None or q[0].deadline < best):
+                    best = q[0].deadline
+        return best
+
+    def blocked(self) -> bool:
+        """True when frames wait (for key or for a slow receiver)."""
+        return bool(self._rr)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _register(self, entry: SpokeEntry, body: Packet) -> list[Action]:
+        claimed = w.as_text(body.spoke)
+        if claimed != entry.name:
+            self.totals["impersonation"] += 1
+            detail = (f"name {claimed!r} does not match the sideband identity "
+                      f"{entry.name!r}")
+            ack = w.HubRegisterAck(status=int(w.HubReason.NAME_CONFLICT),
+                                   spoke=body.spoke, hub=self.hub_name.encode(),
+                                   detail=detail.encode())
+            return [Send(entry.name, ack),
+                    Disconnect(entry.name, ErrorCode.NAME_CONFLICT, detail)]
+        entry.registered = True
+        return [Send(entry.name, w.HubRegisterAck(status=0, spoke=body.spoke,
+                                                  hub=self.hub_name.encode()))]
+
+    def _enqueue(self, entry: SpokeEntry, body: Packet, now: float) -> list[Action]:
+        if isinstance(body, w.HubKeyRelayRequest):
+            dst, kind, size = w.as_text(body.peer), w.NackKind.RELAY, 0
+        else:
+            dst = w.as_text(body.dst)
+            kind = w.NackKind.OPEN if isinstance(body, w.HubOpenChannel) else w.NackKind.DATA
+            size = len(body.ciphertext) if isinstance(body, w.HubData) else 0
+        item = _Item(body, now + self.key_wait, size, kind)
+        if isinstance(body, w.HubChannelClose):
+            item.kind = w.NackKind.DATA
+        known = dst == self.hub_name or (dst in self.spokes and self.spokes[dst].registered)
+        if not known or dst == entry.name:
+            if isinstance(body, w.HubChannelClose):
+                return []
+            return self._nack(entry.name, item, w.HubReason.UNKNOWN_PEER, f"hub->{dst}",
+                              f"no spoke named {dst!r} is connected to hub "
+                              f"{self.hub_name!r}")
+        if (entry.queued_frames >= self.queue_frames
+                or entry.queued_bytes + size > self.queue_bytes):
+            return self._nack(entry.name, item, w.HubReason.THROTTLED, f"{entry.name}->hub",
+                              f"{entry.name} has {entry.queued_frames} frames "
+                              f"({entry.queued_bytes} bytes) queued at the hub; slow down")
+        q = entry.queues.get(dst)
+        if q is None:
+            q = entry.queues[dst] = deque()
+        q.append(item)
+        entry.queued_frames += 1
+        entry.queued_bytes += size
+        if entry.name not in self._rr:
+            self._rr.append(entry.name)
+        return []
+
+    def _try(self, entry: SpokeEntry, dst: str, item: _Item,
+             now: float) -> tuple[bool, list[Action]]:
+        """Try to dispatch ``item``; (done, actions). Not done means: still waiting."""
+        body = item.body
+        src = entry.name
+        if dst != self.hub_name:
+            out = self.spokes.get(dst)
+            if out is None or not out.registered:
+                return True, self._nack(src, item, w.HubReason.PEER_DISCONNECTED,
+                                        f"hub->{dst}", f"{dst} is not connected")
+            if out.unsent >= self.window:
+                if now >= item.deadline:
+                    return True, self._fail(entry, dst, item, w.HubReason.TIMEOUT,
+                                            f"hub->{dst}", f"{dst} is not reading")
+                return False, []
+        if isinstance(body, w.HubData):
+            return self._relay_data(entry, dst, item, now)
+        if isinstance(body, w.HubKeyRelayRequest):
+            return self._relay_key(entry, dst, item, now)
+        if isinstance(body, w.HubChannelClose):
+            self._failed.pop(self._chan(body, src, dst), None)
+        if dst == self.hub_name:  # the hub's own endpoint accepts opens and closes
+            if isinstance(body, w.HubOpenChannel):
+                return True, [Send(src, w.HubDeliveryAck(
+                    kind=int(w.NackKind.OPEN), src=dst.encode(), dst=src.encode(),
+                    channel_id=body.channel_id, end=0, msg_seq=0))]
+            return True, []
+        return True, self._out(dst, body)
+
+    def _relay_data(self, entry: SpokeEntry, dst: str, item: _Item,
+                    now: float) -> tuple[bool, list[Action]]:
+        body = item.body
+        src = entry.name
+        chan = self._chan(body, src, dst)
+        if chan in self._failed:
+            return True, self._nack(src, item, w.HubReason.CHANNEL_FAILED, f"hub->{dst}",
+                                    "an earlier message of this channel failed")
+        n_bits = 8 * len(body.ciphertext)
+        to_hub = dst == self.hub_name
+        if not to_hub:
+            have = self.keys.available(dst, "data-tx")
+            if have < n_bits:
+                if now >= item.deadline:
+                    return True, self._fail(
+                        entry, dst, item, w.HubReason.KEY_EXHAUSTED, f"hub->{dst}",
+                        str(KeyExhausted(n_bits, have, pool=f"({dst}, data-tx)",
+                                         hop=f"hub->{dst}")), n_bits, have)
+                return False, []
+        segs = [_StoreSegment(int(s.block_id), int(s.offset), int(s.n_bits))
+                for s in body.segments]
+        try:
+            k_in = self.keys.take(src, "data-rx", segs)
+        except KeyExhausted as err:
+            # Usually the A->hub block has not reached the hub's store yet: wait.
+            if now >= item.deadline:
+                return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
+                                        f"{src}->hub", f"key exhausted on hop {src}->hub: "
+                                        f"the referenced key is not in the hub's pool "
+                                        f"({err.requested_bits} bits asked)",
+                                        err.requested_bits, err.available_bits)
+            return False, []
+        except KeyReuseError:
+            self.totals["key_reuse"] += 1
+            return True, self._fail(entry, dst, item, w.HubReason.PROTOCOL_VIOLATION,
+                                    f"{src}->hub", "the frame names key bits already "
+                                    "used (replayed or forged key reference)")
+        buf = np.frombuffer(body.ciphertext, dtype=np.uint8).copy()
+        np.bitwise_xor(buf, np.frombuffer(k_in, dtype=np.uint8), out=buf)
+        # buf now holds the plaintext: the only place it exists at the hub.
+        entry.bytes_in += len(buf)
+        if to_hub:
+            self.local_bytes += len(buf)
+            buf.fill(0)
+            self.totals["local_delivered"] += 1
+            return True, [Send(src, w.HubDeliveryAck(
+                kind=int(w.NackKind.DATA), src=dst.encode(), dst=src.encode(),
+                channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq))]
+        try:
+            grant = self.keys.reserve(dst, "data-tx", n_bits)
+        except KeyExhausted as err:
+            buf.fill(0)
+            return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
+                                    f"hub->{dst}", str(err))
+        np.bitwise_xor(buf, np.frombuffer(grant.data, dtype=np.uint8), out=buf)
+        fwd = w.HubData(
+            src=body.src, dst=body.dst, service=body.service, channel_id=body.channel_id,
+            end=body.end, msg_seq=body.msg_seq,
+            segments=[w.KeySegmentField(block_id=s.block_id, offset=s.offset,
+                                        n_bits=s.n_bits) for s in grant.segments],
+            ciphertext=buf.tobytes())
+        self.totals["relayed"] += 1
+        self.totals["relayed_bytes"] += len(buf)
+        return True, self._out(dst, fwd)
+
+    def _relay_key(self, entry: SpokeEntry, dst: str, item: _Item,
+                   now: float) -> tuple[bool, list[Action]]:
+        body = item.body
+        src = entry.name
+        n = int(body.n_bits)
+        for who in (src, dst):
+            have = self.keys.available(who, "data-tx")
+            if have < n:
+                if now >= item.deadline:
+                    return True, self._fail(
+                        entry, dst, item, w.HubReason.KEY_EXHAUSTED, f"hub->{who}",
+                        str(KeyExhausted(n, have, pool=f"({who}, data-tx)",
+                                         hop=f"hub->{who}")), n, have)
+                return False, []
+        try:
+            ga = self.keys.reserve(src, "data-tx", n)
+            gb = self.keys.reserve(dst, "data-tx", n)
+        except KeyExhausted as err:
+            return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
+                                    err.hop or "hub", str(err))
+        masked = np.bitwise_xor(np.frombuffer(ga.data, dtype=np.uint8),
+                                np.frombuffer(gb.data, dtype=np.uint8)).tobytes()
+        self._relay_seq += 1
+        block_id = (self._relay_base << 32) | (self._relay_seq & 0xFFFFFFFF)
+
+        def segs(grant: Any) -> list[Any]:
+            return [w.KeySegmentField(block_id=s.block_id, offset=s.offset, n_bits=s.n_bits)
+                    for s in grant.segments]
+
+        to_b = w.HubKeyRelay(peer=src.encode(), request_id=body.request_id, role=1,
+                             e2e_block_id=block_id, n_bits=n, segments=segs(gb),
+                             masked=masked)
+        to_a = w.HubKeyRelay(peer=dst.encode(), request_id=body.request_id, role=0,
+                             e2e_block_id=block_id, n_bits=n, segments=segs(ga))
+        entry.relays += 1
+        self.totals["key_relays"] += 1
+        # B first: its store holds the key before A can use it on any path via B.
+        return True, self._out(dst, to_b) + self._out(src, to_a)
+
+    def _out(self, dst: str, body: Packet) -> list[Action]:
+        out = self.spokes.get(dst)
+        if out is None:
+            return []
+        out.frames_out += 1
+        out.unsent += 1
+        if isinstance(body, w.HubData):
+            out.bytes_out += len(body.ciphertext)
+        return [Send(dst, body)]
+
+    @staticmethod
+    def _chan(body: Packet, src: str, dst: str) -> tuple[str, str, int, int]:
+        end = int(getattr(body, "end", 0))
+        opener, acceptor = (src, dst) if end == 0 else (dst, src)
+        return (opener, acceptor, int(body.channel_id), 0)
+
+    def _fail(self, entry: SpokeEntry, dst: str, item: _Item, reason: w.HubReason,
+              hop: str, detail: str, needed: int = 0, available: int = 0) -> list[Action]:
+        if item.kind == w.NackKind.DATA and hasattr(item.body, "channel_id"):
+            self._failed[self._chan(item.body, entry.name, dst)] = 1
+            while len(self._failed) > _FAILED_CHANNELS_MAX:
+                self._failed.popitem(last=False)
+        return self._nack(entry.name, item, reason, hop, detail, needed, available)
+
+    def _nack(self, src: str, item: _Item, reason: w.HubReason, hop: str,
+              detail: str, needed: int = 0, available: int = 0) -> list[Action]:
+        """DELIVERY_NACK from the hub to ``src`` about ``item``."""
+        body = item.body
+        self.totals[f"nack_{reason.name.lower()}"] += 1
+        entry = self.spokes.get(src)
+        if entry is not None:
+            entry.drops[reason.name.lower()] += 1
+        if isinstance(body, w.HubChannelClose):
+            return []
+        if isinstance(body, w.HubKeyRelayRequest):
+            chan, end, seq, peer = body.request_id, 0, 0, body.peer
+        else:
+            chan, end, seq, peer = (body.channel_id, int(getattr(body, "end", 0)),
+                                    int(getattr(body, "msg_seq", 0)), body.dst)
+        nack = w.HubDeliveryNack(kind=int(item.kind), src=self.hub_name.encode(),
+                                 dst=peer if isinstance(peer, bytes) else peer.encode(),
+                                 channel_id=chan, end=end, msg_seq=seq, reason=int(reason),
+                                 bits_needed=min(needed, 0xFFFFFFFF),
+                                 bits_available=min(available, 0xFFFFFFFF),
+                                 hop=hop.encode()[:255], detail=detail.encode()[:w.MAX_DETAIL])
+        return [Send(src, nack)] if entry is not None else []
+
+    # -- status -------------------------------------------------------------------
+
+    def spoke_status(self, spoke: str) -> dict[str, Any]:
+        """Counters for one spoke (no key material: counts only)."""
+        e = self.spokes.get(spoke)
+        if e is None:
+            return {"name": spoke, "connected": False}
+        return {
+            "name": spoke, "connected": True, "registered": e.registered,
+            "frames_in": e.frames_in, "frames_out": e.frames_out,
+            "bytes_in": e.bytes_in, "bytes_out": e.bytes_out,
+            "queued_frames": e.queued_frames, "queued_bytes": e.queued_bytes,
+            "key_relays": e.relays, "drops": dict(e.drops),
+            "key_bits": {
+                "hub_to_spoke": _avail(self.keys, spoke, "data-tx"),
+                "spoke_to_hub": _avail(self.keys, spoke, "data-rx"),
+            },
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The whole directory and totals."""
+        return {
+            "hub": self.hub_name,
+            "spokes": {name: self.spoke_status(name) for name in sorted(self.spokes)},
+            "totals": dict(self.totals),
+        }
+
+
+def _avail(keys: KeyPools, peer: str, purpose: str) -> int:
+    try:
+        return int(keys.available(peer, purpose))
+    except QkdnetError:
+        return 0
+
