@@ -1,0 +1,206 @@
+"""Key sources for SecureStream (the :class:`~qkdnet.apps.stream.StreamKeys` protocol).
+
+* :class:`KeyStoreStreamKeys`: the node's durable key store, pools
+  ``(peer, "e2e-tx")`` and ``(peer, "e2e-rx")`` (end-to-end key relayed through the
+  hub) or any other pair of purposes.
+* :class:`MemoryKeyPool` / :func:`memory_key_pair`: in-memory pools shared by the two
+  ends of a test or benchmark. The bits come from a seeded numpy generator: they are
+  *test key*, fast and reproducible, not secret. Each bit is still handed out once and
+  accepted once, so reuse and forgery tests behave as with the real store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import trio
+
+from qkdnet.apps.wire import KeyRef
+from qkdnet.errors import KeyExhausted, KeyReuseError
+
+
+@dataclass(frozen=True)
+class MemoryGrant:
+    """Key handed to a sender: its references and the bytes (repr hides the bytes)."""
+
+    segments: tuple[KeyRef, ...]
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"MemoryGrant(segments={len(self.segments)}, n_bits={8 * len(self.data)})"
+
+
+class MemoryKeyPool:
+    """One direction's key: the sender reserves, the receiver takes, each bit once.
+
+    Byte-granular (SecureStream only asks for whole bytes). ``capacity_bits=None``
+    makes the pool bottomless (new blocks appear as needed); otherwise it holds what
+    :meth:`add_key` put in.
+    """
+
+    BLOCK_BYTES = 1 << 20
+
+    def __init__(self, *, seed: int = 0, capacity_bits: int | None = None,
+                 name: str = "memory") -> None:
+        self._rng = np.random.default_rng(seed)
+        self._blocks: dict[int, tuple[bytes, np.ndarray]] = {}
+        self._order: list[int] = []  # block ids with unreserved bytes, oldest first
+        self._next_free: dict[int, int] = {}
+        self._next_id = 1
+        self._bottomless = capacity_bits is None
+        self._changed = trio.Event()
+        self.name = name
+        self.reserved_bits = 0
+        if capacity_bits:
+            self.add_key(capacity_bits)
+
+    def __repr__(self) -> str:
+        return f"MemoryKeyPool({self.name!r}, available_bits={self.available()})"
+
+    def add_key(self, n_bits: int) -> None:
+        """Add ``n_bits`` (rounded down to bytes) of fresh key and wake waiters."""
+        n = n_bits // 8
+        while n > 0:
+            size = min(n, self.BLOCK_BYTES)
+            bid = self._next_id
+            self._next_id += 1
+            self._blocks[bid] = (self._rng.bytes(size), np.zeros(size, dtype=bool))
+            self._next_free[bid] = 0
+            self._order.append(bid)
+            n -= size
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def available(self) -> int:
+        """Bits not yet reserved."""
+        return sum(8 * (len(self._blocks[b][0]) - self._next_free[b]) for b in self._order)
+
+    def reserve(self, n_bits: int) -> MemoryGrant:
+        """Hand out ``n_bits`` (a multiple of 8) fresh bits, or raise KeyExhausted."""
+        if n_bits % 8:
+            raise ValueError("memory pools hand out whole bytes")
+        need = n_bits // 8
+        if self._bottomless and self.available() < n_bits:
+            self.add_key(max(n_bits - self.available(), 8 * self.BLOCK_BYTES))
+        if self.available() < n_bits:
+            raise KeyExhausted(n_bits, self.available(), pool=self.name)
+        segs: list[KeyRef] = []
+        parts: list[bytes] = []
+        while need:
+            bid = self._order[0]
+            data, _ = self._blocks[bid]
+            pos = self._next_free[bid]
+            k = min(need, len(data) - pos)
+            segs.append(KeyRef(bid, 8 * pos, 8 * k))
+            parts.append(data[pos:pos + k])
+            self._next_free[bid] = pos + k
+            need -= k
+            if pos + k == len(data):
+                self._order.pop(0)
+        self.reserved_bits += n_bits
+        return MemoryGrant(tuple(segs), b"".join(parts))
+
+    async def wait_reserve(self, n_bits: int, deadline: float) -> MemoryGrant:
+        """:meth:`reserve`, waiting for :meth:`add_key` until ``deadline``."""
+        while True:
+            try:
+                grant = self.reserve(n_bits)
+            except KeyExhausted:
+                if trio.current_time() >= deadline:
+                    raise
+                with trio.move_on_at(deadline):
+                    await self._changed.wait()
+                continue
+            await trio.lowlevel.checkpoint()
+            return grant
+
+    def take(self, refs: Sequence[Any]) -> bytes:
+        """The bytes ``refs`` name; KeyReuseError if any was taken, KeyExhausted if unknown."""
+        parts = []
+        checked = []
+        for r in refs:
+            if r.offset % 8 or r.n_bits % 8:
+                raise KeyExhausted(r.n_bits, 0, pool=self.name)
+            entry = self._blocks.get(r.block_id)
+            lo, hi = r.offset // 8, (r.offset + r.n_bits) // 8
+            if entry is None or hi > len(entry[0]) or hi > self._next_free[r.block_id]:
+                raise KeyExhausted(r.n_bits, 0, pool=self.name)
+            if entry[1][lo:hi].any():
+                raise KeyReuseError("key bits were already taken")
+            checked.append((entry, lo, hi))
+        for entry, lo, hi in checked:
+            if entry[1][lo:hi].any():  # overlapping references within one frame
+                raise KeyReuseError("key bits were already taken")
+            entry[1][lo:hi] = True
+            parts.append(entry[0][lo:hi])
+        return b"".join(parts)
+
+
+class MemoryStreamKeys:
+    """One end's view of a pair of memory pools: ``tx`` to send with, ``rx`` to receive."""
+
+    def __init__(self, tx: MemoryKeyPool, rx: MemoryKeyPool) -> None:
+        self.tx = tx
+        self.rx = rx
+
+    def __repr__(self) -> str:
+        return f"MemoryStreamKeys(tx={self.tx!r}, rx={self.rx!r})"
+
+    def reserve(self, n_bits: int) -> MemoryGrant:
+        return self.tx.reserve(n_bits)
+
+    async def wait_reserve(self, n_bits: int, deadline: float) -> MemoryGrant:
+        return await self.tx.wait_reserve(n_bits, deadline)
+
+    def take(self, refs: Sequence[Any]) -> bytes:
+        return self.rx.take(refs)
+
+    def available(self) -> int:
+        return self.tx.available()
+
+
+def memory_key_pair(*, seed: int = 0, capacity_bits: int | None = None
+                    ) -> tuple[MemoryStreamKeys, MemoryStreamKeys]:
+    """Key sources for the two ends of a stream (a→b and b→a pools)."""
+    ab = MemoryKeyPool(seed=seed, capacity_bits=capacity_bits, name="a->b")
+    ba = MemoryKeyPool(seed=seed + 1, capacity_bits=capacity_bits, name="b->a")
+    return MemoryStreamKeys(ab, ba), MemoryStreamKeys(ba, ab)
+
+
+class KeyStoreStreamKeys:
+    """StreamKeys on a :class:`qkdnet.keystore.KeyStore`: pools ``(peer, tx)``/``(peer, rx)``.
+
+    The default purposes are the end-to-end pools that :meth:`SpokeNode.relay_key`
+    fills. Reservations are rounded up to whole bytes.
+    """
+
+    def __init__(self, store: Any, peer: str, *, tx_purpose: str = "e2e-tx",
+                 rx_purpose: str = "e2e-rx") -> None:
+        self.store = store
+        self.peer = peer
+        self.tx_purpose = tx_purpose
+        self.rx_purpose = rx_purpose
+
+    def __repr__(self) -> str:
+        return f"KeyStoreStreamKeys(peer={self.peer!r}, tx={self.tx_purpose!r})"
+
+    def reserve(self, n_bits: int) -> Any:
+        return self.store.reserve(self.peer, self.tx_purpose, 8 * math.ceil(n_bits / 8))
+
+    async def wait_reserve(self, n_bits: int, deadline: float) -> Any:
+        return await self.store.wait_reserve(self.peer, self.tx_purpose,
+                                             8 * math.ceil(n_bits / 8), deadline=deadline)
+
+    def take(self, refs: Sequence[Any]) -> bytes:
+        from qkdnet.keystore import KeySegment
+        segs = [KeySegment(r.block_id, r.offset, r.n_bits) for r in refs]
+        data: bytes = self.store.take(self.peer, self.rx_purpose, segs)
+        return data
+
+    def available(self) -> int:
+        n: int = self.store.available(self.peer, self.tx_purpose)
+        return n

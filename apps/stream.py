@@ -1,0 +1,575 @@
+"""SecureStream: a trio byte stream encrypted with a one-time pad and authenticated
+with Wegman–Carter tags, over any transport stream.
+
+Theory of operation
+-------------------
+The shape is trio's ``SSLStream``: a sans-I/O core (:class:`SecureStreamCore`) turns
+plaintext plus key into frames and frames plus key into plaintext; the trio adapter
+(:class:`SecureStream`) moves frames over a transport ``trio.abc.Stream`` and keeps
+the state machine (OK / BROKEN / CLOSED) and the conflict detectors.
+
+Per direction, a stream draws key from a :class:`StreamKeys` source: the sender
+``reserve``\\s bits (each bit handed out once, durably), the receiver ``take``\\s the
+same bits by reference (each bit accepted once). Every frame names the key it uses,
+so the two ends never need to agree on a position in a pool.
+
+Each frame (apps/wire.py) of a direction consumes, in this order::
+
+    r  16 bytes   first frame of the direction only: the Poly1305 hash key, kept
+    s  16 bytes   fresh per frame: one-time pad of the tag
+    k  n bytes    one-time pad of the n payload bytes
+
+ciphertext = payload XOR k; tag = Poly1305(r ‖ s) over every byte of the frame
+before the tag (encrypt-then-MAC). With ``r`` recycled and ``s`` fresh, this is the
+Wegman–Carter construction with key recycling (Portmann, IEEE TIT 60, 2014): the
+forgery probability per frame is at most 8⌈L/16⌉/2^106 for an L-byte frame
+(Bernstein 2005), adding up linearly over the frames of a stream. The pad is
+information-theoretically secure as long as no key bit is used twice, which the
+key source enforces at both ends.
+
+The header's ``seq`` counts frames per direction from 0; anything else is a replay or
+reordering. End of stream is a STREAM_EOF frame, tagged like data, so a transport
+that closes without one is a truncation. Every violation breaks the stream: the
+adapter raises ``trio.BrokenResourceError`` whose message names the reason (and whose
+``__cause__`` is the :class:`~qkdnet.errors.RemoteProtocolError` with its code).
+
+Key cost: 8·n + 128 bits per n-byte frame (+128 once), so with 256 KiB frames a bulk
+transfer spends 1.00006 key bits per payload bit.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from qkdnet.apps import wire
+from qkdnet.apps.wire import AppMsgType, KeyRef
+from qkdnet.errors import (
+    AuthenticationError,
+    ErrorCode,
+    KeyExhausted,
+    KeyReuseError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+
+#: Payload bytes per frame for bulk data: big, so the per-frame 128-bit tag key and
+#: the 50 bytes of framing are negligible (see module docstring).
+DEFAULT_FRAME_PAYLOAD = 1 << 18
+#: Largest frame a receiver accepts before buffering it (protects memory).
+MAX_FRAME_SIZE = (1 << 20) + 8192
+#: One reservation covers at most this many key bits (bigger sends take several).
+MAX_GRANT_BITS = 1 << 25
+#: Bytes asked of the transport per read.
+RECEIVE_SIZE = 1 << 18
+
+TAG_KEY_BYTES = 16
+HASH_KEY_BYTES = 16
+
+
+# ---- key sources -----------------------------------------------------------------------
+
+
+class KeyGrantLike(Protocol):
+    """What a key source hands a sender: segments (block_id, offset, n_bits) and data."""
+
+    @property
+    def segments(self) -> Sequence[Any]: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class StreamKeys(Protocol):
+    """Key for one stream: the sender's pool (tx) and the receiver's pool (rx).
+
+    Backed by the key store pools ``(peer, "e2e-tx")``/``(peer, "e2e-rx")`` in
+    :class:`qkdnet.apps.keys.KeyStoreStreamKeys`, or by memory for tests.
+    """
+
+    def reserve(self, n_bits: int) -> KeyGrantLike:
+        """Hand out ``n_bits`` fresh tx bits now, or raise KeyExhausted."""
+        ...
+
+    async def wait_reserve(self, n_bits: int, deadline: float) -> KeyGrantLike:
+        """Like :meth:`reserve` but wait for key until ``deadline`` (trio clock)."""
+        ...
+
+    def take(self, refs: Sequence[KeyRef]) -> bytes:
+        """Return the rx bits named by ``refs``; KeyReuseError if any was taken before."""
+        ...
+
+    def available(self) -> int:
+        """Tx bits that could be reserved now."""
+        ...
+
+
+class KeyCursor:
+    """Carves whole bytes off the front of a grant, with the references of each piece.
+
+    The grant's ``data`` is the packed concatenation of its segments, so a piece of
+    ``k`` bytes starting at byte ``p`` is bits ``8p … 8(p+k)`` of that concatenation.
+    """
+
+    __slots__ = ("_data", "_pos", "_segs")
+
+    def __init__(self, grant: KeyGrantLike) -> None:
+        self._segs: list[list[int]] = [[s.block_id, s.offset, s.n_bits] for s in grant.segments]
+        self._data = memoryview(grant.data)
+        self._pos = 0
+
+    def __repr__(self) -> str:  # never show key bytes
+        return f"KeyCursor(remaining_bytes={self.remaining})"
+
+    @property
+    def remaining(self) -> int:
+        """Whole bytes not yet carved."""
+        return sum(s[2] for s in self._segs) // 8
+
+    def carve(self, n_bytes: int) -> tuple[list[KeyRef], bytes]:
+        """The next ``n_bytes`` of key and the references naming exactly those bits."""
+        need = 8 * n_bytes
+        refs: list[KeyRef] = []
+        while need:
+            if not self._segs:
+                raise LocalProtocolError("key grant used beyond its length")
+            seg = self._segs[0]
+            take = min(need, seg[2])
+            refs.append(KeyRef(seg[0], seg[1], take))
+            seg[1] += take
+            seg[2] -= take
+            need -= take
+            if seg[2] == 0:
+                self._segs.pop(0)
+        chunk = bytes(self._data[self._pos:self._pos + n_bytes])
+        self._pos += n_bytes
+        return refs, chunk
+
+
+def _xor(data: bytes | memoryview, pad: bytes) -> bytes:
+    if not data:
+        return b""
+    return (np.frombuffer(data, np.uint8) ^ np.frombuffer(pad, np.uint8)).tobytes()
+
+
+# ---- sans-I/O core ---------------------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """Counters of one stream (no key material)."""
+
+    frames_tx: int = 0
+    frames_rx: int = 0
+    payload_bytes_tx: int = 0
+    payload_bytes_rx: int = 0
+    key_bits_tx: int = 0  # bits carved into frames we sent
+    key_bits_reserved: int = 0  # bits reserved from the source (>= key_bits_tx)
+    key_bits_rx: int = 0
+
+    def key_per_payload_bit(self) -> float:
+        """Key bits reserved per payload bit sent (the stream's key efficiency)."""
+        return self.key_bits_reserved / max(1, 8 * self.payload_bytes_tx)
+
+
+@dataclass
+class SecureStreamCore:
+    """Sans-I/O SecureStream: frames in and out, key via ``take`` (receiver side).
+
+    ``seal_*`` consume key from a :class:`KeyCursor` the caller obtained from the
+    sender's source; ``receive_data`` calls ``take`` for each frame's references.
+    Raises :class:`RemoteProtocolError` (with an ErrorCode) on any bad input; after
+    that the core must not be used again.
+    """
+
+    session: int
+    take: Any  # Callable[[Sequence[KeyRef]], bytes]
+    max_frame_payload: int = DEFAULT_FRAME_PAYLOAD
+    max_frame_size: int = MAX_FRAME_SIZE
+    stats: StreamStats = field(default_factory=StreamStats)
+    _tx_seq: int = 0
+    _rx_seq: int = 0
+    _tx_r: bytes | None = field(default=None, repr=False)
+    _rx_r: bytes | None = field(default=None, repr=False)
+    _rx_buf: bytearray = field(default_factory=bytearray, repr=False)
+    eof_sent: bool = False
+    eof_received: bool = False
+
+    def __repr__(self) -> str:
+        return (f"SecureStreamCore(session={self.session:#x}, tx_seq={self._tx_seq}, "
+                f"rx_seq={self._rx_seq}, eof_sent={self.eof_sent}, "
+                f"eof_received={self.eof_received})")
+
+    # -- sending
+
+    def key_bytes_for(self, n_payload: int) -> int:
+        """Key bytes the next frames carrying ``n_payload`` bytes (0: an EOF) consume."""
+        frames = max(1, math.ceil(n_payload / self.max_frame_payload))
+        first = HASH_KEY_BYTES if self._tx_r is None else 0
+        return n_payload + TAG_KEY_BYTES * frames + first
+
+    def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor) -> list[bytes]:
+        """Frames (one per ``max_frame_payload`` bytes) carrying ``payload``."""
+        if self.eof_sent:
+            raise LocalProtocolError("data after end of stream")
+        view = memoryview(payload)
+        out = []
+        for start in range(0, len(view), self.max_frame_payload):
+            out.append(self._seal(AppMsgType.STREAM_DATA,
+                                  view[start:start + self.max_frame_payload], cursor))
+        return out
+
+    def seal_eof(self, cursor: KeyCursor) -> bytes:
+        """The authenticated end-of-stream frame for this direction."""
+        frame = self._seal(AppMsgType.STREAM_EOF, b"", cursor)
+        self.eof_sent = True
+        return frame
+
+    def _seal(self, mtype: int, payload: bytes | memoryview, cursor: KeyCursor) -> bytes:
+        first = self._tx_r is None
+        n_key = len(payload) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
+        refs, key = cursor.carve(n_key)
+        if first:
+            self._tx_r, key = key[:HASH_KEY_BYTES], key[HASH_KEY_BYTES:]
+        assert self._tx_r is not None
+        s, pad = key[:TAG_KEY_BYTES], key[TAG_KEY_BYTES:]
+        body = wire.encode_frame(mtype, self.session, self._tx_seq, refs, _xor(payload, pad))
+        tag = Poly1305.generate_tag(self._tx_r + s, body)
+        self._tx_seq += 1
+        self.stats.frames_tx += 1
+        self.stats.payload_bytes_tx += len(payload)
+        self.stats.key_bits_tx += 8 * n_key
+        return body + tag
+
+    # -- receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+        """Feed transport bytes; returns (plaintext now available, end-of-stream seen)."""
+        buf = self._rx_buf
+        buf += data
+        out: list[bytes] = []
+        while True:
+            size = wire.peek_length(buf)
+            if size is None:
+                break
+            if size > self.max_frame_size:
+                raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
+                                          ErrorCode.FRAME_TOO_LARGE)
+            if len(buf) < size:
+                break
+            frame = bytes(buf[:size])
+            del buf[:size]
+            out.append(self._open(frame))
+        return b"".join(out), self.eof_received
+
+    def _open(self, frame: bytes) -> bytes:
+        head = wire.decode_header(frame)
+        if head.type not in (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF):
+            raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
+                                      ErrorCode.UNKNOWN_MESSAGE_TYPE)
+        if self.eof_received:
+            raise RemoteProtocolError("frame after end of stream", ErrorCode.PROTOCOL_VIOLATION)
+        if head.session != self.session:
+            raise RemoteProtocolError("frame belongs to another stream",
+                                      ErrorCode.PROTOCOL_VIOLATION)
+        if head.seq != self._rx_seq:
+            kind = "replayed" if head.seq < self._rx_seq else "reordered or dropped"
+            raise RemoteProtocolError(
+                f"frame {kind}: sequence {head.seq}, expected {self._rx_seq}",
+                ErrorCode.REPLAY_OR_REORDER)
+        refs, ct = wire.decode_body(frame)
+        first = self._rx_r is None
+        n_key = len(ct) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
+        if head.type == AppMsgType.STREAM_EOF and len(ct):
+            raise RemoteProtocolError("end-of-stream frame carries data",
+                                      ErrorCode.MALFORMED_FRAME)
+        if sum(r.n_bits for r in refs) != 8 * n_key:
+            raise RemoteProtocolError("key references do not cover the frame",
+                                      ErrorCode.MALFORMED_FRAME)
+        try:
+            key = self.take(refs)
+        except (KeyReuseError, KeyExhausted) as err:
+            # A replayed or forged frame naming key we already used (or never had).
+            raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
+                                      ErrorCode.AUTHENTICATION_FAILED) from None
+        if len(key) != n_key:
+            raise AuthenticationError("key source returned the wrong amount of key",
+                                      ErrorCode.AUTHENTICATION_FAILED)
+        r = key[:HASH_KEY_BYTES] if first else self._rx_r
+        assert r is not None
+        if first:
+            key = key[HASH_KEY_BYTES:]
+        s, pad = key[:TAG_KEY_BYTES], key[TAG_KEY_BYTES:]
+        try:
+            Poly1305.verify_tag(r + s, frame[:-wire.TAG_SIZE], frame[-wire.TAG_SIZE:])
+        except InvalidSignature:
+            raise AuthenticationError(f"frame {head.seq} failed its Wegman-Carter tag check",
+                                      ErrorCode.AUTHENTICATION_FAILED) from None
+        self._rx_r = r
+        self._rx_seq += 1
+        self.stats.frames_rx += 1
+        self.stats.payload_bytes_rx += len(ct)
+        self.stats.key_bits_rx += 8 * n_key
+        if head.type == AppMsgType.STREAM_EOF:
+            self.eof_received = True
+            return b""
+        return _xor(ct, pad)
+
+
+# ---- trio adapter ----------------------------------------------------------------------
+
+
+class StreamState(enum.Enum):
+    """Lifecycle of a SecureStream (as trio's SSLStream)."""
+
+    OK = "ok"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What a stream does when its key pool is empty.
+
+    ``wait=True`` (default): wait up to ``timeout`` seconds for the link layer to
+    distil more key, then raise KeyExhausted. ``wait=False``: raise at once.
+    """
+
+    wait: bool = True
+    timeout: float = 30.0
+
+
+FAIL_FAST = KeyPolicy(wait=False)
+
+
+class _Conflict:
+    """Raise BusyResourceError when two tasks use the same half at once."""
+
+    __slots__ = ("_busy", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._busy = False
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already {self._what} this stream")
+        self._busy = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+
+class SecureStream(trio.abc.HalfCloseableStream):
+    """A one-time-pad encrypted, Wegman–Carter authenticated half-closeable stream.
+
+    ``transport`` is any ``trio.abc.Stream`` (TCP, a memory pair, a relayed hub
+    channel wrapped as a stream); ``keys`` supplies the key; ``session`` is the
+    stream id both ends agree on. Errors: ``trio.BrokenResourceError`` (with the
+    reason) when the peer misbehaves, the transport fails or key runs out under the
+    fail-fast policy (then ``__cause__`` is KeyExhausted); ``ClosedResourceError``
+    after ``aclose``; ``BusyResourceError`` for concurrent senders or receivers.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, keys: StreamKeys, *, session: int = 0,
+                 policy: KeyPolicy = KeyPolicy(),
+                 max_frame_payload: int = DEFAULT_FRAME_PAYLOAD) -> None:
+        self.transport = transport
+        self.keys = keys
+        self.policy = policy
+        self._core = SecureStreamCore(session, keys.take, max_frame_payload=max_frame_payload)
+        self._state = StreamState.OK
+        self._broken_reason: str | None = None
+        self._send = _Conflict("sending on")
+        self._recv = _Conflict("receiving from")
+        self._plain = bytearray()
+
+    def __repr__(self) -> str:
+        return f"SecureStream(session={self._core.session:#x}, state={self._state.value})"
+
+    @property
+    def state(self) -> StreamState:
+        """OK, BROKEN or CLOSED."""
+        return self._state
+
+    @property
+    def broken_reason(self) -> str | None:
+        """Why the stream broke, or None."""
+        return self._broken_reason
+
+    @property
+    def stats(self) -> StreamStats:
+        """Frame, payload and key counters."""
+        return self._core.stats
+
+    @property
+    def session(self) -> int:
+        """The stream id carried in every frame header."""
+        return self._core.session
+
+    # -- state helpers
+
+    def _check(self) -> None:
+        if self._state is StreamState.CLOSED:
+            raise trio.ClosedResourceError("this secure stream was closed")
+        if self._state is StreamState.BROKEN:
+            raise trio.BrokenResourceError(f"secure stream broken: {self._broken_reason}")
+
+    def _break(self, reason: str) -> trio.BrokenResourceError:
+        if self._state is StreamState.OK:
+            self._state = StreamState.BROKEN
+            self._broken_reason = reason
+        return trio.BrokenResourceError(f"secure stream broken: {self._broken_reason}")
+
+    def _translate(self, err: BaseException) -> BaseException:
+        """Map a transport error onto this stream's error model."""
+        if self._state is StreamState.CLOSED:
+            return trio.ClosedResourceError("this secure stream was closed")
+        if isinstance(err, trio.BrokenResourceError):
+            return self._break(f"transport broke ({err})")
+        if isinstance(err, trio.ClosedResourceError):
+            return self._break("transport was closed underneath the stream")
+        if isinstance(err, OSError):
+            return self._break(f"transport error: {err.strerror or err}")
+        return err
+
+    async def _transport_send(self, data: bytes) -> None:
+        try:
+            await self.transport.send_all(data)
+        except trio.Cancelled:
+            # Part of a frame may have gone out: the peer's framing is now unknown.
+            self._break("a send was cancelled in the middle of a frame")
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+            raise self._translate(err) from err
+
+    async def _get_key(self, n_bytes: int) -> KeyCursor:
+        n_bits = 8 * n_bytes
+        try:
+            if self.policy.wait:
+                grant = await self.keys.wait_reserve(
+                    n_bits, trio.current_time() + self.policy.timeout)
+            else:
+                grant = self.keys.reserve(n_bits)
+        except KeyExhausted as err:
+            raise self._break(f"out of key: {err}") from err
+        self._core.stats.key_bits_reserved += n_bits
+        return KeyCursor(grant)
+
+    # -- SendStream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt, authenticate and send all of ``data`` (waits for key per policy)."""
+        with self._send:
+            self._check()
+            if self._core.eof_sent:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("send_eof was already called")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(data).cast("B")
+            if not view:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            # One reservation per MAX_GRANT_BITS of payload, carved frame by frame.
+            chunk = max(self._core.max_frame_payload,
+                        (MAX_GRANT_BITS // 8) // self._core.max_frame_payload
+                        * self._core.max_frame_payload)
+            for start in range(0, len(view), chunk):
+                piece = view[start:start + chunk]
+                cursor = await self._get_key(self._core.key_bytes_for(len(piece)))
+                self._check()
+                for frame in self._core.seal_data(piece, cursor):
+                    await self._transport_send(frame)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Block until the transport could accept data."""
+        with self._send:
+            self._check()
+            try:
+                await self.transport.wait_send_all_might_not_block()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                raise self._translate(err) from err
+
+    async def send_eof(self) -> None:
+        """Send the authenticated end of stream; idempotent. Receiving stays open."""
+        with self._send:
+            self._check()
+            if self._core.eof_sent:
+                await trio.lowlevel.checkpoint()
+                return
+            await trio.lowlevel.checkpoint_if_cancelled()
+            cursor = await self._get_key(self._core.key_bytes_for(0))
+            await self._transport_send(self._core.seal_eof(cursor))
+            # A transport that half-closes passes the EOF on too (not needed for safety).
+
+    # -- ReceiveStream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` authenticated plaintext bytes; b"" after the peer's EOF."""
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._recv:
+            self._check()
+            while not self._plain:
+                if self._core.eof_received:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                try:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                    raise self._translate(err) from err
+                if self._state is not StreamState.OK:
+                    self._check()
+                if not data:
+                    raise self._break("truncated: the transport ended without an "
+                                      "authenticated end of stream")
+                try:
+                    plain, _eof = self._core.receive_data(data)
+                except RemoteProtocolError as err:
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(self.transport)
+                    raise self._break(f"{err} [{err.code.name}]") from err
+                self._plain += plain
+            else:
+                await trio.lowlevel.checkpoint()
+            n = len(self._plain) if max_bytes is None else min(max_bytes, len(self._plain))
+            out = bytes(self._plain[:n])
+            del self._plain[:n]
+            return out
+
+    # -- AsyncResource
+
+    async def aclose(self) -> None:
+        """Send the authenticated end of stream if we can, then close the transport."""
+        if self._state is StreamState.CLOSED:
+            await trio.lowlevel.checkpoint()
+            return
+        graceful = (self._state is StreamState.OK and not self._core.eof_sent
+                    and not self._send.busy)
+        self._state = StreamState.CLOSED
+        try:
+            if graceful:
+                try:
+                    cursor = KeyCursor(self.keys.reserve(8 * self._core.key_bytes_for(0)))
+                    self._core.stats.key_bits_reserved += 8 * self._core.key_bytes_for(0)
+                    await self.transport.send_all(self._core.seal_eof(cursor))
+                except (KeyExhausted, trio.BrokenResourceError, trio.ClosedResourceError,
+                        trio.BusyResourceError, OSError):
+                    pass
+        finally:
+            await self.transport.aclose()
