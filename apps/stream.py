@@ -50,14 +50,12 @@ import numpy as np
 import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-
 from qkdnet.apps import wire
 from qkdnet.apps.wire import AppMsgType, KeyRef
 from qkdnet.errors import (
     AuthenticationError,
     ErrorCode,
     KeyExhausted,
-    KeyReuseError,
     LocalProtocolError,
     RemoteProtocolError,
 )
@@ -297,7 +295,7 @@ class SecureStreamCore:
                                       ErrorCode.MALFORMED_FRAME)
         try:
             key = self.take(refs)
-        except (KeyReuseError, KeyExhausted) as err:
+        except (LocalProtocolError, KeyExhausted) as err:  # includes KeyReuseError
             # A replayed or forged frame naming key we already used (or never had).
             raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
                                       ErrorCode.AUTHENTICATION_FAILED) from None

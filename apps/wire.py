@@ -17,7 +17,7 @@ Body of STREAM_DATA (0x60) and STREAM_EOF (0x61)::
 
     n_refs   u16                       number of key references
     refs     n_refs × (block u64, offset u32, n_bits u32)   key the frame consumes
-    payload  rest (STREAM_EOF: empty)  ciphertext, one-time-pad encrypted
+    ciphertext  rest (STREAM_EOF: absent)  payload XOR one-time pad
 
 The header's ``akey_block``/``akey_offset`` repeat the first key reference (where
 the frame's one-time tag key ``s`` starts), so a generic sideband dissector shows
@@ -30,6 +30,8 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
+from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.wire import QkdBody, QkdHeader
 from scapy.fields import (
     FieldLenField,
     IntField,
@@ -38,8 +40,6 @@ from scapy.fields import (
     XLongField,
 )
 from scapy.packet import Packet, bind_layers
-
-from qkdnet.errors import ErrorCode, RemoteProtocolError
 
 
 class AppMsgType(IntEnum):
@@ -137,54 +137,47 @@ def decode_body(frame: bytes | memoryview) -> tuple[list[KeyRef], memoryview]:
 # ---- scapy definitions (spec, dissection, golden tests) -------------------------------
 
 
-class StreamKeyRef(Packet):
+class StreamKeyRef(Packet):  # a list element, not a body
     """One key reference inside a SecureStream frame body."""
 
     name = "StreamKeyRef"
-    fields_desc = [XLongField("block", 0), IntField("offset", 0), IntField("n_bits", 0)]
+    fields_desc = [  # noqa: RUF012 - scapy field list
+        XLongField("block", 0), IntField("offset", 0), IntField("n_bits", 0)]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
 
 
-class StreamData(Packet):
+class StreamData(QkdBody):
     """Body of STREAM_DATA (0x60): key references, then ciphertext."""
 
     name = "StreamData"
-    fields_desc = [
+    fields_desc = [  # noqa: RUF012 - scapy field list
         FieldLenField("n_refs", None, count_of="refs", fmt="H"),
         PacketListField("refs", [], StreamKeyRef, count_from=lambda p: p.n_refs),
-        StrField("payload", b""),
+        StrField("ciphertext", b""),
     ]
 
 
-class StreamEof(Packet):
+class StreamEof(QkdBody):
     """Body of STREAM_EOF (0x61): the key references of its tag key; no payload."""
 
     name = "StreamEof"
-    fields_desc = [
+    fields_desc = [  # noqa: RUF012 - scapy field list
         FieldLenField("n_refs", None, count_of="refs", fmt="H"),
         PacketListField("refs", [], StreamKeyRef, count_from=lambda p: p.n_refs),
-        StrField("payload", b""),
     ]
 
 
-class LocalMessage(Packet):
+class LocalMessage(QkdBody):
     """Body of LOCAL_REQUEST / LOCAL_REPLY / LOCAL_DATA on the node's Unix socket."""
 
     name = "LocalMessage"
-    fields_desc = [StrField("data", b"")]
+    fields_desc = [  # noqa: RUF012 - scapy field list
+        StrField("data", b"")]
 
 
-def _bind() -> None:
-    try:
-        from qkdnet.wire import QkdHeader
-    except ImportError:  # the stack's wire module is not installed: codec still works
-        return
-    bind_layers(QkdHeader, StreamData, type=AppMsgType.STREAM_DATA)
-    bind_layers(QkdHeader, StreamEof, type=AppMsgType.STREAM_EOF)
-    for t in (AppMsgType.LOCAL_REQUEST, AppMsgType.LOCAL_REPLY, AppMsgType.LOCAL_DATA):
-        bind_layers(QkdHeader, LocalMessage, type=t)
-
-
-_bind()
+bind_layers(QkdHeader, StreamData, type=AppMsgType.STREAM_DATA)
+bind_layers(QkdHeader, StreamEof, type=AppMsgType.STREAM_EOF)
+for _t in (AppMsgType.LOCAL_REQUEST, AppMsgType.LOCAL_REPLY, AppMsgType.LOCAL_DATA):
+    bind_layers(QkdHeader, LocalMessage, type=_t)
