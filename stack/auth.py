@@ -1,0 +1,284 @@
+"""Wegman–Carter authentication of sideband frames (spec/protocol.md §6).
+
+Construction: the tag of a frame is ``Poly1305(r ‖ s, m)`` where ``m`` is every frame
+byte before the tag, ``r`` is a 16-byte hash key fixed per direction (taken once from
+the bootstrap secret and *recycled* for every frame), and ``s`` is 16 bytes of fresh
+one-time key drawn from the sender's ``auth-tx`` pool for that frame alone. Poly1305
+evaluates ``m`` as a polynomial in the clamped ``r`` over GF(2^130 − 5) and adds ``s``
+mod 2^128; with ``s`` uniform and never reused the tag is a one-time-padded
+ε-almost-Δ-universal hash, so security rests on no computational assumption:
+
+* forgery probability per frame ≤ 8⌈L/16⌉ / 2^106 for an L-byte message
+  (Bernstein 2005, Poly1305-AES paper, Theorem 3.3);
+* reusing ``r`` across frames is allowed because each tag is padded with fresh ``s``
+  (key recycling, Portmann, IEEE Trans. Inf. Theory 60(7), 2014); the failure
+  probability over a key lifetime of n frames grows at most linearly: n · 8⌈L/16⌉/2^106.
+
+Cost: 128 bits of one-time key per frame, no matter the frame's size. The library's
+``Poly1305`` clamps ``r`` itself; ``verify_tag`` compares in constant time.
+
+The key source is abstract (:class:`TagKeySource`) so the same authenticator runs on
+the durable key store (:class:`KeyStoreTagKeys`) or on memory (:class:`MemoryTagKeys`,
+for tests and for a bootstrap secret without a store).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+from qkdnet.errors import (
+    AuthenticationError,
+    ErrorCode,
+    KeyExhausted,
+    KeyReuseError,
+    LocalProtocolError,
+)
+
+#: Bytes of one-time key ``s`` per frame, and of the hash key ``r``.
+TAG_KEY_BYTES = 16
+HASH_KEY_BYTES = 16
+#: Authentication key spent per frame, in bits.
+TAG_KEY_BITS = 8 * TAG_KEY_BYTES
+#: Smallest bootstrap secret accepted (docs/design.md, key store).
+MIN_BOOTSTRAP_BYTES = 4096
+
+
+def forgery_bound(message_bytes: int) -> float:
+    """Upper bound on the probability that one forged frame of this size is accepted."""
+    return 8 * math.ceil(max(message_bytes, 1) / 16) / 2.0**106
+
+
+def lifetime_forgery_bound(n_frames: int, max_message_bytes: int) -> float:
+    """Bound over ``n_frames`` frames that share one hash key ``r`` (Portmann 2014)."""
+    return n_frames * forgery_bound(max_message_bytes)
+
+
+@runtime_checkable
+class TagKeySource(Protocol):
+    """Where the per-frame one-time keys and the recycled hash keys come from."""
+
+    @property
+    def hash_key_tx(self) -> bytes:
+        """16-byte Poly1305 ``r`` for frames we send."""
+        ...
+
+    @property
+    def hash_key_rx(self) -> bytes:
+        """16-byte Poly1305 ``r`` for frames we receive."""
+        ...
+
+    def reserve_tag_key(self) -> tuple[int, int, bytes]:
+        """Consume 128 fresh bits from our ``auth-tx`` pool: ``(block_id, offset, s)``."""
+        ...
+
+    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+        """Consume the 128 bits the peer used at ``(block_id, offset)`` of our ``auth-rx``.
+
+        Raises :class:`KeyReuseError` if any bit was taken before and
+        :class:`KeyExhausted` if the block is unknown or too short.
+        """
+        ...
+
+
+@dataclass(repr=False)
+class _MemoryPool:
+    block_id: int
+    data: bytes
+    cursor: int = 0                                   # tx: next free byte offset
+    taken: set[int] = field(default_factory=set)     # rx: byte offsets already taken
+
+
+class MemoryTagKeys:
+    """A :class:`TagKeySource` on in-memory pools (tests; bootstrap without a store).
+
+    Offsets are in bits, as in the key store, and always multiples of 128 here.
+    """
+
+    def __init__(self, hash_key_tx: bytes, hash_key_rx: bytes, tx_pool: bytes,
+                 rx_pool: bytes, *, tx_block: int = 0, rx_block: int = 0) -> None:
+        if len(hash_key_tx) != HASH_KEY_BYTES or len(hash_key_rx) != HASH_KEY_BYTES:
+            raise LocalProtocolError("hash keys must be 16 bytes")
+        self._r_tx = bytes(hash_key_tx)
+        self._r_rx = bytes(hash_key_rx)
+        self._tx = _MemoryPool(tx_block, bytes(tx_pool))
+        self._rx = _MemoryPool(rx_block, bytes(rx_pool))
+
+    @classmethod
+    def pair(cls, pool_bytes: int = 1 << 16) -> tuple[MemoryTagKeys, MemoryTagKeys]:
+        """Two mirrored key sources with fresh random keys, for tests."""
+        r_ab, r_ba = secrets.token_bytes(16), secrets.token_bytes(16)
+        p_ab, p_ba = secrets.token_bytes(pool_bytes), secrets.token_bytes(pool_bytes)
+        return cls(r_ab, r_ba, p_ab, p_ba), cls(r_ba, r_ab, p_ba, p_ab)
+
+    @classmethod
+    def from_bootstrap(cls, secret: bytes, *, initiator: bool) -> MemoryTagKeys:
+        """Split a bootstrap secret the same way at both ends, mirrored by role.
+
+        Layout: bytes 0–15 are ``r`` initiator→responder, 16–31 ``r`` responder→
+        initiator; the rest is cut in half, first half the initiator→responder pool
+        (block id 0), second half the other direction (block id 1). Each direction's
+        pool is consumed from the start, so one secret serves one pair of processes:
+        a restarted process would reuse one-time keys (use the key store for that).
+        """
+        if len(secret) < MIN_BOOTSTRAP_BYTES:
+            raise LocalProtocolError(
+                f"bootstrap secret too short: {len(secret)} bytes, need {MIN_BOOTSTRAP_BYTES}")
+        r_i2r, r_r2i = secret[:16], secret[16:32]
+        rest = secret[32:]
+        half = len(rest) // 2
+        p_i2r, p_r2i = rest[:half], rest[half:2 * half]
+        if initiator:
+            return cls(r_i2r, r_r2i, p_i2r, p_r2i, tx_block=0, rx_block=1)
+        return cls(r_r2i, r_i2r, p_r2i, p_i2r, tx_block=1, rx_block=0)
+
+    def __repr__(self) -> str:
+        return (f"MemoryTagKeys(tx_left={len(self._tx.data) - self._tx.cursor}B, "
+                f"rx_taken={len(self._rx.taken)} keys)")
+
+    @property
+    def hash_key_tx(self) -> bytes:
+        return self._r_tx
+
+    @property
+    def hash_key_rx(self) -> bytes:
+        return self._r_rx
+
+    def available_tx_bits(self) -> int:
+        """Bits left in the send pool."""
+        return 8 * (len(self._tx.data) - self._tx.cursor)
+
+    def reserve_tag_key(self) -> tuple[int, int, bytes]:
+        pool = self._tx
+        if pool.cursor + TAG_KEY_BYTES > len(pool.data):
+            raise KeyExhausted(TAG_KEY_BITS, self.available_tx_bits(), pool="auth-tx")
+        start = pool.cursor
+        pool.cursor += TAG_KEY_BYTES
+        return pool.block_id, 8 * start, pool.data[start:start + TAG_KEY_BYTES]
+
+    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+        pool = self._rx
+        if block_id != pool.block_id or offset % 8 or offset // 8 + TAG_KEY_BYTES > len(pool.data):
+            raise KeyExhausted(TAG_KEY_BITS, 0, pool="auth-rx")
+        start = offset // 8
+        # Any overlap with a key taken before is reuse (offsets need not be aligned).
+        if any(abs(start - t) < TAG_KEY_BYTES for t in pool.taken):
+            raise KeyReuseError("tag key bits were already taken")
+        pool.taken.add(start)
+        return pool.data[start:start + TAG_KEY_BYTES]
+
+
+class KeyStoreTagKeys:
+    """A :class:`TagKeySource` on the durable key store (``qkdnet.keystore``).
+
+    Sends spend 128 contiguous bits of ``(peer, "auth-tx")``; receives take the bits
+    the peer names from ``(peer, "auth-rx")``, which the store refuses to hand out
+    twice. The hash keys ``r`` come from the bootstrap secret.
+    """
+
+    def __init__(self, store: Any, peer: str) -> None:
+        self._store = store
+        self.peer = peer
+        self._r_tx: bytes | None = None
+        self._r_rx: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyStoreTagKeys(peer={self.peer!r})"
+
+    @property
+    def hash_key_tx(self) -> bytes:
+        if self._r_tx is None:
+            self._r_tx = bytes(self._store.hash_key(self.peer, "tx"))
+        return self._r_tx
+
+    @property
+    def hash_key_rx(self) -> bytes:
+        if self._r_rx is None:
+            self._r_rx = bytes(self._store.hash_key(self.peer, "rx"))
+        return self._r_rx
+
+    def reserve_tag_key(self) -> tuple[int, int, bytes]:
+        grant = self._store.reserve(self.peer, "auth-tx", TAG_KEY_BITS, contiguous=True)
+        (segment,) = grant.segments
+        return int(segment.block_id), int(segment.offset), bytes(grant.data)
+
+    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+        from qkdnet.keystore import KeySegment  # type: ignore[attr-defined,unused-ignore]
+
+        data = self._store.take(self.peer, "auth-rx",
+                                (KeySegment(block_id, offset, TAG_KEY_BITS),))
+        return bytes(data)
+
+
+@dataclass(frozen=True, repr=False)
+class TagKey:
+    """A reserved one-time key: where it sits (goes in the header) and its bytes."""
+
+    block_id: int
+    offset: int
+    s: bytes
+
+    def __repr__(self) -> str:
+        return f"TagKey(block_id={self.block_id}, offset={self.offset})"
+
+
+class FrameAuthenticator:
+    """Signs outgoing and checks incoming frames; counts the key it spends.
+
+    ``bits_spent_tx`` / ``bits_spent_rx`` are the authentication key consumed so far
+    (128 bits per frame, including frames that failed verification: their key is
+    burned), for the link statistics.
+    """
+
+    def __init__(self, keys: TagKeySource) -> None:
+        self.keys = keys
+        self.bits_spent_tx = 0
+        self.bits_spent_rx = 0
+        self.frames_signed = 0
+        self.frames_verified = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return (f"FrameAuthenticator(signed={self.frames_signed}, "
+                f"verified={self.frames_verified}, failures={self.failures})")
+
+    def reserve(self) -> TagKey:
+        """Consume one fresh 128-bit one-time key for the next frame we send."""
+        block_id, offset, s = self.keys.reserve_tag_key()
+        if len(s) != TAG_KEY_BYTES:
+            raise LocalProtocolError("tag key source returned a key of the wrong size")
+        self.bits_spent_tx += TAG_KEY_BITS
+        return TagKey(block_id, offset, s)
+
+    def sign(self, key: TagKey, message: bytes) -> bytes:
+        """The 16-byte tag of ``message`` (every frame byte before the tag)."""
+        self.frames_signed += 1
+        return Poly1305.generate_tag(self.keys.hash_key_tx + key.s, message)
+
+    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes) -> None:
+        """Check a received tag; raise :class:`AuthenticationError` if it is wrong.
+
+        The one-time key is consumed first, whatever the outcome: a key that was
+        already taken means a replayed frame (``REPLAY_OR_REORDER``).
+        """
+        try:
+            s = self.keys.take_tag_key(block_id, offset)
+        except KeyReuseError:
+            self.failures += 1
+            raise AuthenticationError("frame names a tag key that was already used",
+                                      ErrorCode.REPLAY_OR_REORDER) from None
+        except KeyExhausted:
+            self.failures += 1
+            raise AuthenticationError("frame names a tag key we do not hold",
+                                      ErrorCode.KEY_EXHAUSTED) from None
+        self.bits_spent_rx += TAG_KEY_BITS
+        try:
+            Poly1305.verify_tag(self.keys.hash_key_rx + s, message, tag)  # constant time
+        except InvalidSignature:
+            self.failures += 1
+            raise AuthenticationError("frame failed its authentication tag") from None
+        self.frames_verified += 1

@@ -1,0 +1,777 @@
+"""The sideband connection: framing, authentication and state (sans-I/O) plus trio glue.
+
+Theory of operation
+-------------------
+:class:`SidebandConnection` is a pure state machine in the style of h11: feed it bytes
+with :meth:`~SidebandConnection.receive_data` and get :class:`FrameReceived` events;
+ask it for bytes with :meth:`~SidebandConnection.send`. It never touches a socket or
+a clock. A received frame goes through these gates, in order, and only a frame that
+passes all of them becomes an event (nothing a bad frame says is acted on):
+
+1. the 4-byte length is read first and checked against ``max_frame_size`` *before*
+   anything is buffered (``FRAME_TOO_LARGE``) and against the minimum (``MALFORMED``);
+2. version (``UNSUPPORTED_VERSION``); 3. ``seq`` must be the next expected number
+   (``REPLAY_OR_REORDER``); 4. the Wegman–Carter tag (``AUTHENTICATION_FAILED``; a
+   reused tag key is ``REPLAY_OR_REORDER``); 5. reserved bits, a known type and a
+   body that parses canonically (``MALFORMED_FRAME``, ``UNKNOWN_MESSAGE_TYPE``);
+6. the transition table :data:`TRANSITIONS` (``PROTOCOL_VIOLATION``).
+
+Any failure moves the machine to ``ERROR`` and raises :class:`RemoteProtocolError`
+carrying the code; :meth:`~SidebandConnection.error_frame` builds the ERROR frame to
+send before hanging up. Frames that arrived complete and valid *before* the bad one
+in the same chunk are still returned; the error is raised by the next call.
+
+A responder does not know who is calling until HELLO names the peer, and it needs the
+peer's keys to check that very frame: so ``auth`` may be a resolver
+``peer_name -> FrameAuthenticator | None``. The name in an unauthenticated HELLO only
+selects which keys to check it with; if the tag fails nothing else is used.
+
+The trio side: :class:`SidebandChannel` drives one connection over a
+``trio.abc.Stream``; :func:`connect_sideband` / :func:`serve_sideband` are shaped like
+``trio.open_tcp_stream`` / ``trio.serve_tcp`` and do the HELLO handshake;
+:class:`FrameRouter` lets the link, hub and apps layers register handlers for their
+message types on one connection; :func:`serve_basic_node` is a minimal responder
+(HELLO, PING, CLOSE) used by the conformance tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from qkdnet.auth import FrameAuthenticator
+from qkdnet.errors import (
+    ErrorCode,
+    KeyExhausted,
+    LocalProtocolError,
+    QkdnetError,
+    RemoteProtocolError,
+)
+from qkdnet.wire import (
+    HEADER_LEN,
+    MIN_LENGTH,
+    PROTOCOL_VERSION,
+    TAG_LEN,
+    Close,
+    Error,
+    Hello,
+    HelloAck,
+    MsgType,
+    Ping,
+    Pong,
+    QkdHeader,
+    Role,
+    body_class_for,
+    pack_header,
+    unpack_header,
+)
+from scapy.packet import NoPayload, Packet
+
+log = logging.getLogger(__name__)
+
+#: Default upper bound on a whole frame (length field + everything after it).
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+#: Longest node name accepted in HELLO / HELLO_ACK, in UTF-8 bytes.
+MAX_NAME_BYTES = 64
+
+
+class ConnState(enum.Enum):
+    """States of a sideband connection (spec §4)."""
+
+    IDLE = "IDLE"
+    HELLO_SENT = "HELLO_SENT"
+    HELLO_RECEIVED = "HELLO_RECEIVED"
+    OPEN = "OPEN"
+    CLOSE_SENT = "CLOSE_SENT"
+    CLOSE_RECEIVED = "CLOSE_RECEIVED"
+    CLOSED = "CLOSED"
+    ERROR = "ERROR"
+
+
+class Direction(enum.Enum):
+    """Whether a frame is being sent or was received."""
+
+    SEND = "send"
+    RECV = "recv"
+
+
+#: Message kinds in the transition table; every non-common type is ``LAYER``.
+KINDS = ("HELLO", "HELLO_ACK", "ERROR", "CLOSE", "PING", "PONG", "LAYER")
+
+
+def kind_of(msg_type: int) -> str:
+    """The transition-table kind of a message type."""
+    try:
+        return MsgType(msg_type).name
+    except ValueError:
+        return "LAYER"
+
+
+def _build_transitions() -> dict[tuple[ConnState, Direction, str], ConnState]:
+    S, D = ConnState, Direction
+    t: dict[tuple[ConnState, Direction, str], ConnState] = {
+        (S.IDLE, D.SEND, "HELLO"): S.HELLO_SENT,
+        (S.IDLE, D.RECV, "HELLO"): S.HELLO_RECEIVED,
+        (S.HELLO_SENT, D.RECV, "HELLO_ACK"): S.OPEN,
+        (S.HELLO_RECEIVED, D.SEND, "HELLO_ACK"): S.OPEN,
+        (S.OPEN, D.SEND, "CLOSE"): S.CLOSE_SENT,
+        (S.OPEN, D.RECV, "CLOSE"): S.CLOSE_RECEIVED,
+        (S.CLOSE_SENT, D.RECV, "CLOSE"): S.CLOSED,
+        (S.CLOSE_RECEIVED, D.SEND, "CLOSE"): S.CLOSED,
+    }
+    for kind in ("PING", "PONG", "LAYER"):
+        t[(S.OPEN, D.SEND, kind)] = S.OPEN
+        t[(S.OPEN, D.RECV, kind)] = S.OPEN
+        # Frames the peer sent before it saw our CLOSE are still delivered.
+        t[(S.CLOSE_SENT, D.RECV, kind)] = S.CLOSE_SENT
+    for state in (S.IDLE, S.HELLO_SENT, S.HELLO_RECEIVED, S.OPEN, S.CLOSE_SENT,
+                  S.CLOSE_RECEIVED):
+        t[(state, D.SEND, "ERROR")] = S.ERROR
+        t[(state, D.RECV, "ERROR")] = S.ERROR
+    return t
+
+
+#: The whole state machine: ``(state, direction, kind) -> next state``. Anything not
+#: listed is a protocol violation (received) or a :class:`LocalProtocolError` (sent).
+#: spec/protocol.md §4 prints this table; a test keeps the two identical.
+TRANSITIONS: dict[tuple[ConnState, Direction, str], ConnState] = _build_transitions()
+
+
+@dataclass(frozen=True)
+class FrameReceived:
+    """One authenticated, well-formed frame. ``body`` is the scapy body packet."""
+
+    type: int
+    session: int
+    body: Packet
+    seq: int
+    flags: int = 0
+
+    def __repr__(self) -> str:  # bodies of other layers may hold key-derived data
+        return (f"FrameReceived(type=0x{self.type:02x}, session={self.session}, "
+                f"seq={self.seq}, flags={self.flags})")
+
+
+AuthResolver = Callable[[str], "FrameAuthenticator | None"]
+
+
+def type_of_body(body: Packet) -> int:
+    """The message type a body class is bound to."""
+    for fval, cls in QkdHeader.payload_guess:
+        if cls is type(body) and set(fval) == {"type"}:
+            return int(fval["type"])
+    raise LocalProtocolError(f"{type(body).__name__} is not bound to a sideband type")
+
+
+class SidebandConnection:
+    """Sans-I/O sideband framing, authentication and state for one TCP connection.
+
+    ``auth`` is the :class:`FrameAuthenticator` for the peer, or (responder side) a
+    resolver called with the name in the first HELLO that returns one or ``None``
+    for an unknown peer.
+    """
+
+    def __init__(self, local_name: str,
+                 auth: FrameAuthenticator | AuthResolver,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 4 + MIN_LENGTH:
+            raise LocalProtocolError("max_frame_size is smaller than an empty frame")
+        self.local_name = local_name
+        self.max_frame_size = max_frame_size
+        self.auth: FrameAuthenticator | None
+        self._resolver: AuthResolver | None
+        if isinstance(auth, FrameAuthenticator):
+            self.auth, self._resolver = auth, None
+        else:
+            self.auth, self._resolver = None, auth
+        self.state = ConnState.IDLE
+        self.peer_name: str | None = None
+        self.peer_role: int | None = None
+        self.peer_capabilities = 0
+        self.error: RemoteProtocolError | None = None  # why we entered ERROR
+        self.peer_error: tuple[int, str] | None = None  # (code, reason) of a peer ERROR
+        self._buf = bytearray()
+        self._tx_seq = 0
+        self._rx_seq = 0
+        self._pending: RemoteProtocolError | None = None
+        # Statistics (no key material).
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.max_buffered = 0
+
+    def __repr__(self) -> str:
+        return (f"SidebandConnection({self.local_name!r}, peer={self.peer_name!r}, "
+                f"state={self.state.name}, tx_seq={self._tx_seq}, rx_seq={self._rx_seq})")
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send(self, body: Packet, session: int = 0, flags: int = 0) -> bytes:
+        """The bytes of one authenticated frame carrying ``body``; advances the state."""
+        msg_type = type_of_body(body)
+        key = (self.state, Direction.SEND, kind_of(msg_type))
+        if key not in TRANSITIONS:
+            raise LocalProtocolError(
+                f"cannot send {kind_of(msg_type)} (0x{msg_type:02x}) in state {self.state.name}")
+        data = self.raw_frame(msg_type, bytes(body), session=session, flags=flags)
+        self.state = TRANSITIONS[key]
+        return data
+
+    def raw_frame(self, msg_type: int, body: bytes, *, session: int = 0, flags: int = 0,
+                  seq: int | None = None, version: int = PROTOCOL_VERSION,
+                  reserved: int = 0) -> bytes:
+        """Build and sign a frame without state checks (conformance testing, ERROR).
+
+        With ``seq=None`` the next sequence number is used and the counter advances.
+        """
+        if self.auth is None:
+            raise LocalProtocolError("no authentication key for this peer yet")
+        if 4 + len(body) + MIN_LENGTH > self.max_frame_size:
+            raise LocalProtocolError(
+                f"frame of {len(body) + 4 + MIN_LENGTH} bytes exceeds max_frame_size "
+                f"{self.max_frame_size}")
+        use_seq = self._tx_seq if seq is None else seq
+        key = self.auth.reserve()
+        header = pack_header(len(body), msg_type, session=session, seq=use_seq, flags=flags,
+                             akey_block=key.block_id, akey_offset=key.offset,
+                             version=version, reserved=reserved)
+        message = header + body
+        data = message + self.auth.sign(key, message)
+        if seq is None:
+            self._tx_seq += 1
+        self.frames_sent += 1
+        self.bytes_sent += len(data)
+        return data
+
+    def error_frame(self, err: RemoteProtocolError | ErrorCode, reason: str = "") -> bytes:
+        """The ERROR frame to send before closing (``b""`` if it cannot be signed).
+
+        Moves the machine to ERROR. ``reason`` defaults to the error's message, which
+        by the rules of :mod:`qkdnet.errors` holds no key material.
+        """
+        if isinstance(err, RemoteProtocolError):
+            code, text = err.code, reason or str(err)
+        else:
+            code, text = err, reason
+        self.state = ConnState.ERROR
+        if self.auth is None:
+            return b""
+        body = Error(code=int(code), reason=text.encode("utf-8", "replace")[:200])
+        try:
+            return self.raw_frame(MsgType.ERROR, bytes(body))
+        except KeyExhausted:
+            return b""
+
+    # --- receiving -------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buf)
+
+    def raise_pending(self) -> None:
+        """Raise the error found after the frames the last call returned, if any."""
+        if self._pending is not None:
+            err, self._pending = self._pending, None
+            raise err
+
+    def receive_data(self, data: bytes) -> list[FrameReceived]:
+        """Feed received bytes; return the frames completed by them.
+
+        ``b""`` means end of stream: a partial frame in the buffer is then a
+        truncated frame (``MALFORMED_FRAME``).
+        """
+        self.raise_pending()
+        if self.state is ConnState.ERROR:
+            return []
+        if self.state is ConnState.CLOSED:
+            if data:
+                self._fail("data after CLOSE", ErrorCode.PROTOCOL_VIOLATION)
+            return []
+        events: list[FrameReceived] = []
+        if not data:
+            if self._buf:
+                self._fail(f"stream ended inside a frame ({len(self._buf)} bytes buffered)",
+                           ErrorCode.MALFORMED_FRAME)
+            return events
+        self.bytes_received += len(data)
+        self._buf += data
+        self.max_buffered = max(self.max_buffered, len(self._buf))
+        try:
+            while len(self._buf) >= 4:
+                total = 4 + int.from_bytes(self._buf[:4], "big")
+                if total > self.max_frame_size:
+                    self._fail(f"frame of {total} bytes exceeds the limit of "
+                               f"{self.max_frame_size}", ErrorCode.FRAME_TOO_LARGE)
+                if total < 4 + MIN_LENGTH:
+                    self._fail(f"length field {total - 4} below the minimum {MIN_LENGTH}",
+                               ErrorCode.MALFORMED_FRAME)
+                if len(self._buf) < total:
+                    break
+                frame = bytes(self._buf[:total])
+                del self._buf[:total]
+                events.append(self._process(frame))
+        except RemoteProtocolError as err:
+            self._buf.clear()
+            if events:
+                self._pending = err
+                return events
+            raise
+        return events
+
+    def _fail(self, message: str, code: ErrorCode) -> None:
+        err = RemoteProtocolError(message, code)
+        self.state = ConnState.ERROR
+        self.error = err
+        raise err
+
+    def _process(self, frame: bytes) -> FrameReceived:
+        hdr = unpack_header(frame)
+        if hdr.version != PROTOCOL_VERSION:
+            self._fail(f"unsupported protocol version {hdr.version}",
+                       ErrorCode.UNSUPPORTED_VERSION)
+        if hdr.seq != self._rx_seq:
+            self._fail(f"sequence number {hdr.seq}, expected {self._rx_seq}",
+                       ErrorCode.REPLAY_OR_REORDER)
+        body_bytes = frame[HEADER_LEN:-TAG_LEN]
+        if self.auth is None:
+            self._resolve_peer(hdr.type, body_bytes)
+        assert self.auth is not None
+        try:
+            self.auth.verify(hdr.akey_block, hdr.akey_offset, frame[:-TAG_LEN],
+                             frame[-TAG_LEN:])
+        except RemoteProtocolError as err:
+            self._fail(str(err), err.code)
+        self._rx_seq += 1
+        if hdr.reserved != 0:
+            self._fail("reserved header byte is not zero", ErrorCode.MALFORMED_FRAME)
+        body = self._parse_body(hdr.type, body_bytes)
+        key = (self.state, Direction.RECV, kind_of(hdr.type))
+        if key not in TRANSITIONS:
+            self._fail(f"{kind_of(hdr.type)} (0x{hdr.type:02x}) not allowed in state "
+                       f"{self.state.name}", ErrorCode.PROTOCOL_VIOLATION)
+        self._check_semantics(hdr.type, body)
+        self.state = TRANSITIONS[key]
+        self.frames_received += 1
+        return FrameReceived(hdr.type, hdr.session, body, hdr.seq, hdr.flags)
+
+    def _resolve_peer(self, msg_type: int, body_bytes: bytes) -> None:
+        if msg_type != MsgType.HELLO or self._resolver is None:
+            self._fail("first frame must be HELLO", ErrorCode.PROTOCOL_VIOLATION)
+        hello = self._parse_body(MsgType.HELLO, body_bytes)
+        name = self._check_name(hello)
+        assert self._resolver is not None
+        auth = self._resolver(name)
+        if auth is None:
+            self._fail(f"unknown peer {name!r}", ErrorCode.UNKNOWN_PEER)
+        self.auth = auth
+
+    def _parse_body(self, msg_type: int, body_bytes: bytes) -> Packet:
+        if msg_type == 0 or msg_type >= 0x80:
+            self._fail(f"reserved message type 0x{msg_type:02x}",
+                       ErrorCode.UNKNOWN_MESSAGE_TYPE)
+        cls = body_class_for(msg_type)
+        if cls is None:
+            self._fail(f"unknown message type 0x{msg_type:02x}",
+                       ErrorCode.UNKNOWN_MESSAGE_TYPE)
+        assert cls is not None
+        try:
+            body = cls(body_bytes)
+            canonical = bytes(body) == body_bytes and isinstance(body.payload, NoPayload)
+        except Exception:  # scapy raises many kinds on short or odd input
+            canonical = False
+        if not canonical:
+            self._fail(f"malformed {cls.__name__} body ({len(body_bytes)} bytes)",
+                       ErrorCode.MALFORMED_FRAME)
+        return body
+
+    def _check_name(self, body: Packet) -> str:
+        raw = bytes(body.node_name)
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        if not name or len(raw) > MAX_NAME_BYTES or not name.isprintable():
+            self._fail("node name must be 1-64 bytes of printable UTF-8",
+                       ErrorCode.MALFORMED_FRAME)
+        return name
+
+    def _check_semantics(self, msg_type: int, body: Packet) -> None:
+        if msg_type == MsgType.HELLO:
+            name = self._check_name(body)
+            if PROTOCOL_VERSION not in list(body.versions):
+                self._fail("no common protocol version", ErrorCode.UNSUPPORTED_VERSION)
+            if self.peer_name is not None and name != self.peer_name:
+                self._fail("HELLO name differs from the authenticated peer",
+                           ErrorCode.UNKNOWN_PEER)
+            self.peer_name, self.peer_role = name, int(body.role)
+            self.peer_capabilities = int(body.capabilities)
+        elif msg_type == MsgType.HELLO_ACK:
+            name = self._check_name(body)
+            if int(body.chosen_version) != PROTOCOL_VERSION:
+                self._fail("peer chose a version we did not offer",
+                           ErrorCode.UNSUPPORTED_VERSION)
+            self.peer_name, self.peer_role = name, int(body.role)
+            self.peer_capabilities = int(body.capabilities)
+        elif msg_type == MsgType.ERROR:
+            self.peer_error = (int(body.code),
+                               bytes(body.reason).decode("utf-8", "replace"))
+
+
+# --- trio adapter -------------------------------------------------------------------
+
+
+class PeerAborted(QkdnetError):
+    """The peer sent an ERROR frame; ``code`` and ``reason`` are what it said."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        try:
+            code_name = ErrorCode(code).name
+        except ValueError:
+            code_name = str(code)
+        super().__init__(f"peer aborted the sideband connection: {code_name} ({reason})")
+
+
+FrameHandler = Callable[["SidebandChannel", FrameReceived], Awaitable[None]]
+
+
+class FrameRouter:
+    """Message-type → handler table shared by the layers on one connection.
+
+    Each layer registers the types it serves, e.g.
+    ``router.register(range(0x10, 0x40), link_handler)``. Handlers are awaited one at
+    a time in frame order, so they should hand long work to their own tasks.
+    Connection-level types (HELLO…PONG) are handled by the channel itself.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, FrameHandler] = {}
+
+    def register(self, types: int | Iterable[int], handler: FrameHandler) -> None:
+        """Route ``types`` to ``handler``; a type can have one handler only."""
+        for t in [types] if isinstance(types, int) else list(types):
+            if kind_of(t) != "LAYER":
+                raise LocalProtocolError(f"type 0x{t:02x} is handled by the connection")
+            if t in self._handlers:
+                raise LocalProtocolError(f"type 0x{t:02x} already has a handler")
+            self._handlers[t] = handler
+
+    def handler_for(self, msg_type: int) -> FrameHandler | None:
+        """The handler registered for ``msg_type``, if any."""
+        return self._handlers.get(msg_type)
+
+
+class SidebandChannel:
+    """One sideband connection over a trio stream.
+
+    ``receive()`` returns every frame (including PING, CLOSE, ERROR); ``run(router)``
+    is the usual loop: it answers PING, completes CLOSE, and routes layer frames. On a
+    :class:`RemoteProtocolError` the channel sends ERROR, closes the stream and
+    re-raises. ``pcap_writer`` (a :class:`qkdnet.pcap.PcapFlow`) records both
+    directions.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, conn: SidebandConnection,
+                 pcap_writer: Any = None, *, receive_size: int = 65536) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.pcap = pcap_writer
+        self.receive_size = receive_size
+        self._events: list[FrameReceived] = []
+        self._send_lock = trio.Lock()
+        self._stream_closed = False
+
+    def __repr__(self) -> str:
+        return f"SidebandChannel({self.conn!r})"
+
+    @property
+    def peer_name(self) -> str | None:
+        """The authenticated peer name (after the handshake)."""
+        return self.conn.peer_name
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.pcap is not None:
+            self.pcap.sent(data)
+        await self.stream.send_all(data)
+
+    async def send(self, body: Packet, session: int = 0, flags: int = 0) -> None:
+        """Sign and send one frame."""
+        async with self._send_lock:
+            await self._write(self.conn.send(body, session=session, flags=flags))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (conformance testing)."""
+        async with self._send_lock:
+            await self._write(data)
+
+    async def receive(self) -> FrameReceived:
+        """The next frame. Raises ``trio.EndOfChannel`` after a clean close,
+        :class:`RemoteProtocolError` (after sending ERROR) on bad input."""
+        while not self._events:
+            try:
+                self.conn.raise_pending()
+                if self.conn.state in (ConnState.CLOSED, ConnState.ERROR):
+                    raise trio.EndOfChannel
+                try:
+                    data = await self.stream.receive_some(self.receive_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if self.pcap is not None and data:
+                    self.pcap.received(data)
+                if not data and self.conn.buffered == 0:
+                    if self.conn.state in (ConnState.CLOSE_SENT, ConnState.CLOSE_RECEIVED):
+                        self.conn.state = ConnState.CLOSED  # peer hung up after CLOSE
+                        raise trio.EndOfChannel
+                    self.conn.state = ConnState.ERROR
+                    raise RemoteProtocolError("peer hung up without CLOSE",
+                                              ErrorCode.PROTOCOL_VIOLATION)
+                self._events.extend(self.conn.receive_data(data))
+            except RemoteProtocolError as err:
+                await self.abort(err)
+                raise
+        return self._events.pop(0)
+
+    async def abort(self, err: RemoteProtocolError | ErrorCode, reason: str = "") -> None:
+        """Send ERROR (best effort) and close the stream."""
+        frame = self.conn.error_frame(err, reason)
+        with trio.move_on_after(1):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.send_raw(frame)
+        await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        if not self._stream_closed:
+            self._stream_closed = True
+            if self.pcap is not None:
+                self.pcap.close()
+            await self.stream.aclose()
+
+    async def handshake_initiator(self, role: int = Role.SPOKE, capabilities: int = 0,
+                                  *, timeout: float = 10.0) -> FrameReceived:
+        """Send HELLO and wait for HELLO_ACK."""
+        await self.send(Hello(node_name=self.conn.local_name.encode(), role=int(role),
+                              versions=[PROTOCOL_VERSION], capabilities=capabilities))
+        return await self._await_handshake(MsgType.HELLO_ACK, timeout)
+
+    async def handshake_responder(self, role: int = Role.HUB, capabilities: int = 0,
+                                  *, timeout: float = 10.0) -> FrameReceived:
+        """Wait for HELLO and answer HELLO_ACK."""
+        hello = await self._await_handshake(MsgType.HELLO, timeout)
+        await self.send(HelloAck(node_name=self.conn.local_name.encode(), role=int(role),
+                                 chosen_version=PROTOCOL_VERSION, capabilities=capabilities))
+        return hello
+
+    async def _await_handshake(self, expected: int, timeout: float) -> FrameReceived:
+        with trio.move_on_after(timeout):
+            ev = await self.receive()
+            if ev.type == MsgType.ERROR:
+                await self._close_stream()
+                raise PeerAborted(int(ev.body.code), bytes(ev.body.reason).decode(
+                    "utf-8", "replace"))
+            if ev.type != expected:  # cannot happen: the table only admits `expected`
+                raise LocalProtocolError("handshake out of order")
+            return ev
+        err = RemoteProtocolError("handshake timed out", ErrorCode.TIMEOUT)
+        await self.abort(err)
+        raise err
+
+    async def run(self, router: FrameRouter | None = None) -> None:
+        """Serve the connection until it closes: PING→PONG, CLOSE→CLOSE, route the rest.
+
+        Returns after a graceful close; raises :class:`PeerAborted` if the peer sent
+        ERROR and :class:`RemoteProtocolError` on bad input (ERROR already sent).
+        """
+        router = router or FrameRouter()
+        while True:
+            try:
+                ev = await self.receive()
+            except trio.EndOfChannel:
+                await self._close_stream()
+                return
+            if ev.type == MsgType.PING:
+                await self.send(Pong(nonce=ev.body.nonce))
+            elif ev.type == MsgType.PONG:
+                pass
+            elif ev.type == MsgType.CLOSE:
+                if self.conn.state is ConnState.CLOSE_RECEIVED:
+                    await self.send(Close())
+                await self._close_stream()
+                return
+            elif ev.type == MsgType.ERROR:
+                await self._close_stream()
+                raise PeerAborted(int(ev.body.code),
+                                  bytes(ev.body.reason).decode("utf-8", "replace"))
+            else:
+                handler = router.handler_for(ev.type)
+                if handler is None:
+                    err = RemoteProtocolError(f"no handler for message type 0x{ev.type:02x}",
+                                              ErrorCode.UNKNOWN_MESSAGE_TYPE)
+                    await self.abort(err)
+                    raise err
+                await handler(self, ev)
+
+    async def ping(self, *, timeout: float = 5.0) -> None:
+        """Send PING and wait for the matching PONG (only when nobody else receives)."""
+        nonce = secrets.randbits(64)
+        await self.send(Ping(nonce=nonce))
+        with trio.fail_after(timeout):
+            while True:
+                ev = await self.receive()
+                if ev.type == MsgType.PONG and int(ev.body.nonce) == nonce:
+                    return
+                if ev.type == MsgType.PING:
+                    await self.send(Pong(nonce=ev.body.nonce))
+
+    async def aclose(self, *, timeout: float = 2.0) -> None:
+        """Graceful close: CLOSE, wait for the peer's CLOSE, hang up."""
+        try:
+            if self.conn.state is ConnState.OPEN or self.conn.state is ConnState.CLOSE_RECEIVED:
+                await self.send(Close())
+            with trio.move_on_after(timeout):
+                while self.conn.state is ConnState.CLOSE_SENT:
+                    await self.receive()
+        except (RemoteProtocolError, trio.EndOfChannel, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            pass
+        finally:
+            await self._close_stream()
+
+
+def _flow_for(recorder: Any, stream: trio.abc.Stream, *, server: bool) -> Any:
+    if recorder is None:
+        return None
+    sock = getattr(stream, "socket", None)
+    try:
+        local = sock.getsockname()[:2] if sock is not None else ("127.0.0.1", 0)
+        remote = sock.getpeername()[:2] if sock is not None else ("127.0.0.2", 0)
+    except OSError:
+        local, remote = ("127.0.0.1", 0), ("127.0.0.2", 0)
+    return recorder.flow(local, remote, initiator=not server)
+
+
+async def connect_sideband(host: str, port: int, *, local_name: str,
+                           auth: FrameAuthenticator, role: int = Role.SPOKE,
+                           capabilities: int = 0,
+                           max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                           pcap: Any = None, timeout: float = 10.0) -> SidebandChannel:
+    """Open TCP to ``host:port``, do the HELLO handshake, return the open channel.
+
+    ``pcap`` is a :class:`qkdnet.pcap.PcapRecorder` (or ``None``).
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    conn = SidebandConnection(local_name, auth, max_frame_size)
+    chan = SidebandChannel(stream, conn, _flow_for(pcap, stream, server=False))
+    try:
+        await chan.handshake_initiator(role, capabilities, timeout=timeout)
+    except BaseException:
+        await chan._close_stream()
+        raise
+    return chan
+
+
+ChannelHandler = Callable[[SidebandChannel], Awaitable[None]]
+
+
+async def serve_sideband(handler: ChannelHandler, port: int, *, local_name: str,
+                         auth_for_peer: AuthResolver, host: str | None = None,
+                         role: int = Role.HUB, capabilities: int = 0,
+                         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, pcap: Any = None,
+                         handshake_timeout: float = 10.0,
+                         on_close: Callable[[SidebandChannel, BaseException | None], None]
+                         | None = None,
+                         task_status: trio.TaskStatus[list[trio.SocketListener]]
+                         = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``port`` and run ``handler(channel)`` for every peer that says HELLO.
+
+    Like ``trio.serve_tcp`` (``task_status.started`` gets the listeners). A peer that
+    breaks the protocol gets ERROR and is dropped; it never takes the server down.
+    ``on_close(channel, error_or_None)`` is called as each connection ends.
+    """
+
+    async def per_connection(stream: trio.SocketStream) -> None:
+        conn = SidebandConnection(local_name, auth_for_peer, max_frame_size)
+        chan = SidebandChannel(stream, conn, _flow_for(pcap, stream, server=True))
+        failure: BaseException | None = None
+        try:
+            await chan.handshake_responder(role, capabilities, timeout=handshake_timeout)
+            await handler(chan)
+        except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.EndOfChannel) as err:
+            log.info("sideband peer %s dropped: %s", conn.peer_name or "?", err)
+            failure = err
+        finally:
+            await chan._close_stream()
+            if on_close is not None:
+                on_close(chan, failure)
+
+    await trio.serve_tcp(per_connection, port, host=host, task_status=task_status)
+
+
+@dataclass
+class BasicNodeStats:
+    """What a basic node saw (tests look at these)."""
+
+    connections: int = 0
+    closed_gracefully: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    max_buffered: int = 0
+
+
+@dataclass
+class BasicNode:
+    """Handle of a running :func:`serve_basic_node`."""
+
+    name: str
+    listeners: list[trio.SocketListener]
+    stats: BasicNodeStats
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self.listeners[0].socket.getsockname()[1])
+
+
+async def serve_basic_node(name: str, auth_for_peer: AuthResolver, port: int = 0, *,
+                           host: str = "127.0.0.1",
+                           max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                           pcap: Any = None, router: FrameRouter | None = None,
+                           task_status: trio.TaskStatus[BasicNode]
+                           = trio.TASK_STATUS_IGNORED) -> None:
+    """A minimal responder speaking only the connection-level protocol.
+
+    It answers HELLO, PING and CLOSE (plus whatever ``router`` handles) and is the
+    target of the conformance tests until the hub exists.
+    """
+    stats = BasicNodeStats()
+
+    def on_close(chan: SidebandChannel, err: BaseException | None) -> None:
+        stats.connections += 1
+        stats.max_buffered = max(stats.max_buffered, chan.conn.max_buffered)
+        if err is None:
+            stats.closed_gracefully += 1
+        else:
+            key = (err.code.name if isinstance(err, RemoteProtocolError)
+                   else type(err).__name__)
+            stats.errors[key] = stats.errors.get(key, 0) + 1
+
+    async def handler(chan: SidebandChannel) -> None:
+        await chan.run(router)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(
+            serve_sideband, handler, port, local_name=name, auth_for_peer=auth_for_peer,
+            host=host, role=Role.HUB, max_frame_size=max_frame_size, pcap=pcap,
+            on_close=on_close))
+        task_status.started(BasicNode(name, listeners, stats))

@@ -1,0 +1,345 @@
+"""Sideband frame layout: the common header, the common bodies, and a fast header codec.
+
+Every classical qkdnet message is one *frame* on a TCP stream (spec/protocol.md §3)::
+
+    length u32 | version u8 | type u8 | flags u8 | reserved u8 | session u32 | seq u64
+    | akey_block u64 | akey_offset u32 | body (length - 44 bytes) | tag (16 bytes)
+
+``length`` counts every byte after itself. The tag is the Wegman–Carter authenticator
+(:mod:`qkdnet.auth`) over every byte before it.
+
+Theory of operation (scapy side)
+--------------------------------
+On the wire the tag *trails* the body, but scapy dissects fields front to back. So
+:class:`QkdHeader` carries ``tag`` as its last header field and moves the 16 bytes
+around: ``pre_dissect`` moves the trailing tag up behind the fixed header, and
+``post_build`` moves it back behind the body. ``extract_padding`` then hands exactly
+``length - 44`` bytes to the body layer and returns whatever follows the frame as
+padding, which is how scapy's ``TCPSession`` keeps the next frame buffered.
+
+Adding message types in another layer
+-------------------------------------
+Each layer keeps its bodies in its own ``wire.py``::
+
+    from scapy.packet import Packet, bind_layers
+    from qkdnet.wire import QkdBody, QkdHeader
+
+    class BlockAnnounce(QkdBody):           # link layer, type 0x10
+        name = "QKD BlockAnnounce"
+        fields_desc = [...]
+        summary_fields = ("block_bits",)    # optional, read by ``qkdnet pcap summary``
+
+    bind_layers(QkdHeader, BlockAnnounce, type=0x10)
+
+and adds its type numbers (in its own range: link 0x10-0x3F, hub 0x40-0x5F, apps
+0x60-0x7F) to its own ``IntEnum``. The sideband connection looks bodies up by type
+through these bindings (:func:`body_class_for`), so nothing else needs changing. Add a
+byte-layout table to spec/protocol.md and golden vectors under spec/vectors/ as well:
+tests/sideband checks both against the scapy definitions.
+
+The fast codec (:func:`pack_header` / :func:`unpack_header`) exists because building a
+scapy packet costs ~0.1 ms; the connection uses it for the fixed header only, and
+tests check byte-for-byte agreement with :class:`QkdHeader` for every type.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any, ClassVar, NamedTuple
+
+from qkdnet.errors import ErrorCode
+from scapy.fields import (
+    ByteEnumField,
+    ByteField,
+    FieldLenField,
+    FieldListField,
+    FlagsField,
+    IntField,
+    LongField,
+    ShortEnumField,
+    StrFixedLenField,
+    StrLenField,
+    XLongField,
+)
+from scapy.layers.inet import TCP
+from scapy.packet import Packet, Raw, bind_layers
+
+#: Protocol version this implementation speaks (spec §3.1).
+PROTOCOL_VERSION = 1
+#: Default TCP port of the sideband (spec §2).
+DEFAULT_PORT = 7787
+#: Bytes of fixed header (length field included) and of the trailing tag.
+HEADER_LEN = 32
+TAG_LEN = 16
+#: Smallest legal value of the length field: header after ``length`` + empty body + tag.
+MIN_LENGTH = HEADER_LEN - 4 + TAG_LEN
+#: Upper bound on the length field that :meth:`QkdHeader.tcp_reassemble` will wait for
+#: when reading captures; anything larger is treated as a desynchronised stream.
+CAPTURE_MAX_LENGTH = 1 << 26
+
+
+class MsgType(IntEnum):
+    """Sideband message types of the common range 0x01–0x0F (spec §5).
+
+    Other ranges belong to other layers: 0x10–0x3F link, 0x40–0x5F hub, 0x60–0x7F
+    apps. 0x00 and 0x80–0xFF are reserved and always rejected.
+    """
+
+    HELLO = 0x01  # spec §5.1: opens a connection, names the sender, offers versions
+    HELLO_ACK = 0x02  # spec §5.2: accepts, names the responder, picks the version
+    ERROR = 0x03  # spec §5.3: the sender aborts the connection with an ErrorCode
+    CLOSE = 0x04  # spec §5.4: graceful close, answered with CLOSE
+    PING = 0x05  # spec §5.5: liveness probe carrying a nonce
+    PONG = 0x06  # spec §5.6: echoes the PING nonce
+
+
+#: Inclusive type ranges per owning layer (spec §5).
+TYPE_RANGES: dict[str, tuple[int, int]] = {
+    "common": (0x01, 0x0F),
+    "link": (0x10, 0x3F),
+    "hub": (0x40, 0x5F),
+    "apps": (0x60, 0x7F),
+}
+
+
+class Role(IntEnum):
+    """What a node is, as announced in HELLO (spec §5.1)."""
+
+    UNSPECIFIED = 0
+    SPOKE = 1
+    HUB = 2
+    APP = 3
+    TESTER = 4
+
+
+#: Capability bits announced in HELLO / HELLO_ACK (spec §5.1).
+CAPABILITIES = ["link", "relay", "apps", "keystore"]
+
+
+class FrameFlags:
+    """Bits of the header ``flags`` byte (spec §3.1)."""
+
+    END_OF_GROUP = 0x01
+
+
+_FLAG_NAMES = ["end_of_group", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]
+
+
+class QkdHeader(Packet):
+    """The common sideband header; ``tag`` is dissected from the frame's end."""
+
+    name = "QKD Sideband"
+    fields_desc: ClassVar[list[Any]] = [
+        IntField("length", None),
+        ByteField("version", PROTOCOL_VERSION),
+        ByteEnumField("type", 0, {int(t): t.name for t in MsgType}),
+        FlagsField("flags", 0, 8, _FLAG_NAMES),
+        ByteField("reserved", 0),
+        IntField("session", 0),
+        LongField("seq", 0),
+        LongField("akey_block", 0),
+        IntField("akey_offset", 0),
+        StrFixedLenField("tag", b"\x00" * TAG_LEN, TAG_LEN),
+    ]
+
+    def pre_dissect(self, s: bytes) -> bytes:
+        # Move the trailing tag up behind the fixed header (see module docstring). A
+        # truncated frame takes its last available bytes as the tag.
+        if len(s) < HEADER_LEN:
+            return s
+        end = min(len(s), 4 + int.from_bytes(s[:4], "big"))
+        end = max(end, HEADER_LEN)
+        tag_start = max(HEADER_LEN, end - TAG_LEN)
+        return s[:HEADER_LEN] + s[tag_start:end] + s[HEADER_LEN:tag_start] + s[end:]
+
+    def post_dissect(self, s: bytes) -> bytes:
+        # The cached raw header holds the tag in its dissection position; drop the
+        # cache so rebuilding goes through post_build and puts the tag back at the end.
+        self.raw_packet_cache = None
+        return s
+
+    def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
+        length = self.length if self.length is not None else MIN_LENGTH
+        body_len = max(0, int(length) - MIN_LENGTH)
+        return s[:body_len], s[body_len:]
+
+    def post_build(self, pkt: bytes, pay: bytes) -> bytes:
+        header, tag = pkt[:HEADER_LEN], pkt[HEADER_LEN:]
+        if self.length is None:
+            header = struct.pack("!I", len(pkt) - 4 + len(pay)) + header[4:]
+        return header + pay + tag
+
+    @classmethod
+    def tcp_reassemble(cls, data: bytes, metadata: dict[str, Any],
+                       session: dict[str, Any]) -> Packet | None:
+        """Whole frames from a TCP byte stream (scapy ``TCPSession``).
+
+        Returns ``None`` until a whole frame is buffered. Bytes after the frame come
+        back as padding, which scapy keeps for the next frame, so one segment holding
+        several frames and one frame spread over many segments both work. A length
+        field that cannot be right desynchronises the stream: the rest is returned raw.
+        """
+        if len(data) < 4:
+            return None
+        length = int.from_bytes(data[:4], "big")
+        if length < MIN_LENGTH or length > CAPTURE_MAX_LENGTH:
+            return Raw(data)
+        if len(data) < 4 + length:
+            return None
+        return cls(data)
+
+    def mysummary(self) -> str:
+        return self.sprintf("QKD %type% sess=%session% seq=%seq% len=%length%")
+
+
+class QkdBody(Packet):
+    """Base class of every sideband body.
+
+    ``summary_fields`` names fields that ``qkdnet pcap summary`` aggregates (``qber``,
+    ``block_bits``, ``leaked_bits``, ``final_key_bits``); see :mod:`qkdnet.pcap`.
+    """
+
+    summary_fields: tuple[str, ...] = ()
+
+
+def _name_fields() -> list[Any]:
+    return [
+        FieldLenField("name_len", None, length_of="node_name", fmt="B"),
+        StrLenField("node_name", b"", length_from=lambda p: p.name_len),
+        ByteEnumField("role", Role.UNSPECIFIED, {int(r): r.name.lower() for r in Role}),
+    ]
+
+
+class Hello(QkdBody):
+    """HELLO (spec §5.1): who I am and which protocol versions I speak."""
+
+    name = "QKD HELLO"
+    fields_desc: ClassVar[list[Any]] = [
+        *_name_fields(),
+        FieldLenField("n_versions", None, count_of="versions", fmt="B"),
+        FieldListField("versions", [PROTOCOL_VERSION], ByteField("v", 0),
+                       count_from=lambda p: p.n_versions),
+        FlagsField("capabilities", 0, 32, CAPABILITIES),
+    ]
+
+
+class HelloAck(QkdBody):
+    """HELLO_ACK (spec §5.2): the responder's name and the chosen version."""
+
+    name = "QKD HELLO_ACK"
+    fields_desc: ClassVar[list[Any]] = [
+        *_name_fields(),
+        ByteField("chosen_version", PROTOCOL_VERSION),
+        FlagsField("capabilities", 0, 32, CAPABILITIES),
+    ]
+
+
+_ERROR_NAMES = {int(c): c.name for c in ErrorCode}
+
+
+class Error(QkdBody):
+    """ERROR (spec §5.3): abort with a code and a human-readable reason."""
+
+    name = "QKD ERROR"
+    fields_desc: ClassVar[list[Any]] = [
+        ShortEnumField("code", ErrorCode.PROTOCOL_VIOLATION, _ERROR_NAMES),
+        FieldLenField("reason_len", None, length_of="reason", fmt="!H"),
+        StrLenField("reason", b"", length_from=lambda p: p.reason_len),
+    ]
+
+
+class Close(QkdBody):
+    """CLOSE (spec §5.4): graceful close; the peer answers CLOSE and both hang up."""
+
+    name = "QKD CLOSE"
+    fields_desc: ClassVar[list[Any]] = [ShortEnumField("code", ErrorCode.NO_ERROR, _ERROR_NAMES)]
+
+
+class Ping(QkdBody):
+    """PING (spec §5.5)."""
+
+    name = "QKD PING"
+    fields_desc: ClassVar[list[Any]] = [XLongField("nonce", 0)]
+
+
+class Pong(QkdBody):
+    """PONG (spec §5.6): echoes the PING's nonce."""
+
+    name = "QKD PONG"
+    fields_desc: ClassVar[list[Any]] = [XLongField("nonce", 0)]
+
+
+bind_layers(QkdHeader, Hello, type=MsgType.HELLO)
+bind_layers(QkdHeader, HelloAck, type=MsgType.HELLO_ACK)
+bind_layers(QkdHeader, Error, type=MsgType.ERROR)
+bind_layers(QkdHeader, Close, type=MsgType.CLOSE)
+bind_layers(QkdHeader, Ping, type=MsgType.PING)
+bind_layers(QkdHeader, Pong, type=MsgType.PONG)
+
+
+def bind_port(port: int) -> None:
+    """Dissect TCP traffic on ``port`` (either direction) as sideband frames."""
+    bind_layers(TCP, QkdHeader, sport=port)
+    bind_layers(TCP, QkdHeader, dport=port)
+
+
+bind_port(DEFAULT_PORT)
+
+
+def body_class_for(msg_type: int) -> type[Packet] | None:
+    """The body class bound to ``msg_type`` with ``bind_layers``, or ``None``."""
+    for fval, cls in QkdHeader.payload_guess:
+        if set(fval) == {"type"} and fval["type"] == msg_type:
+            return cls  # type: ignore[no-any-return]
+    return None
+
+
+def bound_types() -> dict[int, type[Packet]]:
+    """Every message type with a bound body class."""
+    out: dict[int, type[Packet]] = {}
+    for fval, cls in QkdHeader.payload_guess:
+        if set(fval) == {"type"}:
+            out.setdefault(int(fval["type"]), cls)
+    return out
+
+
+def type_name(msg_type: int) -> str:
+    """A display name for a type: the body's name if bound, else hex."""
+    cls = body_class_for(msg_type)
+    if cls is not None:
+        return str(getattr(cls, "_name", cls.__name__)).removeprefix("QKD ")
+    return f"0x{msg_type:02x}"
+
+
+# --- fast header codec --------------------------------------------------------------
+
+_HEADER = struct.Struct("!IBBBBIQQI")
+assert _HEADER.size == HEADER_LEN
+
+
+class HeaderFields(NamedTuple):
+    """The fixed header fields, as the fast codec reads them."""
+
+    length: int
+    version: int
+    type: int
+    flags: int
+    reserved: int
+    session: int
+    seq: int
+    akey_block: int
+    akey_offset: int
+
+
+def pack_header(body_len: int, msg_type: int, *, session: int = 0, seq: int = 0,
+                flags: int = 0, akey_block: int = 0, akey_offset: int = 0,
+                version: int = PROTOCOL_VERSION, reserved: int = 0) -> bytes:
+    """The 32 header bytes of a frame whose body is ``body_len`` bytes long."""
+    return _HEADER.pack(body_len + MIN_LENGTH, version, msg_type, flags, reserved, session,
+                        seq, akey_block, akey_offset)
+
+
+def unpack_header(data: bytes) -> HeaderFields:
+    """Decode the first 32 bytes of ``data`` (no validation)."""
+    return HeaderFields(*_HEADER.unpack_from(data))
