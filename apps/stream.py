@@ -215,7 +215,8 @@ class SecureStreamCore:
         first = HASH_KEY_BYTES if self._tx_r is None else 0
         return n_payload + TAG_KEY_BYTES * frames + first
 
-    def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor) -> list[bytes]:
+    def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor | None
+                  ) -> list[bytes]:
         """Frames (one per ``max_frame_payload`` bytes) carrying ``payload``."""
         if self.eof_sent:
             raise LocalProtocolError("data after end of stream")
@@ -226,13 +227,16 @@ class SecureStreamCore:
                                   view[start:start + self.max_frame_payload], cursor))
         return out
 
-    def seal_eof(self, cursor: KeyCursor) -> bytes:
+    def seal_eof(self, cursor: KeyCursor | None) -> bytes:
         """The authenticated end-of-stream frame for this direction."""
         frame = self._seal(AppMsgType.STREAM_EOF, b"", cursor)
         self.eof_sent = True
         return frame
 
-    def _seal(self, mtype: int, payload: bytes | memoryview, cursor: KeyCursor) -> bytes:
+    def _seal(self, mtype: int, payload: bytes | memoryview, cursor: KeyCursor | None
+              ) -> bytes:
+        if cursor is None:
+            raise LocalProtocolError("a SecureStream frame needs key")
         first = self._tx_r is None
         n_key = len(payload) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
         refs, key = cursor.carve(n_key)
@@ -323,6 +327,100 @@ class SecureStreamCore:
         return _xor(ct, pad)
 
 
+@dataclass
+class HopSecuredCore:
+    """Sans-I/O framing for a stream inside a hub channel (no key of its own).
+
+    A relayed hub channel already one-time-pads every message with fresh key on each
+    hop and tags it with Wegman–Carter (docs/design.md, "Hub and spokes"); padding it
+    again end to end would double the key cost for no secrecy against the hub, which
+    as a trusted node sees (or could compute) any end-to-end key anyway. This core
+    keeps what the stream adds on top: one session id, per-direction sequence numbers
+    (a hop that drops, repeats or reorders is detected) and the explicit end of stream.
+    Same interface as :class:`SecureStreamCore`; ``key_bytes_for`` is always 0.
+    """
+
+    session: int
+    max_frame_payload: int = DEFAULT_FRAME_PAYLOAD
+    max_frame_size: int = MAX_FRAME_SIZE
+    stats: StreamStats = field(default_factory=StreamStats)
+    _tx_seq: int = 0
+    _rx_seq: int = 0
+    _rx_buf: bytearray = field(default_factory=bytearray, repr=False)
+    eof_sent: bool = False
+    eof_received: bool = False
+
+    def key_bytes_for(self, n_payload: int) -> int:
+        """No stream key: the channel's hops supply pad and tag."""
+        return 0
+
+    def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor | None) -> list[bytes]:
+        """HOP_DATA frames carrying ``payload``."""
+        if self.eof_sent:
+            raise LocalProtocolError("data after end of stream")
+        view = memoryview(payload)
+        out = []
+        for start in range(0, len(view), self.max_frame_payload):
+            piece = view[start:start + self.max_frame_payload]
+            out.append(wire.encode_hop_frame(AppMsgType.HOP_DATA, self.session,
+                                             self._tx_seq, piece))
+            self._tx_seq += 1
+            self.stats.frames_tx += 1
+            self.stats.payload_bytes_tx += len(piece)
+        return out
+
+    def seal_eof(self, cursor: KeyCursor | None) -> bytes:
+        """The HOP_EOF frame."""
+        frame = wire.encode_hop_frame(AppMsgType.HOP_EOF, self.session, self._tx_seq, b"")
+        self._tx_seq += 1
+        self.eof_sent = True
+        return frame
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+        """Feed channel bytes; returns (payload now available, end-of-stream seen)."""
+        buf = self._rx_buf
+        buf += data
+        out: list[bytes] = []
+        while True:
+            size = wire.peek_length(buf)
+            if size is None:
+                break
+            if size > self.max_frame_size:
+                raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
+                                          ErrorCode.FRAME_TOO_LARGE)
+            if len(buf) < size:
+                break
+            frame = bytes(buf[:size])
+            del buf[:size]
+            head = wire.decode_header(frame)
+            if head.type not in (AppMsgType.HOP_DATA, AppMsgType.HOP_EOF):
+                raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
+                                          ErrorCode.UNKNOWN_MESSAGE_TYPE)
+            if self.eof_received:
+                raise RemoteProtocolError("frame after end of stream",
+                                          ErrorCode.PROTOCOL_VIOLATION)
+            if head.session != self.session:
+                raise RemoteProtocolError("frame belongs to another stream",
+                                          ErrorCode.PROTOCOL_VIOLATION)
+            if head.seq != self._rx_seq:
+                kind = "replayed" if head.seq < self._rx_seq else "reordered or dropped"
+                raise RemoteProtocolError(
+                    f"frame {kind}: sequence {head.seq}, expected {self._rx_seq}",
+                    ErrorCode.REPLAY_OR_REORDER)
+            payload = frame[wire.HEADER_SIZE:-wire.TAG_SIZE]
+            self._rx_seq += 1
+            self.stats.frames_rx += 1
+            if head.type == AppMsgType.HOP_EOF:
+                if payload:
+                    raise RemoteProtocolError("end-of-stream frame carries data",
+                                              ErrorCode.MALFORMED_FRAME)
+                self.eof_received = True
+            else:
+                self.stats.payload_bytes_rx += len(payload)
+                out.append(payload)
+        return b"".join(out), self.eof_received
+
+
 # ---- trio adapter ----------------------------------------------------------------------
 
 
@@ -382,13 +480,18 @@ class SecureStream(trio.abc.HalfCloseableStream):
     after ``aclose``; ``BusyResourceError`` for concurrent senders or receivers.
     """
 
-    def __init__(self, transport: trio.abc.Stream, keys: StreamKeys, *, session: int = 0,
-                 policy: KeyPolicy = KeyPolicy(),
+    def __init__(self, transport: trio.abc.Stream, keys: StreamKeys | None, *,
+                 session: int = 0, policy: KeyPolicy = KeyPolicy(),
                  max_frame_payload: int = DEFAULT_FRAME_PAYLOAD) -> None:
         self.transport = transport
         self.keys = keys
         self.policy = policy
-        self._core = SecureStreamCore(session, keys.take, max_frame_payload=max_frame_payload)
+        self._core: SecureStreamCore | HopSecuredCore
+        if keys is None:
+            self._core = HopSecuredCore(session, max_frame_payload=max_frame_payload)
+        else:
+            self._core = SecureStreamCore(session, keys.take,
+                                          max_frame_payload=max_frame_payload)
         self._state = StreamState.OK
         self._broken_reason: str | None = None
         self._send = _Conflict("sending on")
@@ -454,7 +557,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
             raise self._translate(err) from err
 
-    async def _get_key(self, n_bytes: int) -> KeyCursor:
+    async def _get_key(self, n_bytes: int) -> KeyCursor | None:
+        if n_bytes == 0 or self.keys is None:
+            return None
         n_bits = 8 * n_bytes
         try:
             if self.policy.wait:
@@ -563,8 +668,11 @@ class SecureStream(trio.abc.HalfCloseableStream):
         try:
             if graceful:
                 try:
-                    cursor = KeyCursor(self.keys.reserve(8 * self._core.key_bytes_for(0)))
-                    self._core.stats.key_bits_reserved += 8 * self._core.key_bytes_for(0)
+                    n_eof = self._core.key_bytes_for(0)
+                    cursor = None
+                    if n_eof and self.keys is not None:
+                        cursor = KeyCursor(self.keys.reserve(8 * n_eof))
+                        self._core.stats.key_bits_reserved += 8 * n_eof
                     await self.transport.send_all(self._core.seal_eof(cursor))
                 except (KeyExhausted, trio.BrokenResourceError, trio.ClosedResourceError,
                         trio.BusyResourceError, OSError):

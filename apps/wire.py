@@ -47,6 +47,8 @@ class AppMsgType(IntEnum):
 
     STREAM_DATA = 0x60  #: one-time-pad encrypted payload bytes
     STREAM_EOF = 0x61  #: authenticated end of this direction (send_eof / aclose)
+    HOP_DATA = 0x62  #: payload on a channel the hub already pads and tags hop by hop
+    HOP_EOF = 0x63  #: end of this direction on such a channel
     LOCAL_REQUEST = 0x70  #: node-client request on the local Unix socket (JSON)
     LOCAL_REPLY = 0x71  #: node daemon's reply on the local Unix socket (JSON)
     LOCAL_DATA = 0x72  #: one channel message on a local-socket channel connection
@@ -100,6 +102,18 @@ def encode_frame(msg_type: int, session: int, seq: int, refs: list[KeyRef],
     parts.extend(KEYREF.pack(*r) for r in refs)
     parts.append(payload)
     return b"".join(parts)
+
+
+def encode_hop_frame(msg_type: int, session: int, seq: int, payload: bytes | memoryview
+                     ) -> bytes:
+    """HOP_DATA / HOP_EOF frame: header, plaintext body, 16 zero bytes in the tag slot.
+
+    Only sent inside a hub channel, whose every hop one-time-pads and authenticates
+    the whole message (so this frame needs neither key references nor a tag).
+    """
+    head = HEADER.pack(HEADER_SIZE - 4 + len(payload) + TAG_SIZE, VERSION, msg_type, 0, 0,
+                       session, seq, 0, 0)
+    return b"".join((head, payload, bytes(TAG_SIZE)))
 
 
 def peek_length(buf: bytes | bytearray | memoryview) -> int | None:
@@ -169,6 +183,21 @@ class StreamEof(QkdBody):
     ]
 
 
+class HopData(QkdBody):
+    """Body of HOP_DATA (0x62): plaintext payload (the hub channel pads it per hop)."""
+
+    name = "HopData"
+    fields_desc = [  # noqa: RUF012 - scapy field list
+        StrField("data", b"")]
+
+
+class HopEof(QkdBody):
+    """Body of HOP_EOF (0x63): empty."""
+
+    name = "HopEof"
+    fields_desc: list = []  # noqa: RUF012
+
+
 class LocalMessage(QkdBody):
     """Body of LOCAL_REQUEST / LOCAL_REPLY / LOCAL_DATA on the node's Unix socket."""
 
@@ -179,5 +208,7 @@ class LocalMessage(QkdBody):
 
 bind_layers(QkdHeader, StreamData, type=AppMsgType.STREAM_DATA)
 bind_layers(QkdHeader, StreamEof, type=AppMsgType.STREAM_EOF)
+bind_layers(QkdHeader, HopData, type=AppMsgType.HOP_DATA)
+bind_layers(QkdHeader, HopEof, type=AppMsgType.HOP_EOF)
 for _t in (AppMsgType.LOCAL_REQUEST, AppMsgType.LOCAL_REPLY, AppMsgType.LOCAL_DATA):
     bind_layers(QkdHeader, LocalMessage, type=_t)

@@ -44,3 +44,16 @@ async def test_conformance_over_tcp_loopback() -> None:
 
         await trio.testing.check_half_closeable_stream(maker, None)
         nursery.cancel_scope.cancel()
+
+
+async def test_conformance_hop_secured_mode_over_memory_streams() -> None:
+    # keys=None: the framing used inside hub channels (the hops pad and tag).
+    async def maker() -> tuple[SecureStream, SecureStream]:
+        a, b = trio.testing.memory_stream_pair()
+        return SecureStream(a, None, session=3), SecureStream(b, None, session=3)
+
+    async def clogged() -> tuple[SecureStream, SecureStream]:
+        a, b = trio.testing.lockstep_stream_pair()
+        return SecureStream(a, None, session=3), SecureStream(b, None, session=3)
+
+    await trio.testing.check_half_closeable_stream(maker, clogged)
