@@ -125,7 +125,7 @@ def peek_length(buf: bytes | bytearray | memoryview) -> int | None:
 
 def decode_header(frame: bytes | memoryview) -> FrameHeader:
     """Decode the fixed header; raises RemoteProtocolError if it is malformed."""
-    if len(frame) < HEADER_SIZE + N_REFS.size + TAG_SIZE:
+    if len(frame) < HEADER_SIZE + TAG_SIZE:
         raise RemoteProtocolError("frame shorter than header and tag", ErrorCode.MALFORMED_FRAME)
     length, version, mtype, flags, _res, session, seq, ablock, aoff = HEADER.unpack_from(frame)
     if version != VERSION:
@@ -137,6 +137,8 @@ def decode_header(frame: bytes | memoryview) -> FrameHeader:
 def decode_body(frame: bytes | memoryview) -> tuple[list[KeyRef], memoryview]:
     """Split a whole frame (header … tag) into its key references and payload."""
     view = memoryview(frame)
+    if len(view) < HEADER_SIZE + N_REFS.size + TAG_SIZE:
+        raise RemoteProtocolError("frame too short for its body", ErrorCode.MALFORMED_FRAME)
     (n_refs,) = N_REFS.unpack_from(view, HEADER_SIZE)
     if n_refs == 0 or n_refs > MAX_REFS:
         raise RemoteProtocolError(f"frame names {n_refs} key segments", ErrorCode.MALFORMED_FRAME)
