@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -38,6 +38,7 @@ from qkdnet.errors import (
     KeyReuseError,
     LocalProtocolError,
 )
+from qkdnet.keystore import KeySegment, KeyStore
 
 #: Bytes of one-time key ``s`` per frame, and of the hash key ``r``.
 TAG_KEY_BYTES = 16
@@ -46,6 +47,8 @@ HASH_KEY_BYTES = 16
 TAG_KEY_BITS = 8 * TAG_KEY_BYTES
 #: Smallest bootstrap secret accepted (docs/design.md, key store).
 MIN_BOOTSTRAP_BYTES = 4096
+#: Block ids of the first bootstrap secret's pools (as ``qkdnet.keystore`` numbers them).
+BOOTSTRAP_BLOCK_BASE = 0xFFFF_FFFF << 32
 
 
 def forgery_bound(message_bytes: int) -> float:
@@ -119,9 +122,11 @@ class MemoryTagKeys:
     def from_bootstrap(cls, secret: bytes, *, initiator: bool) -> MemoryTagKeys:
         """Split a bootstrap secret the same way at both ends, mirrored by role.
 
-        Layout: bytes 0–15 are ``r`` initiator→responder, 16–31 ``r`` responder→
-        initiator; the rest is cut in half, first half the initiator→responder pool
-        (block id 0), second half the other direction (block id 1). Each direction's
+        Layout (the key store's, so a memory peer interoperates with a store peer
+        that imported this secret first): bytes 0–15 are ``r`` initiator→responder,
+        16–31 ``r`` responder→initiator; the rest is cut in half, first half the
+        initiator→responder pool (block ``BOOTSTRAP_BLOCK_BASE | 0``), second half the
+        other direction (``| 1``). Each direction's
         pool is consumed from the start, so one secret serves one pair of processes:
         a restarted process would reuse one-time keys (use the key store for that).
         """
@@ -132,9 +137,10 @@ class MemoryTagKeys:
         rest = secret[32:]
         half = len(rest) // 2
         p_i2r, p_r2i = rest[:half], rest[half:2 * half]
+        fwd, back = BOOTSTRAP_BLOCK_BASE | 0, BOOTSTRAP_BLOCK_BASE | 1
         if initiator:
-            return cls(r_i2r, r_r2i, p_i2r, p_r2i, tx_block=0, rx_block=1)
-        return cls(r_r2i, r_i2r, p_r2i, p_i2r, tx_block=1, rx_block=0)
+            return cls(r_i2r, r_r2i, p_i2r, p_r2i, tx_block=fwd, rx_block=back)
+        return cls(r_r2i, r_i2r, p_r2i, p_i2r, tx_block=back, rx_block=fwd)
 
     def __repr__(self) -> str:
         return (f"MemoryTagKeys(tx_left={len(self._tx.data) - self._tx.cursor}B, "
@@ -180,7 +186,7 @@ class KeyStoreTagKeys:
     twice. The hash keys ``r`` come from the bootstrap secret.
     """
 
-    def __init__(self, store: Any, peer: str) -> None:
+    def __init__(self, store: KeyStore, peer: str) -> None:
         self._store = store
         self.peer = peer
         self._r_tx: bytes | None = None
@@ -207,8 +213,6 @@ class KeyStoreTagKeys:
         return int(segment.block_id), int(segment.offset), bytes(grant.data)
 
     def take_tag_key(self, block_id: int, offset: int) -> bytes:
-        from qkdnet.keystore import KeySegment  # type: ignore[attr-defined,unused-ignore]
-
         data = self._store.take(self.peer, "auth-rx",
                                 (KeySegment(block_id, offset, TAG_KEY_BITS),))
         return bytes(data)
