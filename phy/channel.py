@@ -1,0 +1,301 @@
+"""Fibre, Bob's detectors and the whole quantum channel (:class:`QuantumChannel`).
+
+Theory of operation
+-------------------
+A run over a range of slots is streamed in chunks (bounded memory). For each chunk:
+
+1. Alice emits the non-empty pulses (:meth:`AliceSource.emit`). Without an
+   eavesdropper the whole line's transmittance η = η_fibre·η_Bob is fused into the
+   emission by Poisson thinning, so only pulses with at least one *detected*
+   photon are ever drawn. With an eavesdropper, Alice emits at her output (T = 1),
+   the attack acts on the photons, then the fibre keeps each photon with
+   probability η_fibre (binomial thinning) unless Eve replaced it.
+2. :class:`BobDetector` keeps each arriving photon with the remaining efficiency,
+   sends it to the Z arm with probability q_z (passive basis choice, per photon),
+   and measures it: in its own basis the outcome is the state's bit flipped with
+   probability e_mis (misalignment); in the conjugate basis a fair coin. Photon
+   outcomes land on four detectors (arm × bit).
+3. Dark counts: a Bernoulli(p_dark) process over the 4 × n gates of the chunk,
+   drawn by geometric gaps.
+4. Dead time and afterpulsing per detector (:func:`dead_time_afterpulse`): a
+   click kills the next d gates; with probability p_ap it is followed by an
+   afterpulse click in the first live gate (d + 1 later), which may itself
+   afterpulse. The afterpulse coin is a hash of (detector, gate), so a fixed-point
+   iteration (filter → afterpulses → filter …) converges to the sequential answer.
+   State (last click, pending afterpulses) carries over to the next chunk.
+5. Squashing: clicks in both arms → a random arm; both detectors of the arm → a
+   random bit. Every detection carries its slot index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from qkdnet.errors import ConfigError, LocalProtocolError
+from qkdnet.phy.attacks import Attack, EveRecord, parse_attack
+from qkdnet.phy.params import N_DETECTORS, PhyParams
+from qkdnet.phy.source import (
+    AliceSource,
+    PulseBatch,
+    bernoulli_positions,
+    derive_key,
+    hash_uniform,
+)
+
+_NEVER = -(2**62)
+
+
+@dataclass(eq=False)
+class Detections:
+    """Bob's squashed detections in ``[start_slot, start_slot + n_slots)``.
+
+    ``slots`` uint64 sorted, ``basis`` uint8 (0 = Z, 1 = X), ``bit`` uint8; ``eve`` the
+    attack record (restricted to these slots) or ``None`` without an attack.
+    """
+
+    slots: np.ndarray
+    basis: np.ndarray
+    bit: np.ndarray
+    eve: EveRecord | None = None
+    start_slot: int = 0
+    n_slots: int = 0
+
+    def __len__(self) -> int:
+        return int(self.slots.shape[0])
+
+    def __repr__(self) -> str:  # raw bits stay out of reprs
+        return (f"Detections(start_slot={self.start_slot}, n_slots={self.n_slots}, "
+                f"clicks={len(self)}, eve={self.eve!r})")
+
+
+def dead_time_filter(t: np.ndarray, d: int, last: int) -> np.ndarray:
+    """Mask of the clicks of one detector that survive a dead time of ``d`` gates.
+
+    ``t`` sorted unique gates (int64), ``last`` the previous click. A click at g
+    blinds gates g+1 … g+d. Vectorised: a click whose predecessor (raw) is more than
+    d gates back is certainly kept; from each kept click the next kept one is the
+    first at least d+1 later, followed in parallel for all clusters.
+    """
+    n = t.shape[0]
+    if n == 0 or d <= 0:
+        return np.ones(n, dtype=bool)
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = last
+    prev[1:] = t[:-1]
+    isolated = (t - prev) > d
+    kept = isolated.copy()
+    cur = np.flatnonzero(isolated)
+    j0 = int(np.searchsorted(t, last + d + 1))
+    if j0 < n and not isolated[j0]:
+        kept[j0] = True
+        cur = np.concatenate([[j0], cur])
+    nxt = np.searchsorted(t, t + (d + 1))
+    while cur.size:
+        cur = nxt[cur]
+        cur = cur[cur < n]
+        cur = cur[~isolated[cur]]
+        kept[cur] = True
+    return kept
+
+
+def dead_time_afterpulse(raw: np.ndarray, d: int, p_ap: float, last: int,
+                         pending: np.ndarray, end: int, key: np.uint64,
+                         detector: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Clicks of one detector in a chunk ending (exclusive) at ``end``.
+
+    ``raw`` sorted unique gates of photon/dark clicks, ``pending`` afterpulse gates
+    carried from earlier chunks. Returns (kept clicks, new last click, new pending).
+    """
+    carried = pending[pending < end]
+    later = pending[pending >= end]
+    base = np.union1d(raw, carried) if carried.size else raw
+    aps = np.empty(0, dtype=np.int64)
+    for _ in range(100000):
+        events = np.union1d(base, aps) if aps.size else base
+        kept = events[dead_time_filter(events, d, last)]
+        if p_ap <= 0:
+            new_ap = np.empty(0, dtype=np.int64)
+        else:
+            coin = hash_uniform(key, kept.astype(np.uint64) * np.uint64(N_DETECTORS)
+                                + np.uint64(detector))
+            new_ap = kept[coin < p_ap] + (d + 1)
+        inside = new_ap[new_ap < end]
+        if np.array_equal(inside, aps):
+            break
+        aps = inside
+    new_last = int(kept[-1]) if kept.size else last
+    return kept, new_last, np.concatenate([later, new_ap[new_ap >= end]])
+
+
+class BobDetector:
+    """Bob's passive-basis receiver with four detectors; stateful across chunks."""
+
+    def __init__(self, params: PhyParams, efficiency: float, seed: int) -> None:
+        if not 0.0 < efficiency <= 1.0:
+            raise ConfigError(f"{efficiency!r}", source="parameters", key="efficiency",
+                              expected="a value in (0, 1]")
+        self.params = params
+        self.efficiency = efficiency
+        self._ap_key = derive_key(seed, 7)
+        self._last = [_NEVER] * N_DETECTORS
+        self._pending = [np.empty(0, dtype=np.int64) for _ in range(N_DETECTORS)]
+        self._next_slot = 0
+
+    def detect(self, batch: PulseBatch, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Squashed clicks (slots uint64, basis uint8, bit uint8) for one chunk."""
+        p = self.params
+        start, n = batch.start_slot, batch.n_slots
+        if start < self._next_slot:
+            raise LocalProtocolError(
+                f"slot range starts at {start}, before the end of the previous one "
+                f"({self._next_slot}): slots cannot be replayed")
+        self._next_slot = start + n
+        photons = batch.photons.astype(np.int64)
+        if self.efficiency < 1.0:
+            photons = rng.binomial(photons, self.efficiency)
+        # Expand to one entry per detected photon (almost always one per pulse).
+        if photons.size and photons.max() == 1 and photons.min() == 1:
+            gate = batch.slots.astype(np.int64)
+            sb, sv = batch.basis, batch.bit
+        else:
+            idx = np.repeat(np.arange(photons.shape[0]), photons)
+            gate = batch.slots[idx].astype(np.int64)
+            sb, sv = batch.basis[idx], batch.bit[idx]
+        m = gate.shape[0]
+        arm = (rng.random(m) >= p.q_z).astype(np.int64)
+        flip = rng.random(m) < p.e_mis
+        coin = rng.integers(0, 2, size=m, dtype=np.int64)
+        same = arm == sb
+        outcome = np.where(same, sv.astype(np.int64) ^ flip, coin)
+        keys = gate * N_DETECTORS + arm * 2 + outcome
+        # Dark counts: one Bernoulli process over (detector, gate) pairs.
+        dpos = bernoulli_positions(rng, p.p_dark, N_DETECTORS * n)
+        dkeys = (dpos % n + start) * N_DETECTORS + dpos // n
+        dkeys.sort()
+        keys = np.concatenate([keys, dkeys])
+        keys.sort(kind="stable")          # two sorted runs: a merge
+        if keys.size:
+            keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        d = p.dead_gates
+        has_pending = any(x.size for x in self._pending)
+        if d > 0 or p.p_afterpulse > 0 or has_pending:
+            keys = self._dead_time(keys, start + n)
+        return self._squash(keys, rng)
+
+    def _dead_time(self, keys: np.ndarray, end: int) -> np.ndarray:
+        p = self.params
+        det = keys % N_DETECTORS
+        gates = keys // N_DETECTORS
+        parts = []
+        for k in range(N_DETECTORS):
+            kept, self._last[k], self._pending[k] = dead_time_afterpulse(
+                gates[det == k], p.dead_gates, p.p_afterpulse, self._last[k],
+                self._pending[k], end, self._ap_key, k)
+            parts.append(kept * N_DETECTORS + k)
+        out = np.concatenate(parts)
+        out.sort()
+        return out
+
+    @staticmethod
+    def _squash(keys: np.ndarray, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gate = keys // N_DETECTORS
+        bits = np.left_shift(1, keys % N_DETECTORS)
+        if gate.size == 0:
+            e8 = np.empty(0, dtype=np.uint8)
+            return np.empty(0, dtype=np.uint64), e8, e8
+        first = np.concatenate([[True], gate[1:] != gate[:-1]])
+        starts = np.flatnonzero(first)
+        mask = bits if starts.size == gate.size else np.bitwise_or.reduceat(bits, starts)
+        g = gate[starts]
+        z_any = (mask & 3) != 0
+        x_any = (mask & 12) != 0
+        both = z_any & x_any
+        arm = x_any.astype(np.int64)
+        if both.any():
+            arm[both] = rng.integers(0, 2, size=int(both.sum()))
+        sub = (mask >> (2 * arm)) & 3
+        bit = sub >> 1
+        double = sub == 3
+        if double.any():
+            bit[double] = rng.integers(0, 2, size=int(double.sum()))
+        return g.astype(np.uint64), arm.astype(np.uint8), bit.astype(np.uint8)
+
+
+class QuantumChannel:
+    """Fibre of ``km`` kilometres, optional eavesdropper, and Bob's detectors.
+
+    ``attack`` is an :class:`~qkdnet.phy.attacks.Attack`, a spec string such as
+    ``"intercept-resend:0.3"``, or ``None``. Successive :meth:`run` calls must cover
+    increasing slot ranges (detector state carries over; slots are never replayed).
+    """
+
+    #: Target number of candidate pulses per internal chunk (bounds memory).
+    chunk_events = 1 << 20
+
+    def __init__(self, params: PhyParams, km: float, attack: Attack | str | None = None,
+                 seed: int = 0) -> None:
+        self.params = params
+        self.km = float(km)
+        self.fibre_t = params.fibre_transmittance(self.km)
+        self.attack = parse_attack(attack) if isinstance(attack, str) or attack is None \
+            else attack
+        if self.attack is not None:
+            self.attack.configure(params, self.fibre_t)
+        self._rng = np.random.default_rng([int(derive_key(seed, 3))])
+        if self.attack is None:
+            self._emit_t = self.fibre_t * params.eta_bob
+            self.bob = BobDetector(params, 1.0, seed)
+        else:
+            self._emit_t = 1.0
+            self.bob = BobDetector(params, params.eta_bob, seed)
+
+    def __repr__(self) -> str:
+        name = self.attack.name if self.attack is not None else None
+        return f"QuantumChannel({self.params.name!r}, km={self.km}, attack={name!r})"
+
+    def _chunk_slots(self) -> int:
+        p_max = -np.expm1(-self.params.mu[0] * self._emit_t) + 4 * self.params.p_dark
+        return int(min(max(self.chunk_events / p_max, 1 << 16), 1 << 31))
+
+    def run(self, source: AliceSource, start_slot: int, n_slots: int) -> Detections:
+        """Emulate slots ``[start_slot, start_slot + n_slots)``; return Bob's detections."""
+        if source.params is not self.params and source.params != self.params:
+            raise ConfigError("source and channel use different parameters",
+                              source="parameters", key="params")
+        out_s, out_b, out_v = [], [], []
+        record = EveRecord(self.attack.name) if self.attack is not None else None
+        chunk = self._chunk_slots()
+        pos, end = start_slot, start_slot + n_slots
+        while pos < end:
+            n = min(chunk, end - pos)
+            batch = source.emit(pos, n, self._emit_t, rng=self._rng)
+            if self.attack is not None and record is not None:
+                batch = self.attack.apply(batch, self._rng, record)
+                if not self.attack.replaces_fibre:
+                    batch = apply_loss(batch, self.fibre_t, self._rng)
+            s, b, v = self.bob.detect(batch, self._rng)
+            out_s.append(s)
+            out_b.append(b)
+            out_v.append(v)
+            pos += n
+        if not out_s:
+            e8 = np.empty(0, dtype=np.uint8)
+            return Detections(np.empty(0, np.uint64), e8, e8, record, start_slot, 0)
+        slots = np.concatenate(out_s)
+        if record is not None:
+            record.restrict(slots)
+        return Detections(slots, np.concatenate(out_b), np.concatenate(out_v), record,
+                          start_slot, n_slots)
+
+
+def apply_loss(batch: PulseBatch, transmittance: float, rng: np.random.Generator
+               ) -> PulseBatch:
+    """Keep each photon with probability ``transmittance``; drop emptied pulses."""
+    if transmittance >= 1.0:
+        return batch
+    left = rng.binomial(batch.photons, transmittance).astype(np.uint8)
+    return batch.select(left > 0, photons=left,
+                        transmittance=batch.transmittance * transmittance)
