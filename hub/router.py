@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from qkdnet.errors import ErrorCode, KeyExhausted, KeyReuseError, QkdnetError
+from qkdnet.errors import ErrorCode, KeyExhausted, LocalProtocolError, QkdnetError
 from qkdnet.hub import wire as w
 from scapy.packet import Packet
 
@@ -55,6 +55,13 @@ except ImportError:  # pragma: no cover - only before the key store lands
         block_id: int
         offset: int
         n_bits: int
+
+
+class _EmptyGrant:
+    """The grant of an empty message: no key."""
+
+    segments: tuple[Any, ...] = ()
+    data = b""
 
 
 class Grant(Protocol):
@@ -368,7 +375,7 @@ class HubRouter:
         segs = [_StoreSegment(int(s.block_id), int(s.offset), int(s.n_bits))
                 for s in body.segments]
         try:
-            k_in = self.keys.take(src, "data-rx", segs)
+            k_in = self.keys.take(src, "data-rx", segs) if n_bits else b""
         except KeyExhausted as err:
             # Usually the A->hub block has not reached the hub's store yet: wait.
             if now >= item.deadline:
@@ -378,7 +385,7 @@ class HubRouter:
                                         f"({err.requested_bits} bits asked)",
                                         err.requested_bits, err.available_bits)
             return False, []
-        except KeyReuseError:
+        except LocalProtocolError:  # KeyReuseError, overlapping or invalid segments
             self.totals["key_reuse"] += 1
             return True, self._fail(entry, dst, item, w.HubReason.PROTOCOL_VIOLATION,
                                     f"{src}->hub", "the frame names key bits already "
@@ -395,7 +402,8 @@ class HubRouter:
                 kind=int(w.NackKind.DATA), src=dst.encode(), dst=src.encode(),
                 channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq))]
         try:
-            grant = self.keys.reserve(dst, "data-tx", n_bits)
+            grant = (self.keys.reserve(dst, "data-tx", n_bits) if n_bits
+                     else _EmptyGrant())
         except KeyExhausted as err:
             buf.fill(0)
             return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
@@ -455,7 +463,8 @@ class HubRouter:
         if out is None:
             return []
         out.frames_out += 1
-        out.unsent += 1
+        if isinstance(body, w.HubData | w.HubKeyRelay):
+            out.unsent += 1  # the daemon calls sent() when it has written these
         if isinstance(body, w.HubData):
             out.bytes_out += len(body.ciphertext)
         return [Send(dst, body)]
