@@ -77,8 +77,10 @@ class AbortReason(IntEnum):
 
 #: Largest block in slots (pulses); BLOCK_START is rejected above it.
 MAX_BLOCK_SLOTS = 1 << 34
-#: Most clicks one block may report (keeps DETECTIONS below the 1 MiB frame limit).
-MAX_CLICKS = 1 << 18
+#: Most clicks one block may report (keeps SIFT and PA below the 1 MiB frame limit).
+MAX_CLICKS = 1 << 21
+#: Clicks per DETECTIONS chunk (at most 512 KiB of deltas per frame).
+CLICKS_PER_CHUNK = 1 << 16
 #: Most ranges in one PARITY_REQUEST (9 bytes each on the wire).
 MAX_RANGES = 1 << 16
 #: Largest verification tag and seed, in bits / bytes.
@@ -118,11 +120,22 @@ class BlockStart(_Body):
 
 
 class DetectionsMsg(_Body):
+    """One chunk of Bob's detection report (a block's report may span several frames).
+
+    ``first`` is the index of the chunk's first click in the block's report and
+    ``total`` the number of clicks in the whole report; ``first_offset`` is the slot
+    offset (from the block's first slot) of the chunk's first click, and ``deltas``
+    the gaps to each following click of the chunk.
+    """
+
     name = "LINK_DETECTIONS"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
+        IntField("total", 0),
+        IntField("first", 0),
         IntField("n_clicks", 0),
-        ByteField("width", 2),
+        LongField("first_offset", 0),
+        ByteField("width", 1),
         FieldLenField("deltas_len", None, length_of="deltas", fmt="!I"),
         StrLenField("deltas", b"", length_from=lambda p: p.deltas_len),
         FieldLenField("bases_len", None, length_of="bases", fmt="!I"),
@@ -197,6 +210,9 @@ class VerifyMsg(_Body):
     name = "LINK_VERIFY"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
+        IntField("m_z0", 0),
+        IntField("m_z1", 0),
+        IntField("m_z2", 0),
         ShortField("tag_bits", 0),
         FieldLenField("seed_len", None, length_of="seed", fmt="!H"),
         StrLenField("seed", b"", length_from=lambda p: p.seed_len),
@@ -382,34 +398,61 @@ def check_block_start(pkt: Packet) -> None:
         raise _bad("BLOCK_START: qber_max out of (0, 0.5]")
 
 
-def encode_detections(block: int, offsets: np.ndarray, bases: np.ndarray) -> Packet:
-    """DETECTIONS body from click offsets (sorted, relative to the block's first slot)."""
+def encode_detections(block: int, offsets: np.ndarray, bases: np.ndarray,
+                      chunk: int = CLICKS_PER_CHUNK) -> list[Packet]:
+    """DETECTIONS bodies (one per chunk) from sorted click offsets within the block."""
     off = np.asarray(offsets, dtype=np.uint64)
-    deltas = np.diff(off, prepend=np.uint64(0)) if len(off) else off
-    top = int(deltas.max()) if len(deltas) else 0
-    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
-    dtype = {1: ">u1", 2: ">u2", 4: ">u4", 8: ">u8"}[width]
-    return DetectionsMsg(block=block, n_clicks=len(off), width=width,
-                         deltas=deltas.astype(dtype).tobytes(), bases=pack_bits(bases))
+    total = len(off)
+    out = []
+    for first in range(0, max(total, 1), chunk):
+        o = off[first:first + chunk]
+        deltas = np.diff(o) if len(o) > 1 else np.zeros(0, dtype=np.uint64)
+        top = int(deltas.max()) if len(deltas) else 0
+        width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+        out.append(DetectionsMsg(
+            block=block, total=total, first=first, n_clicks=len(o),
+            first_offset=int(o[0]) if len(o) else 0, width=width,
+            deltas=deltas.astype(f">u{width}").tobytes(),
+            bases=pack_bits(bases[first:first + chunk])))
+    return out
 
 
-def decode_detections(pkt: Packet, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets uint64, Bob's bases uint8) from DETECTIONS, validated against the block."""
+def decode_detections(pkt: Packet, n_slots: int, received: int, last_offset: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets uint64, Bob's bases uint8) of one DETECTIONS chunk, validated.
+
+    ``received`` is the number of clicks already reported for the block and
+    ``last_offset`` the offset of the last of them (-1 if none): chunks must arrive
+    in order and slots must strictly increase across chunks.
+    """
     n = pkt.n_clicks
-    if n > MAX_CLICKS or n > n_slots:
-        raise _bad(f"DETECTIONS: {n} clicks exceeds the limit")
+    if pkt.total > min(MAX_CLICKS, n_slots):
+        raise _bad(f"DETECTIONS: {pkt.total} clicks exceeds the limit")
+    if pkt.first != received:
+        raise _bad(f"DETECTIONS: chunk starts at click {pkt.first}, expected {received}")
+    if n > CLICKS_PER_CHUNK or received + n > pkt.total or (n == 0 and pkt.total != 0):
+        raise _bad(f"DETECTIONS: chunk of {n} clicks does not fit the report")
     if pkt.width not in (1, 2, 4, 8):
         raise _bad(f"DETECTIONS: delta width {pkt.width}")
-    if len(pkt.deltas) != n * pkt.width:
+    if len(pkt.deltas) != max(n - 1, 0) * pkt.width:
         raise _bad(f"DETECTIONS: {len(pkt.deltas)} delta bytes for {n} clicks")
+    if n == 0:
+        unpack_bits(pkt.bases, 0, "DETECTIONS bases")
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint8)
+    first = int(pkt.first_offset)
+    if first >= n_slots or first <= last_offset:
+        raise _bad("DETECTIONS: slot index out of range or not increasing")
     deltas = np.frombuffer(pkt.deltas, dtype=f">u{pkt.width}").astype(np.uint64)
-    if n > 1 and not (deltas[1:] > 0).all():
+    if len(deltas) and not (deltas > 0).all():
         raise _bad("DETECTIONS: slots not strictly increasing")
-    # A cumulative sum can only overflow if some delta is huge: bound them first.
-    if n and int(deltas.max()) >= n_slots:
+    # Bound each gap before summing so the cumulative sum cannot wrap.
+    if len(deltas) and int(deltas.max()) >= n_slots:
         raise _bad("DETECTIONS: slot index out of range")
-    offsets = np.cumsum(deltas, dtype=np.uint64)
-    if n and int(offsets[-1]) >= n_slots:
+    offsets = np.empty(n, dtype=np.uint64)
+    offsets[0] = first
+    np.cumsum(deltas, out=offsets[1:])
+    offsets[1:] += np.uint64(first)
+    if int(offsets[-1]) >= n_slots:
         raise _bad("DETECTIONS: slot index out of range")
     bases = unpack_bits(pkt.bases, n, "DETECTIONS bases")
     return offsets, bases
@@ -510,18 +553,26 @@ def decode_parity_reply(pkt: Packet, step: int, n_expected: int) -> np.ndarray:
     return unpack_bits(pkt.parities, n_expected, "PARITY_REPLY parities")
 
 
-def encode_verify(block: int, tag_bits: int, seed: bytes, tag: bytes) -> Packet:
-    """VERIFY body."""
-    return VerifyMsg(block=block, tag_bits=tag_bits, seed=seed, tag=tag)
+def encode_verify(block: int, m_z: np.ndarray, tag_bits: int, seed: bytes, tag: bytes
+                  ) -> Packet:
+    """VERIFY body: key-basis errors Cascade corrected per intensity, hash seed and tag."""
+    m = [int(v) for v in m_z] + [0] * (3 - len(m_z))
+    return VerifyMsg(block=block, m_z0=m[0], m_z1=m[1], m_z2=m[2], tag_bits=tag_bits,
+                     seed=seed, tag=tag)
 
 
-def decode_verify(pkt: Packet, tag_bits: int) -> tuple[bytes, bytes]:
-    """(seed, tag); the tag size must be the one both sides derived from eps_cor."""
+def decode_verify(pkt: Packet, n_z: np.ndarray, tag_bits: int
+                  ) -> tuple[np.ndarray, bytes, bytes]:
+    """(m_z per intensity, seed, tag); counts within the Z counts, tag of the agreed size."""
+    k = len(n_z)
+    m = np.array([pkt.m_z0, pkt.m_z1, pkt.m_z2], dtype=np.int64)
+    if (m[k:] != 0).any() or (m[:k] > n_z).any():
+        raise _bad("VERIFY: error counts exceed the key-basis counts")
     if pkt.tag_bits != tag_bits or len(pkt.tag) != (tag_bits + 7) // 8:
         raise _bad(f"VERIFY: tag of {pkt.tag_bits} bits, expected {tag_bits}")
     if not 0 < len(pkt.seed) <= MAX_SEED_BYTES:
         raise _bad("VERIFY: seed length out of range")
-    return bytes(pkt.seed), bytes(pkt.tag)
+    return m[:k], bytes(pkt.seed), bytes(pkt.tag)
 
 
 def encode_pa(block: int, n_in: int, ell: int, auth_ab: int, auth_ba: int,

@@ -1,0 +1,418 @@
+"""Trio driver for the link sessions: sideband frames, the PHY, the key store, timers.
+
+Theory of operation
+-------------------
+:class:`LinkEndpoint` runs one end of a link on an existing
+:class:`~qkdnet.sideband.SidebandChannel`.  It does not own the channel's receive
+loop: whoever does (the hub, a spoke, or :func:`run_point_to_point`) routes link
+frames (types 0x10–0x3F) to :meth:`LinkEndpoint.handle_frame`, e.g. through a
+:class:`~qkdnet.sideband.FrameRouter`.  Inside, three tasks cooperate:
+
+* the *core* task owns the sans-I/O session.  It takes one input at a time from an
+  inbox (a received frame, PHY results, a request to start a block), calls the
+  session in a worker thread (``trio.to_thread``: Cascade and privacy amplification
+  are numpy work that releases the GIL in its big loops) and executes the outputs in
+  order — send a frame, write a block to the key store (in the trio thread: the
+  store is single-threaded), publish stats.  Timers: the inbox wait is bounded by
+  ``session.get_timer()`` and expiry calls ``handle_timer``.
+* the *PHY* task (receiver) runs the emulated quantum channel for each requested
+  slot range, in order, in another worker thread, and posts the detections back
+  to the inbox.  Blocks are pipelined: while block k is being reconciled, the PHY
+  already emulates block k + 1.
+* the *scheduler* task (transmitter, :meth:`LinkEndpoint.run_blocks`) keeps up to
+  ``max_in_flight`` blocks open and backs off after an aborted block.
+
+Key reaches the store only through :class:`~qkdnet.link.session.StoreBlock`
+outputs, i.e. after verification, privacy amplification and the BLOCK_DONE /
+CONFIRM exchange.  Every finished or aborted block is appended to
+:attr:`LinkEndpoint.stats` and reported to ``on_block`` callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from qkdnet.errors import LinkAborted, QkdnetError
+from qkdnet.link import wire as w
+from qkdnet.link.session import (
+    BlockAborted,
+    BlockStats,
+    BlockStored,
+    DetectionsNeeded,
+    LinkConfig,
+    LinkSession,
+    Output,
+    ReceiverSession,
+    Send,
+    StoreBlock,
+    TransmitterSession,
+)
+from qkdnet.link.wire import AbortReason
+
+log = logging.getLogger(__name__)
+
+#: Message types the link layer owns (register them with a FrameRouter).
+LINK_TYPES = range(0x10, 0x40)
+
+
+class EmulatedPhy:
+    """The in-process quantum link: Alice's source and the fibre + detectors to Bob.
+
+    Alice's end uses :attr:`source` (for ``lookup``); Bob's end calls :meth:`run`.
+    In emulation the fibre needs Alice's pulses, so the receiver side holds an
+    :class:`~qkdnet.phy.source.AliceSource` with the same seed; across processes
+    both ends build an ``EmulatedPhy`` from the same (preset, km, seed).
+    ``keep_eve`` keeps the attack records (tests use them).
+    """
+
+    def __init__(self, params: Any, km: float, *, attack: Any = None, seed: int = 0,
+                 keep_eve: bool = False) -> None:
+        from qkdnet.phy.channel import QuantumChannel
+        from qkdnet.phy.source import AliceSource
+
+        self.params = params
+        self.source = AliceSource(params, seed)
+        self.channel = QuantumChannel(params, km, attack=attack, seed=seed + 1)
+        self.keep_eve = keep_eve
+        self.eve: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"EmulatedPhy({self.channel!r})"
+
+    def run(self, start_slot: int, n_slots: int) -> Any:
+        """Bob's detections for ``[start_slot, start_slot + n_slots)``."""
+        det = self.channel.run(self.source, start_slot, n_slots)
+        if self.keep_eve and det.eve is not None:
+            self.eve[start_slot] = det.eve
+        return det
+
+
+@dataclass
+class LinkStats:
+    """What an endpoint has done so far (public numbers only)."""
+
+    blocks: list[BlockStats] = field(default_factory=list)
+    stored: int = 0
+    aborted: int = 0
+    key_bits: int = 0
+    auth_bits: int = 0
+    abort_reasons: dict[str, int] = field(default_factory=dict)
+
+    def record(self, st: BlockStats) -> None:
+        self.blocks.append(st)
+        self.auth_bits += st.auth_bits
+        if st.abort_reason is None:
+            self.stored += 1
+            self.key_bits += st.ell
+        else:
+            self.aborted += 1
+            self.abort_reasons[st.abort_reason] = self.abort_reasons.get(st.abort_reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored, "aborted": self.aborted, "key_bits": self.key_bits,
+                "auth_bits": self.auth_bits, "abort_reasons": dict(self.abort_reasons),
+                "blocks": [b.as_dict() for b in self.blocks]}
+
+
+BlockCallback = Callable[[BlockStats], None]
+
+
+class LinkEndpoint:
+    """One end of a QKD link over a sideband channel (see the module docstring).
+
+    ``role`` is ``"transmitter"`` (needs ``source`` — an AliceSource) or
+    ``"receiver"`` (needs ``phy`` with ``run(start_slot, n_slots) -> Detections``).
+    ``store`` (a :class:`qkdnet.keystore.KeyStore`) receives the key for ``peer``;
+    ``None`` keeps no key (dry runs).  ``config`` is the transmitter's link config;
+    the receiver builds one per link session id it sees from ``config`` (only
+    ``mu``, ``p`` and local limits are used; the session id comes from the peer).
+    """
+
+    def __init__(self, role: str, channel: Any, config: LinkConfig, *, peer: str,
+                 store: Any = None, source: Any = None, phy: Any = None,
+                 on_block: BlockCallback | None = None, use_threads: bool = True,
+                 max_inbox: int = 256) -> None:
+        if role not in ("transmitter", "receiver"):
+            raise ValueError("role must be 'transmitter' or 'receiver'")
+        if role == "transmitter" and source is None:
+            raise ValueError("the transmitter needs the AliceSource")
+        if role == "receiver" and phy is None:
+            raise ValueError("the receiver needs a PHY (run(start, n) -> Detections)")
+        self.role = role
+        self.channel = channel
+        self.config = config
+        self.peer = peer
+        self.store = store
+        self.phy = phy
+        self.stats = LinkStats()
+        self._callbacks: list[BlockCallback] = [on_block] if on_block else []
+        self._threads = use_threads
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](max_inbox)
+        self._phy_send, self._phy_recv = trio.open_memory_channel[
+            tuple[int, DetectionsNeeded]](math.inf)
+        self._sessions: dict[int, LinkSession] = {}
+        self._finished = trio.Event()
+        self._block_done = trio.Condition()
+        self._consecutive_aborts = 0
+        if role == "transmitter":
+            self._sessions[config.session_id] = TransmitterSession(
+                config, source, auth_levels=self._auth_levels)
+
+    def __repr__(self) -> str:
+        return f"LinkEndpoint({self.role}, peer={self.peer!r}, stored={self.stats.stored})"
+
+    # -- wiring -----------------------------------------------------------------------
+
+    def add_callback(self, cb: BlockCallback) -> None:
+        """Call ``cb(stats)`` after every block this end stores or abandons."""
+        self._callbacks.append(cb)
+
+    def register(self, router: Any) -> None:
+        """Route link frame types of a :class:`qkdnet.sideband.FrameRouter` to this end."""
+        router.register(LINK_TYPES, self.handle_frame)
+
+    async def handle_frame(self, channel: Any, frame: Any) -> None:
+        """FrameRouter handler: queue a received link frame for the core task."""
+        await self._inbox_send.send(("frame", frame))
+
+    @property
+    def session(self) -> LinkSession | None:
+        """The transmitter's session, or the receiver's most recent one."""
+        if not self._sessions:
+            return None
+        return list(self._sessions.values())[-1]
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the core (and, at the receiver, the PHY) until cancelled or :meth:`stop`."""
+        async with trio.open_nursery() as nursery:
+            if self.role == "receiver":
+                nursery.start_soon(self._phy_task)
+            task_status.started()
+            await self._core()
+            nursery.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Abandon blocks in flight (ABORT sent) and end :meth:`run`."""
+        await self._inbox_send.send(("stop",))
+
+    async def run_blocks(self, n_blocks: int | None, block_slots: int, *,
+                         first_index: int = 0, slot_base: int = 0, max_in_flight: int = 2,
+                         backoff: float = 0.05, max_backoff: float = 5.0) -> LinkStats:
+        """Transmitter: run ``n_blocks`` blocks (None: forever) of ``block_slots`` slots.
+
+        Returns when every started block has been stored or abandoned.  After an
+        abandoned block the next one starts after ``backoff`` seconds (doubling
+        while blocks keep aborting, up to ``max_backoff``).
+        """
+        if self.role != "transmitter":
+            raise ValueError("only the transmitter starts blocks")
+        index = first_index
+        started = 0
+        sess = self.session
+        assert sess is not None
+        while n_blocks is None or started < n_blocks:
+            async with self._block_done:
+                while sess.in_flight() >= max_in_flight:
+                    await self._block_done.wait()
+            if self._consecutive_aborts:
+                await trio.sleep(min(backoff * 2 ** (self._consecutive_aborts - 1),
+                                     max_backoff))
+            start = slot_base + index * block_slots
+            await self._inbox_send.send(("start", index, start, block_slots))
+            started += 1
+            index += 1
+            # Let the core pick the request up before counting in-flight blocks again.
+            async with self._block_done:
+                while sess.block_state(index - 1) is None:
+                    await self._block_done.wait()
+        async with self._block_done:
+            while sess.in_flight() > 0:
+                await self._block_done.wait()
+        return self.stats
+
+    async def _phy_task(self) -> None:
+        async for sid, need in self._phy_recv:
+            try:
+                det = await self._call(self.phy.run, need.start_slot, need.n_slots)
+            except Exception as err:  # any PHY failure abandons just that block
+                log.warning("PHY failed for block %d: %s", need.block, type(err).__name__)
+                await self._inbox_send.send(("phy_error", sid, need, type(err).__name__))
+            else:
+                await self._inbox_send.send(("phy", sid, need, det))
+
+    async def _core(self) -> None:
+        while True:
+            deadline = min((t for s in self._sessions.values()
+                            if (t := s.get_timer()) is not None), default=math.inf)
+            item: tuple[Any, ...] | None = None
+            with trio.move_on_at(deadline):
+                item = await self._inbox.receive()
+            now = trio.current_time()
+            if item is None:
+                for sid, sess in list(self._sessions.items()):
+                    await self._execute(sid, await self._call(sess.handle_timer, now))
+                continue
+            kind = item[0]
+            if kind == "stop":
+                for sid, sess in list(self._sessions.items()):
+                    await self._execute(sid, sess.abort_all(AbortReason.CANCELLED,
+                                                            "link stopping", now))
+                return
+            if kind == "frame":
+                await self._on_frame(item[1], now)
+            elif kind == "start":
+                sess = self._sessions[self.config.session_id]
+                assert isinstance(sess, TransmitterSession)
+                _, index, start, n = item
+                await self._execute(self.config.session_id,
+                                    await self._call(sess.start_block, index, start, n, now))
+            elif kind == "phy":
+                _, sid, need, det = item
+                rsess = self._sessions.get(sid)
+                if isinstance(rsess, ReceiverSession):
+                    outs = await self._call(rsess.supply_detections, need.block, det, now)
+                    await self._execute(sid, outs)
+            elif kind == "phy_error":
+                _, sid, need, what = item
+                if (rsess := self._sessions.get(sid)) is not None:
+                    await self._execute(sid, rsess.abort_block(
+                        need.block, AbortReason.LOCAL, f"PHY failed: {what}", now))
+
+    async def _on_frame(self, frame: Any, now: float) -> None:
+        sid = int(frame.session)
+        sess = self._sessions.get(sid)
+        if sess is None:
+            if self.role != "receiver":
+                raise w.RemoteProtocolError(f"link frame for unknown session {sid:#x}")
+            cfg = LinkConfig(session_id=sid, mu=self.config.mu, p=self.config.p,
+                             step_timeout=self.config.step_timeout,
+                             basis_probs=self.config.basis_probs,
+                             max_cascade_steps=self.config.max_cascade_steps)
+            sess = ReceiverSession(cfg)
+            # Keep only a few receiver sessions (a transmitter restart opens a new one).
+            while len(self._sessions) >= 4:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[sid] = sess
+        outs = await self._call(sess.receive_frame, frame, now)
+        await self._execute(sid, outs)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._threads:
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    async def _execute(self, sid: int, outputs: list[Output]) -> None:
+        skip_block: int | None = None
+        for out in outputs:
+            if skip_block is not None and getattr(out, "block", None) == skip_block:
+                continue
+            if isinstance(out, Send):
+                await self.channel.send(out.body, session=sid)
+            elif isinstance(out, DetectionsNeeded):
+                await self._phy_send.send((sid, out))
+            elif isinstance(out, StoreBlock):
+                try:
+                    self._store(out)
+                except (QkdnetError, OSError) as err:
+                    # Nothing (or, on a crash mid-way, part) of the block is stored;
+                    # tell the peer and report the block as abandoned.
+                    log.error("key store failed for block %d: %s", out.block, err)
+                    skip_block = out.block
+                    await self.channel.send(w.encode_abort(out.block, AbortReason.LOCAL),
+                                            session=sid)
+                    self._publish(BlockStats(block=out.block, abort_reason="local",
+                                             abort_detail="key store failed"))
+            elif isinstance(out, BlockStored | BlockAborted):
+                self._publish(out.stats)
+                if isinstance(out, BlockAborted) and out.error is not None:
+                    log.info("link block %d aborted on a protocol error: %s",
+                             out.block, out.error)
+
+    def _store(self, out: StoreBlock) -> None:
+        if self.store is None:
+            return
+        from qkdnet.keystore import BlockMeta
+
+        meta = BlockMeta(link_session=out.link_session, created=time.time(),
+                         eps_sec=out.eps_sec, eps_cor=out.eps_cor,
+                         leaked_ec_bits=out.leaked_ec_bits,
+                         auth_bits_spent=out.auth_bits_spent, qber=out.qber)
+        for part in out.parts:
+            self.store.add_block(self.peer, part.purpose, part.block_id, part.key,
+                                 part.n_bits, meta)
+
+    def _publish(self, st: BlockStats) -> None:
+        self.stats.record(st)
+        self._consecutive_aborts = 0 if st.abort_reason is None else \
+            self._consecutive_aborts + 1
+        for cb in self._callbacks:
+            try:
+                cb(st)
+            except Exception:  # a faulty observer must not stop the link
+                log.exception("link block callback failed")
+        self._notify()
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._block_done:
+                self._block_done.notify_all()
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.spawn_system_task(wake)
+
+    def _auth_levels(self) -> tuple[int, int]:
+        if self.store is None:
+            return (0, 0)
+        return (self.store.available(self.peer, "auth-tx"),
+                self.store.available(self.peer, "auth-rx"))
+
+
+def new_session_id() -> int:
+    """A random non-zero 32-bit link session id (block ids derive from it)."""
+    return secrets.randbits(32) or 1
+
+
+def aborted_error(st: BlockStats) -> LinkAborted | None:
+    """The :class:`LinkAborted` describing an abandoned block, or None if it was stored."""
+    if st.abort_reason is None:
+        return None
+    return LinkAborted(st.abort_reason, st.abort_detail)
+
+
+def compare_data_pools(store_a: Any, store_b: Any, peer_of_a: str, peer_of_b: str
+                       ) -> dict[str, Any]:
+    """Check that both ends hold the same data key, bit for bit (CONSUMES that key).
+
+    For each direction, the sending end reserves everything in its ``data-tx`` pool
+    and the other end takes the same segments from ``data-rx``; the bytes are
+    compared with a constant-time comparison and never shown.  Meant for the end of
+    a test or of ``qkdnet link run``, whose stores are temporary.
+    """
+    import hmac
+
+    result: dict[str, Any] = {"identical": True, "bits_compared": 0}
+    for tx, rx, tx_peer, rx_peer in ((store_a, store_b, peer_of_a, peer_of_b),
+                                     (store_b, store_a, peer_of_b, peer_of_a)):
+        n_tx, n_rx = tx.available(tx_peer, "data-tx"), rx.available(rx_peer, "data-rx")
+        if n_tx != n_rx:
+            result["identical"] = False
+            result.setdefault("mismatch", []).append(f"{n_tx} vs {n_rx} bits")
+            continue
+        if n_tx == 0:
+            continue
+        grant = tx.reserve(tx_peer, "data-tx", n_tx)
+        got = rx.take(rx_peer, "data-rx", grant.segments)
+        if not hmac.compare_digest(bytes(grant.data), bytes(got)):
+            result["identical"] = False
+        result["bits_compared"] += n_tx
+    return result

@@ -1,0 +1,858 @@
+"""Sans-I/O link sessions: decoy-state BB84 post-processing for the two roles.
+
+Theory of operation
+-------------------
+A link session turns one block of pulse slots at a time into secret key shared by
+the transmitter (Alice, a spoke, owns the :class:`~qkdnet.phy.source.AliceSource`)
+and the receiver (Bob, the hub, owns the detectors).  Each block runs its own small
+state machine; several blocks may be in flight at once (the driver pipelines them),
+and messages name their block index.  The session never does I/O: the driver feeds
+it received frames (``receive_frame(frame, now)``), PHY results
+(``supply_detections``) and timer expiries (``handle_timer(now)``), and executes
+the outputs it returns, in order: :class:`Send` a body, :class:`DetectionsNeeded`
+(run the PHY for a slot range), :class:`StoreBlock` (write the parts to the key
+store — before the next output is executed), and the notifications
+:class:`BlockStored` / :class:`BlockAborted`.
+
+One block (A = transmitter, B = receiver; every frame authenticated by the sideband)::
+
+    A  BLOCK_START(index, slots, eps)  ->  B   B runs the PHY for those slots
+    A  <-  DETECTIONS(clicked slots, B's bases)  (one or more chunks)
+    A  SIFT(keep mask, intensity of each kept slot)  ->  B
+    A  <-  ESTIMATE(B's X-basis bits)          A counts X errors per intensity,
+                                               aborts on QBER or on a bound that
+                                               cannot give key even without EC leakage
+    A  ESTIMATE_RESULT(m_X per intensity, QBER, Cascade seed)  ->  B
+    A  <-  PARITY_REQUEST / PARITY_REPLY ->    Cascade, B corrects towards A, one
+                                               batched request per step
+    A  <-  VERIFY(m_Z per intensity, hash seed, tag)   A compares tags, computes the
+                                               finite-key length ell with the exact
+                                               leakage, picks the key split
+    A  PA(Toeplitz seed, ell, auth split)  ->  B   both hash to ell bits
+    A  <-  BLOCK_DONE                          A stores the block
+    A  CONFIRM  ->  B                          B stores the block
+
+Either side may send ABORT(reason) at any point; a block that aborts stores nothing.
+Alice decides everything that must agree (ell, split, seeds except Bob's
+verification seed); Bob re-checks that ell does not exceed the bound he computes
+from the same counts.  The whole transition table is :data:`TRANSITIONS`, keyed by
+(role, state, input); an input with no entry is a protocol violation that aborts the
+block.  Input validation lives in :mod:`qkdnet.link.wire`'s decoders, which raise
+RemoteProtocolError; the session turns that into ABORT(PROTOCOL) for the block.
+Messages for a block this side already finished or abandoned are ignored (they
+cross our own ABORT on the wire); messages for a block never seen are a
+connection-level RemoteProtocolError.
+
+Every step arms a deadline (``step_timeout``); :meth:`get_timer` returns the earliest
+and :meth:`handle_timer` aborts the blocks that passed theirs (like aioquic).
+
+Key bits never appear in a repr, a log line, an event field that is traced, or an
+exception message: :class:`KeyPart` hides them, stats hold only counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hmac
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from qkdnet.errors import LocalProtocolError, RemoteProtocolError
+from qkdnet.link import cascade, finite_key, privacy, sifting, verify
+from qkdnet.link import wire as w
+from qkdnet.link.wire import AbortReason, LinkMsg
+from scapy.packet import Packet
+
+log = logging.getLogger(__name__)
+
+#: Bits of auth key one sideband frame spends (one 128-bit Poly1305 one-time pad ``s``).
+TAG_KEY_BITS = 128
+
+
+class Role(enum.Enum):
+    """Which end of the link a session is."""
+
+    TRANSMITTER = "transmitter"   # Alice: holds the source
+    RECEIVER = "receiver"         # Bob: holds the detectors
+
+
+class State(enum.Enum):
+    """Per-block states (see the module docstring for the message flow)."""
+
+    NEW = "new"
+    WAIT_DETECTIONS = "wait-detections"       # A
+    WAIT_ESTIMATE = "wait-estimate"           # A
+    RECONCILE = "reconcile"                   # A and B
+    WAIT_DONE = "wait-done"                   # A
+    WAIT_PHY = "wait-phy"                     # B
+    WAIT_SIFT = "wait-sift"                   # B
+    WAIT_ESTIMATE_RESULT = "wait-estimate-result"  # B
+    WAIT_PA = "wait-pa"                       # B
+    WAIT_CONFIRM = "wait-confirm"             # B
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+class Local(enum.Enum):
+    """Inputs that come from the driver rather than the peer."""
+
+    START = "start_block"
+    PHY = "supply_detections"
+
+
+# (role, state, input) -> (handler method, states the handler may move to).
+A, B = Role.TRANSMITTER, Role.RECEIVER
+S = State
+TRANSITIONS: dict[tuple[Role, State, LinkMsg | Local], tuple[str, tuple[State, ...]]] = {
+    (A, S.NEW, Local.START): ("_a_start", (S.WAIT_DETECTIONS,)),
+    (A, S.WAIT_DETECTIONS, LinkMsg.DETECTIONS): (
+        "_a_detections", (S.WAIT_DETECTIONS, S.WAIT_ESTIMATE)),
+    (A, S.WAIT_ESTIMATE, LinkMsg.ESTIMATE): ("_a_estimate", (S.RECONCILE,)),
+    (A, S.RECONCILE, LinkMsg.PARITY_REQUEST): ("_a_parity_request", (S.RECONCILE,)),
+    (A, S.RECONCILE, LinkMsg.VERIFY): ("_a_verify", (S.WAIT_DONE,)),
+    (A, S.WAIT_DONE, LinkMsg.BLOCK_DONE): ("_a_block_done", (S.DONE,)),
+    (B, S.NEW, LinkMsg.BLOCK_START): ("_b_block_start", (S.WAIT_PHY,)),
+    (B, S.WAIT_PHY, Local.PHY): ("_b_detections", (S.WAIT_SIFT,)),
+    (B, S.WAIT_SIFT, LinkMsg.SIFT): ("_b_sift", (S.WAIT_ESTIMATE_RESULT,)),
+    (B, S.WAIT_ESTIMATE_RESULT, LinkMsg.ESTIMATE_RESULT): (
+        "_b_estimate_result", (S.RECONCILE, S.WAIT_PA)),
+    (B, S.RECONCILE, LinkMsg.PARITY_REPLY): ("_b_parity_reply", (S.RECONCILE, S.WAIT_PA)),
+    (B, S.WAIT_PA, LinkMsg.PA): ("_b_pa", (S.WAIT_CONFIRM,)),
+    (B, S.WAIT_CONFIRM, LinkMsg.CONFIRM): ("_b_confirm", (S.DONE,)),
+}
+# ABORT is accepted in every live state of both roles (handled before the table).
+del A, B, S
+
+_LIVE = frozenset(State) - {State.NEW, State.DONE, State.ABORTED}
+
+
+# --------------------------------------------------------------------------------------
+# Configuration, inputs and outputs
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Parameters both ends of a link must agree on (``mu``/``p`` come from the preset).
+
+    ``mu`` and ``p`` list the intensities actually used (2 for one decoy, 3 for two).
+    ``auth_reserve_bits`` is the level the transmitter tops each auth pool up to
+    before splitting the rest of a block into data key.
+    """
+
+    session_id: int
+    mu: tuple[float, ...]
+    p: tuple[float, ...]
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    qber_max: float = 0.11
+    step_timeout: float = 60.0
+    auth_reserve_bits: int = 1 << 16
+    basis_probs: tuple[float, float] = (0.5, 0.5)   # (Alice P(Z), Bob P(Z)), for Y1 only
+    max_cascade_steps: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.session_id < 1 << 32:
+            raise ValueError("session_id must fit 32 bits")
+        if len(self.mu) not in (2, 3) or len(self.p) != len(self.mu):
+            raise ValueError("mu and p need 2 or 3 entries each")
+
+    @classmethod
+    def from_phy(cls, params: Any, session_id: int, **kw: Any) -> LinkConfig:
+        """Config for a :class:`qkdnet.phy.params.PhyParams` preset (one decoy if p3 = 0)."""
+        k = 3 if params.p_mu[2] > 0 else 2
+        return cls(session_id=session_id, mu=tuple(params.mu[:k]), p=tuple(params.p_mu[:k]),
+                   basis_probs=(params.p_z, params.q_z), **kw)
+
+    @property
+    def n_intensities(self) -> int:
+        return len(self.mu)
+
+
+class SlotSource(Protocol):
+    """What the transmitter needs from :class:`qkdnet.phy.source.AliceSource`."""
+
+    def lookup(self, slots: np.ndarray) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``body`` on the sideband with header ``session`` = the link session id."""
+
+    block: int
+    body: Packet
+
+
+@dataclass(frozen=True)
+class DetectionsNeeded:
+    """Receiver: run the PHY for these slots and call :meth:`supply_detections`."""
+
+    block: int
+    start_slot: int
+    n_slots: int
+
+
+@dataclass(frozen=True, repr=False)
+class KeyPart:
+    """One key-store block: ``purpose`` pool of the peer, ``key`` packed MSB first."""
+
+    purpose: str
+    block_id: int
+    key: bytes
+    n_bits: int
+
+    def __repr__(self) -> str:
+        return f"KeyPart({self.purpose}, id={self.block_id:#x}, {self.n_bits} bits)"
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Public statistics of one block (no key material; JSON-able via ``as_dict``)."""
+
+    block: int
+    start_slot: int = 0
+    n_slots: int = 0
+    clicks: int = 0
+    sifted: int = 0
+    n_key: int = 0                 # key-basis (Z) sifted bits
+    n_est: int = 0                 # estimation-basis (X) sifted bits
+    qber_est: float | None = None  # X-basis error rate
+    qber_key: float | None = None  # Z-basis error rate found by Cascade
+    s0_lower: float | None = None
+    s1_lower: float | None = None
+    y1_lower: float | None = None  # single-photon yield lower bound
+    e1_upper: float | None = None  # single-photon X error rate upper bound (v1/s1_x)
+    phi_upper: float | None = None
+    leak_ec_bits: int = 0
+    verify_bits: int = 0
+    ell: int = 0
+    auth_bits: int = 0
+    frames: int = 0
+    cascade_steps: int = 0
+    wall_time: float = 0.0
+    method: str = ""
+    abort_reason: str | None = None
+    abort_detail: str = ""
+    aborted_by_peer: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreBlock:
+    """Write these parts to the key store (all or none), then continue.
+
+    The meta fields are those of :class:`qkdnet.keystore.BlockMeta`.
+    """
+
+    block: int
+    parts: tuple[KeyPart, ...]
+    link_session: str
+    created: float
+    eps_sec: float
+    eps_cor: float
+    leaked_ec_bits: int
+    auth_bits_spent: int
+    qber: float | None
+
+
+@dataclass(frozen=True)
+class BlockStored:
+    """The block's key is in the store at this end."""
+
+    block: int
+    stats: BlockStats
+
+
+@dataclass(frozen=True)
+class BlockAborted:
+    """The block was abandoned; nothing of it was stored."""
+
+    block: int
+    reason: AbortReason
+    stats: BlockStats
+    error: RemoteProtocolError | None = None
+
+
+Output = Send | DetectionsNeeded | StoreBlock | BlockStored | BlockAborted
+
+
+def block_id(session_id: int, index: int, part: int) -> int:
+    """Key-store block id (docs/design.md, "Link → key store")."""
+    return (session_id << 32) | (index << 2) | part
+
+
+def extra_verify_leak(tag_bits: int, eps_cor: float) -> int:
+    """Tag bits beyond the log2(2/eps_cor) the finite-key formula already subtracts."""
+    return max(0, tag_bits - math.floor(math.log2(2.0 / eps_cor)))
+
+
+class _Abort(Exception):
+    """Raised inside a handler to abandon the block with ``reason``."""
+
+    def __init__(self, reason: AbortReason, detail: str = "") -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(repr=False)
+class _Block:
+    """Everything one block holds while in flight (key bits included: never logged)."""
+
+    index: int
+    state: State
+    start_slot: int = 0
+    n_slots: int = 0
+    started: float = 0.0
+    deadline: float = math.inf
+    frames: int = 0
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    qber_max: float = 0.11
+    stats: dict[str, Any] = field(default_factory=dict)
+    # detections / sifting
+    offsets: list[np.ndarray] = field(default_factory=list)
+    bases: list[np.ndarray] = field(default_factory=list)
+    received: int = 0
+    last_offset: int = -1
+    bob_bits: np.ndarray | None = None
+    n_clicks: int = 0
+    # key basis (Z) and estimation basis (X), per kept slot
+    z_bits: np.ndarray | None = None          # own raw key bits (0/1)
+    z_int: np.ndarray | None = None
+    x_bits: np.ndarray | None = None
+    x_int: np.ndarray | None = None
+    n_z: np.ndarray | None = None             # counts per intensity
+    n_x: np.ndarray | None = None
+    m_x: np.ndarray | None = None
+    m_z: np.ndarray | None = None
+    qber: float = 0.0
+    # reconciliation
+    plan: Any = None
+    corrector: Any = None
+    step: int = 0
+    outstanding: int = 0
+    leaked: int = 0
+    corrected: np.ndarray | None = None       # packed
+    key: np.ndarray | None = None             # final key, 0/1
+    split: tuple[int, int] = (0, 0)
+    fk: Any = None
+
+    def __repr__(self) -> str:
+        return f"_Block({self.index}, {self.state.value})"
+
+
+# --------------------------------------------------------------------------------------
+# The session
+
+
+class LinkSession:
+    """Common machinery of both roles: dispatch through :data:`TRANSITIONS`, aborts, timers."""
+
+    role: Role
+
+    def __init__(self, config: LinkConfig, *,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self._random = random_bytes
+        self._blocks: dict[int, _Block] = {}
+        #: Indices of finished/abandoned blocks, so late frames for them are ignored.
+        self._closed: OrderedDict[int, None] = OrderedDict()
+        self._finished_limit = 1024
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> int:
+        return self.config.session_id
+
+    def in_flight(self) -> int:
+        """Blocks started and not yet stored or aborted."""
+        return len(self._blocks)
+
+    def block_state(self, index: int) -> State | None:
+        blk = self._blocks.get(index)
+        if blk is not None:
+            return blk.state
+        return State.DONE if index in self._closed else None
+
+    def receive_frame(self, frame: Any, now: float) -> list[Output]:
+        """Process one received link frame (``FrameReceived`` or (type, body) pair).
+
+        Raises RemoteProtocolError only for frames that cannot be attributed to a
+        block of this session; anything else wrong aborts the block it names.
+        """
+        msg_type, body = _type_and_body(frame)
+        pkt = w.parse_body(msg_type, body)
+        t = LinkMsg(msg_type)
+        index = int(pkt.block)
+        blk = self._blocks.get(index)
+        if blk is None:
+            if index in self._closed:
+                return []           # crossed our ABORT or a retransmission: ignore
+            if t is LinkMsg.BLOCK_START and self.role is Role.RECEIVER:
+                blk = _Block(index=index, state=State.NEW, started=now)
+                self._blocks[index] = blk
+            else:
+                raise RemoteProtocolError(f"{t.name} for unknown block {index}")
+        blk.frames += 1
+        if t is LinkMsg.ABORT:
+            reason = w.decode_abort(pkt)
+            return self._finish_abort(blk, reason, "aborted by peer", now, remote=True)
+        return self._dispatch(blk, t, pkt, now)
+
+    def get_timer(self) -> float | None:
+        """Earliest deadline of any block in flight, or None."""
+        deadlines = [b.deadline for b in self._blocks.values()]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Output]:
+        """Abort every block whose step deadline has passed."""
+        out: list[Output] = []
+        for blk in [b for b in self._blocks.values() if b.deadline <= now]:
+            out += self._abort(blk, AbortReason.TIMEOUT, "step deadline passed", now)
+        return out
+
+    def abort_block(self, index: int, reason: AbortReason, detail: str, now: float
+                    ) -> list[Output]:
+        """Abandon a block for a local reason (PHY or key-store failure, shutdown)."""
+        blk = self._blocks.get(index)
+        if blk is None:
+            return []
+        return self._abort(blk, reason, detail, now)
+
+    def abort_all(self, reason: AbortReason, detail: str, now: float) -> list[Output]:
+        out: list[Output] = []
+        for index in list(self._blocks):
+            out += self.abort_block(index, reason, detail, now)
+        return out
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, blk: _Block, event: LinkMsg | Local, arg: Any, now: float
+                  ) -> list[Output]:
+        entry = TRANSITIONS.get((self.role, blk.state, event))
+        try:
+            if entry is None:
+                name = event.name if isinstance(event, LinkMsg) else event.value
+                raise RemoteProtocolError(
+                    f"{name} not allowed in state {blk.state.value} of block {blk.index}")
+            handler, allowed = entry
+            out, new_state = getattr(self, handler)(blk, arg, now)
+            if new_state not in allowed:  # pragma: no cover - a bug in this module
+                raise LocalProtocolError(f"{handler} moved to {new_state}")
+        except RemoteProtocolError as err:
+            log.info("link block %d: protocol error: %s", blk.index, err)
+            return self._abort(blk, AbortReason.PROTOCOL, str(err), now, error=err)
+        except _Abort as ab:
+            return self._abort(blk, ab.reason, ab.detail, now)
+        blk.state = new_state
+        blk.deadline = now + self.config.step_timeout
+        for o in out:
+            if isinstance(o, Send):
+                blk.frames += 1
+        if new_state is State.DONE:
+            self._close(blk)
+        return out
+
+    def _abort(self, blk: _Block, reason: AbortReason, detail: str, now: float,
+               error: RemoteProtocolError | None = None) -> list[Output]:
+        out: list[Output] = [Send(blk.index, w.encode_abort(blk.index, reason))]
+        blk.frames += 1
+        return out + self._finish_abort(blk, reason, detail, now, error=error)
+
+    def _finish_abort(self, blk: _Block, reason: AbortReason, detail: str, now: float,
+                      remote: bool = False, error: RemoteProtocolError | None = None
+                      ) -> list[Output]:
+        blk.state = State.ABORTED
+        stats = self._stats(blk, now, abort_reason=reason.word, abort_detail=detail,
+                            aborted_by_peer=remote)
+        self._close(blk)
+        return [BlockAborted(blk.index, reason, stats, error)]
+
+    def _close(self, blk: _Block) -> None:
+        self._blocks.pop(blk.index, None)
+        self._closed[blk.index] = None
+        while len(self._closed) > self._finished_limit:
+            self._closed.popitem(last=False)
+        # Drop every array the block held; key material must not outlive the block.
+        for f in dataclasses.fields(blk):
+            if f.name not in ("index", "state", "stats"):
+                setattr(blk, f.name, None)
+
+    # -- shared helpers ---------------------------------------------------------------
+
+    def _stats(self, blk: _Block, now: float, **extra: Any) -> BlockStats:
+        st = dict(blk.stats)
+        st.update(extra)
+        frames = blk.frames or 0
+        return BlockStats(block=blk.index, frames=frames, auth_bits=frames * TAG_KEY_BITS,
+                          wall_time=max(0.0, now - (blk.started or now)), **st)
+
+    def _decoy_stats(self, blk: _Block) -> finite_key.DecoyStats:
+        k = self.config.n_intensities
+        m_z = blk.m_z if blk.m_z is not None else np.zeros(k)
+        return finite_key.DecoyStats(
+            n_z=tuple(blk.n_z), m_z=tuple(m_z), n_x=tuple(blk.n_x), m_x=tuple(blk.m_x),
+            mu=self.config.mu, p=self.config.p)
+
+    def _key_length(self, blk: _Block, leak: float) -> Any:
+        fkp = finite_key.FiniteKeyParams(eps_sec=blk.eps_sec, eps_cor=blk.eps_cor)
+        fn = (finite_key.key_length_two_decoy if self.config.n_intensities == 3
+              else finite_key.key_length_one_decoy)
+        return fn(self._decoy_stats(blk), leak, fkp)
+
+    def _record_bounds(self, blk: _Block, fk: Any) -> None:
+        cfg = self.config
+        tau1 = sum(p * m * math.exp(-m) for m, p in zip(cfg.mu, cfg.p, strict=True))
+        pz = cfg.basis_probs[0] * cfg.basis_probs[1]
+        denom = blk.n_slots * tau1 * pz
+        blk.stats.update(
+            s0_lower=fk.s0_lower, s1_lower=fk.s1_lower, phi_upper=fk.phi_upper,
+            e1_upper=(fk.v1_upper / fk.s1_est_lower) if fk.s1_est_lower > 0 else None,
+            y1_lower=fk.s1_lower / denom if denom > 0 else None, method=fk.method)
+
+    def _extra_leak(self, blk: _Block) -> int:
+        """Disclosures besides the parities, counted as leakage to stay conservative:
+        the per-intensity Z error counts in VERIFY (at most log2(n_k + 1) bits each)
+        and the tag bits beyond the log2(2/eps_cor) already in the ell formula."""
+        assert blk.n_z is not None
+        counts = int(sum(math.ceil(math.log2(int(n) + 1)) for n in blk.n_z))
+        n = int(blk.n_z.sum())
+        return counts + extra_verify_leak(verify.tag_bits_for(blk.eps_cor, n), blk.eps_cor)
+
+    def _split_parts(self, blk: _Block, key_bits: np.ndarray, mine_tx_first: bool
+                     ) -> tuple[KeyPart, ...]:
+        """Cut the final key into auth A->B, auth B->A, data A->B, data B->A parts."""
+        auth_ab, auth_ba = blk.split
+        rest = len(key_bits) - auth_ab - auth_ba
+        sizes = [auth_ab, auth_ba, rest // 2, rest - rest // 2]
+        if mine_tx_first:     # transmitter: A->B is what it sends
+            purposes = ["auth-tx", "auth-rx", "data-tx", "data-rx"]
+        else:
+            purposes = ["auth-rx", "auth-tx", "data-rx", "data-tx"]
+        parts = []
+        pos = 0
+        for part, (size, purpose) in enumerate(zip(sizes, purposes, strict=True)):
+            if size > 0:
+                chunk = key_bits[pos:pos + size]
+                parts.append(KeyPart(purpose, block_id(self.session_id, blk.index, part),
+                                     np.packbits(chunk).tobytes(), size))
+            pos += size
+        return tuple(parts)
+
+    def _store(self, blk: _Block, now: float, mine_tx_first: bool) -> list[Output]:
+        assert blk.key is not None
+        parts = self._split_parts(blk, blk.key, mine_tx_first)
+        stats = self._stats(blk, now)
+        store = StoreBlock(
+            block=blk.index, parts=parts, link_session=f"{self.session_id:08x}",
+            created=now, eps_sec=blk.eps_sec, eps_cor=blk.eps_cor,
+            leaked_ec_bits=int(blk.stats.get("leak_ec_bits", 0)),
+            auth_bits_spent=stats.auth_bits,
+            qber=blk.stats.get("qber_key", blk.stats.get("qber_est")))
+        return [store, BlockStored(blk.index, stats)]
+
+
+def _type_and_body(frame: Any) -> tuple[int, Any]:
+    if isinstance(frame, tuple):
+        return int(frame[0]), frame[1]
+    return int(frame.type), frame.body
+
+
+def _per_intensity(intens: np.ndarray, k: int, weights: np.ndarray | None = None
+                   ) -> np.ndarray:
+    counts = np.bincount(intens, weights=weights, minlength=k)[:k]
+    return np.rint(counts).astype(np.int64)
+
+
+class TransmitterSession(LinkSession):
+    """Alice's end (spoke): starts blocks, answers parities, decides ell and the split.
+
+    ``auth_levels`` returns the bits available in this end's (auth-tx, auth-rx) pools
+    for the peer; the transmitter tops them up to ``config.auth_reserve_bits`` first.
+    """
+
+    role = Role.TRANSMITTER
+
+    def __init__(self, config: LinkConfig, source: SlotSource, *,
+                 auth_levels: Callable[[], tuple[int, int]] | None = None,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        super().__init__(config, random_bytes=random_bytes)
+        self.source = source
+        self._auth_levels = auth_levels or (lambda: (0, 0))
+
+    def start_block(self, index: int, start_slot: int, n_slots: int, now: float
+                    ) -> list[Output]:
+        """Open block ``index`` over slots [start_slot, start_slot + n_slots)."""
+        if index in self._blocks or index in self._closed or not 0 <= index <= w.MAX_BLOCK_INDEX:
+            raise LocalProtocolError(f"block index {index} already used or out of range")
+        blk = _Block(index=index, state=State.NEW, started=now)
+        self._blocks[index] = blk
+        return self._dispatch(blk, Local.START, (start_slot, n_slots), now)
+
+    # -- handlers (see TRANSITIONS) ---------------------------------------------------
+
+    def _a_start(self, blk: _Block, arg: tuple[int, int], now: float) -> Any:
+        blk.start_slot, blk.n_slots = arg
+        cfg = self.config
+        blk.eps_sec, blk.eps_cor, blk.qber_max = cfg.eps_sec, cfg.eps_cor, cfg.qber_max
+        blk.stats.update(start_slot=blk.start_slot, n_slots=blk.n_slots)
+        body = w.encode_block_start(blk.index, blk.start_slot, blk.n_slots, cfg.n_intensities,
+                                    cfg.eps_sec, cfg.eps_cor, cfg.qber_max)
+        return [Send(blk.index, body)], State.WAIT_DETECTIONS
+
+    def _a_detections(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        offsets, bases = w.decode_detections(pkt, blk.n_slots, blk.received, blk.last_offset)
+        blk.offsets.append(offsets)
+        blk.bases.append(bases)
+        blk.received += len(offsets)
+        if len(offsets):
+            blk.last_offset = int(offsets[-1])
+        if blk.received < pkt.total:
+            return [], State.WAIT_DETECTIONS
+        offsets = np.concatenate(blk.offsets)
+        bob_basis = np.concatenate(blk.bases)
+        blk.offsets, blk.bases = [], []
+        blk.n_clicks = len(offsets)
+        choices = self.source.lookup(offsets + np.uint64(blk.start_slot))
+        a_basis = np.asarray(choices.basis, dtype=np.uint8)
+        keep = np.asarray(sifting.sift(a_basis, bob_basis), dtype=bool)
+        intens = np.asarray(choices.intensity, dtype=np.uint8)[keep]
+        if len(intens) and int(intens.max()) >= self.config.n_intensities:
+            raise _Abort(AbortReason.LOCAL, "source used an intensity the config lacks")
+        basis_k = a_basis[keep]
+        bits_k = np.asarray(choices.bit, dtype=np.uint8)[keep]
+        z = basis_k == 0
+        blk.z_bits, blk.z_int = bits_k[z], intens[z]
+        blk.x_bits, blk.x_int = bits_k[~z], intens[~z]
+        k = self.config.n_intensities
+        blk.n_z, blk.n_x = _per_intensity(blk.z_int, k), _per_intensity(blk.x_int, k)
+        blk.stats.update(clicks=blk.n_clicks, sifted=int(keep.sum()), n_key=int(z.sum()),
+                         n_est=int((~z).sum()))
+        return [Send(blk.index, w.encode_sift(blk.index, keep, intens))], State.WAIT_ESTIMATE
+
+    def _a_estimate(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.x_bits is not None and blk.x_int is not None and blk.z_bits is not None
+        bob_x = w.decode_estimate(pkt, len(blk.x_bits))
+        k = self.config.n_intensities
+        errors = (bob_x ^ blk.x_bits).astype(np.float64)
+        blk.m_x = _per_intensity(blk.x_int, k, errors)
+        n_x = int(blk.n_x.sum())
+        qber = float(blk.m_x.sum()) / n_x if n_x else 0.5
+        blk.qber = qber
+        blk.stats.update(qber_est=qber)
+        if qber > blk.qber_max:
+            raise _Abort(AbortReason.QBER_TOO_HIGH, f"X-basis QBER {qber:.4f}")
+        # Early exit: if even zero EC leakage (and zero Z errors, the most optimistic
+        # case for every bound) leaves no key, skip Cascade.
+        fk = self._key_length(blk, 0.0)
+        self._record_bounds(blk, fk)
+        if fk.ell <= 0:
+            raise _Abort(AbortReason.NO_KEY, fk.abort_reason or "ell <= 0")
+        seed = int.from_bytes(self._random(8), "big")
+        n = len(blk.z_bits)
+        blk.plan = cascade.CascadePlan(n, max(qber, 1e-4), seed)
+        blk.corrected = np.packbits(blk.z_bits)
+        blk.corrector = cascade.CascadeResponder(blk.corrected, n, blk.plan)
+        body = w.encode_estimate_result(blk.index, blk.m_x, max(qber, 1e-4), seed)
+        return [Send(blk.index, body)], State.RECONCILE
+
+    def _a_parity_request(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.z_bits is not None and blk.corrected is not None
+        n = len(blk.z_bits)
+        passes, starts, ends = w.decode_parity_request(pkt, n, _n_passes(blk.plan))
+        if pkt.step != blk.step & 0xFFFF:
+            raise RemoteProtocolError(f"PARITY_REQUEST step {pkt.step}, expected {blk.step}")
+        blk.step += 1
+        if blk.step > self.config.max_cascade_steps or blk.leaked + len(starts) > n:
+            raise _Abort(AbortReason.EC_FAILED, "Cascade exceeded its step or leakage budget")
+        request = cascade.ParityRequest(int(pkt.step), passes.astype(np.uint8), starts, ends)
+        parities = blk.corrector.answer(request)
+        blk.leaked += len(starts)
+        body = w.encode_parity_reply(blk.index, pkt.step, parities)
+        return [Send(blk.index, body)], State.RECONCILE
+
+    def _a_verify(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.z_bits is not None and blk.corrected is not None and blk.n_z is not None
+        n = len(blk.z_bits)
+        tag_bits = verify.tag_bits_for(blk.eps_cor, n)
+        blk.m_z, seed, tag = w.decode_verify(pkt, blk.n_z, tag_bits)
+        mine = verify.verification_tag(blk.corrected, seed, tag_bits, n)
+        blk.stats.update(leak_ec_bits=blk.leaked, verify_bits=tag_bits, cascade_steps=blk.step,
+                         qber_key=float(blk.m_z.sum()) / n if n else None)
+        if not hmac.compare_digest(bytes(mine), tag):
+            raise _Abort(AbortReason.VERIFY_FAILED, "verification tags differ")
+        leak = blk.leaked + self._extra_leak(blk)
+        blk.stats["leak_ec_bits"] = leak
+        fk = self._key_length(blk, float(leak))
+        self._record_bounds(blk, fk)
+        if fk.ell <= 0:
+            raise _Abort(AbortReason.NO_KEY, fk.abort_reason or "ell <= 0")
+        ell = min(int(fk.ell), n)
+        tx_level, rx_level = self._auth_levels()
+        reserve = self.config.auth_reserve_bits
+        auth_ab = min(max(reserve - tx_level, 0), ell // 2)
+        auth_ba = min(max(reserve - rx_level, 0), ell // 2)
+        blk.split = (auth_ab, auth_ba)
+        seed_bits = np.unpackbits(np.frombuffer(self._random((n + ell - 1 + 7) // 8),
+                                                dtype=np.uint8))[:n + ell - 1]
+        blk.key = _pa(blk.corrected, n, ell, seed_bits)
+        blk.stats.update(ell=ell)
+        body = w.encode_pa(blk.index, n, ell, auth_ab, auth_ba, seed_bits)
+        return [Send(blk.index, body)], State.WAIT_DONE
+
+    def _a_block_done(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        # CONFIRM is counted before storing: both ends record the same frame count.
+        blk.frames += 1
+        out = self._store(blk, now, mine_tx_first=True)
+        blk.frames -= 1   # _dispatch counts the Send below
+        return [out[0], Send(blk.index, w.ConfirmMsg(block=blk.index)), out[1]], State.DONE
+
+
+class ReceiverSession(LinkSession):
+    """Bob's end (hub): runs the PHY on request, reconciles with Cascade, checks ell."""
+
+    role = Role.RECEIVER
+
+    def supply_detections(self, index: int, detections: Any, now: float) -> list[Output]:
+        """Hand over the PHY's detections for block ``index`` (after DetectionsNeeded)."""
+        blk = self._blocks.get(index)
+        if blk is None:
+            return []           # aborted meanwhile
+        return self._dispatch(blk, Local.PHY, detections, now)
+
+    # -- handlers (see TRANSITIONS) ---------------------------------------------------
+
+    def _b_block_start(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        w.check_block_start(pkt)
+        if pkt.n_intensities != self.config.n_intensities:
+            raise RemoteProtocolError(
+                f"BLOCK_START: {pkt.n_intensities} intensities, this end has "
+                f"{self.config.n_intensities}")
+        blk.start_slot, blk.n_slots = int(pkt.start_slot), int(pkt.n_slots)
+        blk.eps_sec, blk.eps_cor, blk.qber_max = pkt.eps_sec, pkt.eps_cor, pkt.qber_max
+        blk.stats.update(start_slot=blk.start_slot, n_slots=blk.n_slots)
+        return [DetectionsNeeded(blk.index, blk.start_slot, blk.n_slots)], State.WAIT_PHY
+
+    def _b_detections(self, blk: _Block, det: Any, now: float) -> Any:
+        slots = np.asarray(det.slots, dtype=np.uint64)
+        offsets = slots - np.uint64(blk.start_slot)
+        if len(slots) and (int(slots[0]) < blk.start_slot
+                           or int(offsets[-1]) >= blk.n_slots
+                           or not (np.diff(offsets.astype(np.int64)) > 0).all()):
+            raise _Abort(AbortReason.LOCAL, "PHY returned slots outside the block")
+        if len(slots) > w.MAX_CLICKS:
+            raise _Abort(AbortReason.LOCAL, f"{len(slots)} clicks exceed the per-block limit")
+        basis = np.asarray(det.basis, dtype=np.uint8)
+        blk.bases = [basis]
+        blk.bob_bits = np.asarray(det.bit, dtype=np.uint8)
+        blk.n_clicks = len(slots)
+        blk.stats.update(clicks=blk.n_clicks)
+        bodies = w.encode_detections(blk.index, offsets, basis)
+        return [Send(blk.index, b) for b in bodies], State.WAIT_SIFT
+
+    def _b_sift(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.bob_bits is not None
+        keep, intens = w.decode_sift(pkt, blk.n_clicks, self.config.n_intensities)
+        basis_k = blk.bases[0][keep]
+        bits_k = blk.bob_bits[keep]
+        blk.bases, blk.bob_bits = [], None
+        z = basis_k == 0
+        blk.z_bits, blk.z_int = bits_k[z], intens[z]
+        blk.x_bits, blk.x_int = bits_k[~z], intens[~z]
+        k = self.config.n_intensities
+        blk.n_z, blk.n_x = _per_intensity(blk.z_int, k), _per_intensity(blk.x_int, k)
+        blk.stats.update(sifted=int(keep.sum()), n_key=int(z.sum()), n_est=int((~z).sum()))
+        body = w.encode_estimate(blk.index, blk.x_bits)
+        return [Send(blk.index, body)], State.WAIT_ESTIMATE_RESULT
+
+    def _b_estimate_result(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.z_bits is not None and blk.n_x is not None
+        blk.m_x, qber, seed = w.decode_estimate_result(pkt, blk.n_x)
+        n_x = int(blk.n_x.sum())
+        blk.qber = float(blk.m_x.sum()) / n_x if n_x else 0.5
+        blk.stats.update(qber_est=blk.qber)
+        if blk.qber > blk.qber_max:
+            raise RemoteProtocolError("ESTIMATE_RESULT: QBER above the block's threshold")
+        n = len(blk.z_bits)
+        if n == 0:
+            raise RemoteProtocolError("ESTIMATE_RESULT: no key-basis bits to reconcile")
+        blk.plan = cascade.CascadePlan(n, qber, seed)
+        blk.corrector = cascade.CascadeCorrector(np.packbits(blk.z_bits), n, blk.plan)
+        return self._b_next(blk)
+
+    def _b_parity_reply(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        parities = w.decode_parity_reply(pkt, blk.step - 1, blk.outstanding)
+        blk.leaked += blk.outstanding
+        blk.corrector.receive(parities)
+        return self._b_next(blk)
+
+    def _b_next(self, blk: _Block) -> Any:
+        assert blk.z_bits is not None and blk.z_int is not None
+        request = blk.corrector.next_request()
+        n = len(blk.z_bits)
+        if request is not None:
+            passes, starts, ends = _request_arrays(request)
+            if blk.step >= self.config.max_cascade_steps or len(starts) > w.MAX_RANGES:
+                raise _Abort(AbortReason.EC_FAILED, "Cascade exceeded its step or size budget")
+            blk.outstanding = len(starts)
+            body = w.encode_parity_request(blk.index, blk.step, passes, starts, ends)
+            blk.step += 1
+            return [Send(blk.index, body)], State.RECONCILE
+        corrected_bits = blk.corrector.corrected_bits()
+        blk.corrected = np.packbits(corrected_bits)
+        blk.corrector = None
+        flips = corrected_bits ^ blk.z_bits
+        blk.m_z = _per_intensity(blk.z_int, self.config.n_intensities, flips.astype(np.float64))
+        tag_bits = verify.tag_bits_for(blk.eps_cor, n)
+        seed = self._random(16)
+        tag = verify.verification_tag(blk.corrected, seed, tag_bits, n)
+        blk.stats.update(leak_ec_bits=blk.leaked, verify_bits=tag_bits, cascade_steps=blk.step,
+                         qber_key=float(blk.m_z.sum()) / n)
+        body = w.encode_verify(blk.index, blk.m_z, tag_bits, seed, bytes(tag))
+        return [Send(blk.index, body)], State.WAIT_PA
+
+    def _b_pa(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        assert blk.z_bits is not None and blk.corrected is not None
+        n = len(blk.z_bits)
+        ell, auth_ab, auth_ba, seed_bits = w.decode_pa(pkt, n)
+        leak = blk.leaked + self._extra_leak(blk)
+        blk.stats["leak_ec_bits"] = leak
+        fk = self._key_length(blk, float(leak))
+        self._record_bounds(blk, fk)
+        if ell > fk.ell:
+            raise RemoteProtocolError(f"PA: ell {ell} exceeds the finite-key bound {fk.ell}")
+        blk.split = (auth_ab, auth_ba)
+        blk.key = _pa(blk.corrected, n, ell, seed_bits)
+        blk.stats.update(ell=ell)
+        return [Send(blk.index, w.BlockDoneMsg(block=blk.index))], State.WAIT_CONFIRM
+
+    def _b_confirm(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        return self._store(blk, now, mine_tx_first=False), State.DONE
+
+
+# --------------------------------------------------------------------------------------
+# Adapters to the algorithm modules
+
+
+def _pa(corrected_packed: np.ndarray, n: int, ell: int, seed_bits: np.ndarray) -> np.ndarray:
+    out = privacy.toeplitz_hash(corrected_packed, n, ell, np.packbits(seed_bits))
+    return np.unpackbits(np.asarray(out, dtype=np.uint8), count=ell)
+
+
+def _n_passes(plan: cascade.CascadePlan) -> int:
+    return int(plan.n_passes)
+
+
+def _request_arrays(request: cascade.ParityRequest
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.asarray(request.passes), np.asarray(request.starts), np.asarray(request.ends))
