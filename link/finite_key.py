@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -173,14 +174,15 @@ def _hoeffding(total: np.ndarray, events: int, eps: float) -> np.ndarray:
     return np.sqrt(np.maximum(total, 0.0) / 2.0 * math.log(events / eps))
 
 
-def _bounds_two_decoy(n_z, m_z, n_x, m_x, mu, p, eps_sec):  # type: ignore[no-untyped-def]
+def _bounds_two_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
+                      eps_sec: float) -> tuple[Any, ...]:
     """Lim 2014 bounds on arrays; returns (s0_z, s1_z, s1_x, v1_x, phi, gamma)."""
     c = 21
     m1, m2, m3 = mu
     t0, t1 = _tau(0, mu, p), _tau(1, mu, p)
     pref = [np.exp(mk) / pk for mk, pk in zip(mu, p, strict=True)]
 
-    def s01(n):  # type: ignore[no-untyped-def]
+    def s01(n: Any) -> tuple[Any, Any]:
         d = _hoeffding(sum(n), c, eps_sec)
         lo = [pref[k] * (n[k] - d) for k in range(3)]
         hi = [pref[k] * (n[k] + d) for k in range(3)]
@@ -197,7 +199,8 @@ def _bounds_two_decoy(n_z, m_z, n_x, m_x, mu, p, eps_sec):  # type: ignore[no-un
     return s0_z, s1_z, s1_x, v1, *_phase(v1, s1_x, s1_z, eps_sec, c)
 
 
-def _bounds_one_decoy(n_z, m_z, n_x, m_x, mu, p, eps_sec):  # type: ignore[no-untyped-def]
+def _bounds_one_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
+                      eps_sec: float) -> tuple[Any, ...]:
     """Rusca 2018 bounds on arrays; returns (s0_z, s1_z, s1_x, v1_x, phi, gamma)."""
     c = 19
     m1, m2 = mu[0], mu[1]
@@ -205,7 +208,7 @@ def _bounds_one_decoy(n_z, m_z, n_x, m_x, mu, p, eps_sec):  # type: ignore[no-un
     t0, t1 = _tau(0, mu2_, p2_), _tau(1, mu2_, p2_)
     pref = [np.exp(mk) / pk for mk, pk in zip(mu2_, p2_, strict=True)]
 
-    def s01(n, m):  # type: ignore[no-untyped-def]
+    def s01(n: Any, m: Any) -> tuple[Any, Any]:
         d = _hoeffding(n[0] + n[1], c, eps_sec)
         lo = [pref[k] * (n[k] - d) for k in range(2)]
         hi = [pref[k] * (n[k] + d) for k in range(2)]
@@ -225,14 +228,15 @@ def _bounds_one_decoy(n_z, m_z, n_x, m_x, mu, p, eps_sec):  # type: ignore[no-un
     return s0_z, s1_z, s1_x, v1, *_phase(v1, s1_x, s1_z, eps_sec, c)
 
 
-def _phase(v1, s1_x, s1_z, eps_sec, c):  # type: ignore[no-untyped-def]
+def _phase(v1: Any, s1_x: Any, s1_z: Any, eps_sec: float, c: int) -> tuple[Any, Any]:
     ratio = np.where(s1_x > 0, v1 / np.maximum(s1_x, 1e-300), 0.5)
     g = _gamma(eps_sec, ratio, s1_x, s1_z, c)
     phi = np.where(s1_x > 0, np.minimum(ratio + g, 0.5), 0.5)
     return phi, g
 
 
-def _ell(s0, s1, phi, leak, params: FiniteKeyParams, c: int):  # type: ignore[no-untyped-def]
+def _ell(s0: Any, s1: Any, phi: Any, leak: Any, params: FiniteKeyParams,
+         c: int) -> tuple[Any, float]:
     penalty = 6.0 * math.log2(c / params.eps_sec) + math.log2(2.0 / params.eps_cor)
     return s0 + s1 * (1.0 - binary_entropy(phi)) - leak - penalty, penalty
 
@@ -249,8 +253,9 @@ def _result(stats: DecoyStats, leak: float, params: FiniteKeyParams, two: bool) 
         raise ValueError("leak_ec_bits must be >= 0")
     fn = _bounds_two_decoy if two else _bounds_one_decoy
     c = 21 if two else 19
-    arr = [np.asarray(v, dtype=np.float64) for v in (stats.n_z, stats.m_z, stats.n_x, stats.m_x)]
-    s0, s1, s1x, v1, phi, g = fn(*arr, stats.mu, stats.p, params.eps_sec)
+    nz, mz, nx, mx = (np.asarray(v, dtype=np.float64)
+                      for v in (stats.n_z, stats.m_z, stats.n_x, stats.m_x))
+    s0, s1, s1x, v1, phi, g = fn(nz, mz, nx, mx, stats.mu, stats.p, params.eps_sec)
     raw, penalty = _ell(s0, s1, phi, leak, params, c)
     ell = max(math.floor(float(raw)), 0)
     reason = None
