@@ -55,8 +55,9 @@ HUB_TYPES = range(0x40, 0x60)
 LINK_TYPES = range(0x10, 0x40)
 
 #: Hook that runs the link layer on one spoke's connection (the hub is the receiver).
-#: Called as ``await link_runner(daemon, spoke, channel, frame_router)`` inside the
-#: session; it registers the link types on ``frame_router`` and runs until cancelled.
+#: Started as ``await nursery.start(link_runner, daemon, spoke, channel, frame_router)``
+#: inside the session: it registers the link types on ``frame_router``, calls
+#: ``task_status.started()``, then runs until cancelled.
 LinkRunner = Callable[["HubDaemon", str, SidebandChannel, FrameRouter], Any]
 
 
@@ -196,8 +197,8 @@ class HubDaemon:
             with sess.cancel:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, sess)
-                    if self.link_runner is not None:
-                        nursery.start_soon(self.link_runner, self, spoke, chan, frames)
+                    if self.link_runner is not None:  # registers link types first
+                        await nursery.start(self.link_runner, self, spoke, chan, frames)
                     await chan.run(frames)
                     nursery.cancel_scope.cancel()
         finally:

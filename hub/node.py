@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 HUB_TYPES = range(0x40, 0x60)
 
 #: Hook that runs the link layer on the spoke's hub connection (the spoke transmits):
-#: ``await link_runner(node, channel, frame_router)``; registers link types, runs
-#: until cancelled.
+#: ``await nursery.start(link_runner, node, channel, frame_router)``: registers the
+#: link types, calls ``task_status.started()``, runs until cancelled.
 SpokeLinkRunner = Callable[["SpokeNode", SidebandChannel, FrameRouter], Any]
 
 
@@ -486,8 +486,8 @@ class SpokeNode:
         frames.register(HUB_TYPES, on_hub_frame)
         try:
             async with trio.open_nursery() as nursery:
-                if self.link_runner is not None:
-                    nursery.start_soon(self.link_runner, self, chan, frames)
+                if self.link_runner is not None:  # registers link types first
+                    await nursery.start(self.link_runner, self, chan, frames)
                 await chan.send(w.HubRegister(version=1, spoke=self.name.encode()))
                 await chan.run(frames)
                 nursery.cancel_scope.cancel()

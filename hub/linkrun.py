@@ -1,0 +1,115 @@
+"""Glue between the hub/spoke daemons and the link layer's driver.
+
+The hub holds the detectors, so on each spoke connection it runs the link's
+*receiver* (:class:`qkdnet.link.driver.LinkEndpoint` with an emulated PHY), and
+each spoke runs the *transmitter*, starting blocks forever. Both ends build the
+emulated PHY from the same ``(preset, km, seed)`` (the hub config may set ``km`` and
+``seed`` per spoke). Link frames share the spoke's sideband connection with hub
+frames; each runner registers the link types on the connection's FrameRouter
+before the receive loop starts. Statistics (QBER, key rate, aborts) land in
+``daemon.link_stats[spoke]`` / ``node.link_stats`` for status output.
+
+A runner factory returns ``None`` when the link is disabled in the config, so the
+daemons then route with whatever key is already in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "gys2004"
+DEFAULT_KM = 10.0
+DEFAULT_BLOCK_SLOTS = 1 << 22
+
+
+def _stats_sink(target: dict[str, Any]) -> Any:
+    started = time.monotonic()
+
+    def on_block(st: Any) -> None:
+        target["blocks"] = target.get("blocks", 0) + 1
+        if st.abort_reason is None:
+            target["stored"] = target.get("stored", 0) + 1
+            target["key_bits"] = target.get("key_bits", 0) + int(st.ell)
+            target["qber"] = st.qber_key if st.qber_key is not None else st.qber_est
+        else:
+            target["aborted"] = target.get("aborted", 0) + 1
+            reasons = target.setdefault("abort_reasons", {})
+            reasons[st.abort_reason] = reasons.get(st.abort_reason, 0) + 1
+        elapsed = max(1e-9, time.monotonic() - started)
+        target["key_rate_bps"] = round(target.get("key_bits", 0) / elapsed, 1)
+        target["auth_bits"] = target.get("auth_bits", 0) + int(st.auth_bits)
+    return on_block
+
+
+def _phy(preset: str, km: float, seed: int) -> Any:
+    from qkdnet.link.driver import EmulatedPhy
+    from qkdnet.phy import presets
+
+    return EmulatedPhy(presets.get(preset), km, seed=seed)
+
+
+def hub_link_runner(settings: Any) -> Any:
+    """The hub's per-spoke link receiver, or None if ``[link] enabled = false``."""
+    link = dict(settings.link)
+    if not link.get("enabled", True):
+        return None
+
+    async def run(daemon: Any, spoke: str, chan: Any, frames: Any, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from qkdnet.link.driver import LinkEndpoint
+        from qkdnet.link.session import LinkConfig
+        from qkdnet.phy import presets
+
+        per = link.get("spokes", {}).get(spoke, {})
+        preset = per.get("preset", link.get("preset", DEFAULT_PRESET))
+        km = float(per.get("km", link.get("km", DEFAULT_KM)))
+        seed = int(per.get("seed", link.get("seed", 0)))
+        stats = daemon.link_stats.setdefault(spoke, {})
+        stats.update({"preset": preset, "km": km, "role": "receiver"})
+        config = LinkConfig.from_phy(presets.get(preset), 1)
+        endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
+                                phy=_phy(preset, km, seed), on_block=_stats_sink(stats))
+        endpoint.register(frames)
+        task_status.started()
+        await endpoint.run()
+
+    return run
+
+
+def spoke_link_runner(settings: Any) -> Any:
+    """The spoke's link transmitter, or None if ``[link] enabled = false``."""
+    link = dict(settings.link)
+    if not link.get("enabled", True):
+        return None
+
+    async def run(node: Any, chan: Any, frames: Any, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from qkdnet.link.driver import LinkEndpoint, new_session_id
+        from qkdnet.link.session import LinkConfig
+        from qkdnet.phy import presets
+
+        preset = link.get("preset", DEFAULT_PRESET)
+        km = float(link.get("km", DEFAULT_KM))
+        seed = int(link.get("seed", 0))
+        block_slots = int(link.get("block_slots", DEFAULT_BLOCK_SLOTS))
+        node.link_stats.update({"preset": preset, "km": km, "role": "transmitter"})
+        sid = new_session_id()
+        config = LinkConfig.from_phy(presets.get(preset), sid)
+        phy = _phy(preset, km, seed)
+        endpoint = LinkEndpoint("transmitter", chan, config, peer=node.hub, store=node.store,
+                                source=phy.source, on_block=_stats_sink(node.link_stats))
+        endpoint.register(frames)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.run)
+            # Fresh slots per session: the emulated source is a function of (seed, slot).
+            await endpoint.run_blocks(None, block_slots, slot_base=sid << 30)
+            nursery.cancel_scope.cancel()
+
+    return run
