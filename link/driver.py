@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from qkdnet.errors import LinkAborted, QkdnetError
+from qkdnet.errors import LinkAborted, QkdnetError, RemoteProtocolError
 from qkdnet.link import wire as w
 from qkdnet.link.session import (
     BlockAborted,
@@ -162,6 +162,9 @@ class LinkEndpoint:
         self._finished = trio.Event()
         self._block_done = trio.Condition()
         self._consecutive_aborts = 0
+        self._levels = (0, 0)
+        #: The RemoteProtocolError that ended this endpoint, if any.
+        self.fatal_error: RemoteProtocolError | None = None
         if role == "transmitter":
             self._sessions[config.session_id] = TransmitterSession(
                 config, source, auth_levels=self._auth_levels)
@@ -259,6 +262,7 @@ class LinkEndpoint:
             with trio.move_on_at(deadline):
                 item = await self._inbox.receive()
             now = trio.current_time()
+            self._refresh_levels()
             if item is None:
                 for sid, sess in list(self._sessions.items()):
                     await self._execute(sid, await self._call(sess.handle_timer, now))
@@ -270,7 +274,17 @@ class LinkEndpoint:
                                                             "link stopping", now))
                 return
             if kind == "frame":
-                await self._on_frame(item[1], now)
+                try:
+                    await self._on_frame(item[1], now)
+                except RemoteProtocolError as err:
+                    # A frame no block of ours can own: the connection is unusable.
+                    log.warning("link: %s; closing the sideband connection", err)
+                    for sess in self._sessions.values():
+                        sess.abort_all(AbortReason.PROTOCOL, str(err), now)
+                    if hasattr(self.channel, "abort"):
+                        await self.channel.abort(err)
+                    self.fatal_error = err
+                    return
             elif kind == "start":
                 sess = self._sessions[self.config.session_id]
                 assert isinstance(sess, TransmitterSession)
@@ -294,7 +308,7 @@ class LinkEndpoint:
         sess = self._sessions.get(sid)
         if sess is None:
             if self.role != "receiver":
-                raise w.RemoteProtocolError(f"link frame for unknown session {sid:#x}")
+                raise RemoteProtocolError(f"link frame for unknown session {sid:#x}")
             cfg = LinkConfig(session_id=sid, mu=self.config.mu, p=self.config.p,
                              step_timeout=self.config.step_timeout,
                              basis_probs=self.config.basis_probs,
@@ -370,11 +384,15 @@ class LinkEndpoint:
         with contextlib.suppress(RuntimeError):
             trio.lowlevel.spawn_system_task(wake)
 
+    def _refresh_levels(self) -> None:
+        # Read here, in the trio thread: the key store is bound to its thread, and the
+        # session (which asks for the levels) runs in a worker thread.
+        if self.store is not None and self.role == "transmitter":
+            self._levels = (self.store.available(self.peer, "auth-tx"),
+                            self.store.available(self.peer, "auth-rx"))
+
     def _auth_levels(self) -> tuple[int, int]:
-        if self.store is None:
-            return (0, 0)
-        return (self.store.available(self.peer, "auth-tx"),
-                self.store.available(self.peer, "auth-rx"))
+        return self._levels
 
 
 def new_session_id() -> int:
@@ -416,3 +434,137 @@ def compare_data_pools(store_a: Any, store_b: Any, peer_of_a: str, peer_of_b: st
             result["identical"] = False
         result["bits_compared"] += n_tx
     return result
+
+
+# --------------------------------------------------------------------------------------
+# A whole point-to-point link on loopback (CLI ``qkdnet link run`` and the tests)
+
+
+class TamperingChannel:
+    """Wraps a channel and passes every body it sends through ``tamper`` (tests only)."""
+
+    def __init__(self, channel: Any, tamper: Callable[[Any], Any]) -> None:
+        self.channel = channel
+        self.tamper = tamper
+
+    async def send(self, body: Any, session: int = 0, flags: int = 0) -> None:
+        await self.channel.send(self.tamper(body), session=session, flags=flags)
+
+
+@dataclass
+class PointToPointResult:
+    """Outcome of :func:`run_point_to_point` (public numbers only)."""
+
+    alice: LinkStats
+    bob: LinkStats
+    comparison: dict[str, Any]
+    session_id: int
+    eve: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.comparison.get("identical"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"session_id": f"{self.session_id:08x}", "alice": self.alice.as_dict(),
+                "bob": self.bob.as_dict(), "comparison": self.comparison}
+
+
+def write_bootstrap_secret(path: Any, n_bytes: int = 1 << 20) -> None:
+    """Write a fresh random bootstrap secret file (mode 0600)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(n_bytes))
+
+
+async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots: int, *,
+                             workdir: Any, attack: Any = None, seed: int | None = None,
+                             config_overrides: dict[str, Any] | None = None,
+                             max_in_flight: int = 2, on_block: BlockCallback | None = None,
+                             tamper_alice: Callable[[Any], Any] | None = None,
+                             tamper_bob: Callable[[Any], Any] | None = None,
+                             keep_eve: bool = False, compare: bool = True,
+                             use_threads: bool = True) -> PointToPointResult:
+    """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
+
+    Key stores and the bootstrap secret are created in ``workdir``; both ends run in
+    this process (each with its own store and sideband connection end).  At the end
+    the data pools are compared bit for bit (which consumes them) unless
+    ``compare`` is false.  ``on_block(stats)`` sees the transmitter's blocks.
+    """
+    from pathlib import Path
+
+    from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
+    from qkdnet.keystore import KeyStore
+    from qkdnet.sideband import FrameRouter, connect_sideband, serve_sideband
+
+    workdir = Path(workdir)
+    secret_path = workdir / "bootstrap.secret"
+    write_bootstrap_secret(secret_path)
+    secret = secret_path.read_bytes()
+    store_a = KeyStore(workdir / "alice.db")
+    store_b = KeyStore(workdir / "bob.db")
+    try:
+        store_a.import_bootstrap("bob", secret, initiator=True)
+        store_b.import_bootstrap("alice", secret, initiator=False)
+        del secret
+        seed = secrets.randbits(62) if seed is None else seed
+        phy = EmulatedPhy(params, km, attack=attack, seed=seed, keep_eve=keep_eve)
+        sid = new_session_id()
+        cfg = LinkConfig.from_phy(params, sid, **(config_overrides or {}))
+        bob_ready = trio.Event()
+        bob_box: list[LinkEndpoint] = []
+
+        async def bob_handler(chan: Any) -> None:
+            ch = TamperingChannel(chan, tamper_bob) if tamper_bob else chan
+            bob = LinkEndpoint("receiver", ch, cfg, peer="alice", store=store_b, phy=phy,
+                               use_threads=use_threads)
+            bob_box.append(bob)
+            router = FrameRouter()
+            bob.register(router)
+            async with trio.open_nursery() as n:
+                await n.start(bob.run)
+                bob_ready.set()
+                await chan.run(router)
+                n.cancel_scope.cancel()
+
+        def auth_for(name: str) -> Any:
+            return FrameAuthenticator(KeyStoreTagKeys(store_b, name)) if name == "alice" \
+                else None
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(lambda task_status: serve_sideband(
+                bob_handler, 0, local_name="bob", auth_for_peer=auth_for, host="127.0.0.1",
+                task_status=task_status))
+            port = listeners[0].socket.getsockname()[1]
+            chan = await connect_sideband(
+                "127.0.0.1", port, local_name="alice",
+                auth=FrameAuthenticator(KeyStoreTagKeys(store_a, "bob")))
+            ch = TamperingChannel(chan, tamper_alice) if tamper_alice else chan
+            alice = LinkEndpoint("transmitter", ch, cfg, peer="bob", store=store_a,
+                                 source=phy.source, on_block=on_block,
+                                 use_threads=use_threads)
+            router = FrameRouter()
+            alice.register(router)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(chan.run, router)
+                await inner.start(alice.run)
+                await bob_ready.wait()
+                await alice.run_blocks(n_blocks, block_slots, max_in_flight=max_in_flight)
+                # Let the receiver finish its last CONFIRM before closing.
+                bob = bob_box[0]
+                with trio.move_on_after(10):
+                    while bob.stats.stored + bob.stats.aborted < len(alice.stats.blocks):
+                        await trio.sleep(0.01)
+                await alice.stop()
+                inner.cancel_scope.cancel()
+            await chan.aclose()
+            nursery.cancel_scope.cancel()
+        comparison = compare_data_pools(store_a, store_b, "bob", "alice") if compare else {}
+        return PointToPointResult(alice.stats, bob_box[0].stats, comparison, sid,
+                                  phy.eve if keep_eve else {})
+    finally:
+        store_a.close()
+        store_b.close()

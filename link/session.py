@@ -454,6 +454,12 @@ class LinkSession:
             return self._abort(blk, AbortReason.PROTOCOL, str(err), now, error=err)
         except _Abort as ab:
             return self._abort(blk, ab.reason, ab.detail, now)
+        except (ValueError, ArithmeticError, LocalProtocolError, MemoryError) as err:
+            # A local failure (an algorithm refusing its input, memory): abandon the
+            # block, keep the link.  The message names the type only: algorithm
+            # errors could in principle quote values derived from key bits.
+            log.warning("link block %d: local failure %s", blk.index, type(err).__name__)
+            return self._abort(blk, AbortReason.LOCAL, type(err).__name__, now)
         blk.state = new_state
         blk.deadline = now + self.config.step_timeout
         for o in out:
