@@ -459,7 +459,12 @@ class KeyStore:
     def _maybe_checkpoint(self, scrubbed_bits: int) -> None:
         self._scrubbed_since_checkpoint += scrubbed_bits // 8
         if self._scrubbed_since_checkpoint >= self.checkpoint_bytes:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except sqlite3.OperationalError as err:
+                # Another connection is busy; the scrubbed pages reach the main file at the
+                # next checkpoint. The consumption itself is already committed.
+                log.debug("WAL checkpoint postponed: %s", err)
 
     class _Tx:
         """``with self._tx():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception."""
@@ -660,12 +665,15 @@ class KeyStore:
                 "WHERE pool_id=? AND used < n_bits ORDER BY seq", (pool_id,))
             todo = want
             plan: list[tuple[int, int, int, int]] = []
-            for seq, bid, n, cur in rows:
-                k = min(todo, n - cur)
-                plan.append((int(seq), _from_sql_id(int(bid)), int(n), int(cur)))
-                todo -= k
-                if todo == 0:
-                    break
+            try:
+                for seq, bid, n, cur in rows:
+                    k = min(todo, n - cur)
+                    plan.append((int(seq), _from_sql_id(int(bid)), int(n), int(cur)))
+                    todo -= k
+                    if todo == 0:
+                        break
+            finally:
+                rows.close()  # an open statement would block the WAL checkpoint
             todo = want
             for seq, bid, n, cur in plan:
                 k = min(todo, n - cur)

@@ -1,0 +1,532 @@
+"""Node configuration: a TOML file (stdlib ``tomllib``) turned into frozen dataclasses.
+
+:func:`load_config` reads a file and returns a :class:`NodeConfig`; every problem is a
+:class:`~qkdnet.errors.ConfigError` whose ``source`` is the file, ``key`` the dotted
+key (``network.sideband_port``) and ``expected`` what would have been accepted.
+Unknown keys are errors, with a "did you mean" suggestion, so typos do not silently
+fall back to defaults. Relative paths are resolved against the config file's folder.
+
+Example (every key is optional except ``node.name``, ``node.role`` and, for a spoke,
+``node.hub``)::
+
+    [node]
+    name = "alice"
+    role = "spoke"              # "hub" or "spoke"
+    hub = "hub"                 # spoke: the name of its hub
+
+    [network]
+    listen_host = "127.0.0.1"
+    sideband_port = 7787        # hub: where spokes connect (TCP)
+    quantum_port = 7788         # emulated quantum channel
+    hub_host = "127.0.0.1"      # spoke: where its hub listens
+    hub_sideband_port = 7787
+    hub_quantum_port = 7788
+    app_socket = "alice.sock"   # local socket apps use to reach this node
+
+    [keystore]
+    path = "alice-keys.sqlite"
+
+    [phy]
+    preset = "gys2004"          # see `qkdnet phy presets`
+    km = 25.0
+    attack = "none"             # e.g. "intercept-resend:0.3"
+    [phy.params]                # overrides of the preset's PhyParams fields
+    eta_det = 0.1
+
+    [link]
+    block_size = 10000000       # pulse slots per link block
+    eps_sec = 1e-10
+    eps_cor = 1e-15
+    qber_threshold = 0.11
+    decoy = "two"               # "one" or "two"
+
+    [auth]
+    bootstrap_secret = "alice-hub.secret"   # spoke: the secret shared with the hub
+    [auth.peers]                            # hub: one secret file per spoke
+    # bob = "bob-hub.secret"
+
+    [trace]
+    enabled = false
+    folder = "traces"
+
+    [pcap]
+    path = "alice.pcap"
+
+The ``[phy]`` section is checked by a hook (:data:`phy_validator`): by default it
+imports :mod:`qkdnet.phy` lazily (only while validating) and checks the preset, the
+parameter overrides and the attack with the PHY layer's own validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qkdnet.errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "KeystoreConfig",
+    "LinkConfig",
+    "NetworkConfig",
+    "NodeConfig",
+    "NodeSection",
+    "PcapConfig",
+    "PhyConfig",
+    "TraceConfig",
+    "config_from_dict",
+    "load_config",
+    "phy_validator",
+    "validate_phy",
+]
+
+DEFAULT_SIDEBAND_PORT = 7787
+DEFAULT_QUANTUM_PORT = 7788
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_EXPECTED = "1-64 characters from A-Z a-z 0-9 _ . - (starting with a letter or digit)"
+
+
+# --------------------------------------------------------------- field checks
+
+Check = Callable[[Any], str | None]
+
+
+def _meta(check: Check | None = None, expected: str | None = None) -> dict[str, Any]:
+    return {"check": check, "expected": expected}
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else f"port {v} out of range"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"{v!r} is not positive"
+
+
+def _open_unit(v: float) -> str | None:
+    return None if 0 < v < 1 else f"{v!r} is not strictly between 0 and 1"
+
+
+def _qber(v: float) -> str | None:
+    return None if 0 < v < 0.5 else f"{v!r} is not a QBER threshold"
+
+
+def _name(v: str) -> str | None:
+    return None if _NAME_RE.match(v) else f"{v!r} is not a valid node name"
+
+
+def _host(v: str) -> str | None:
+    return None if v and not any(c.isspace() for c in v) else f"{v!r} is not a host name"
+
+
+def _block_size(v: int) -> str | None:
+    return None if v >= 1000 else f"{v} slots is too small for a block"
+
+
+# ------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """``[node]``: who this node is."""
+
+    name: str = field(metadata=_meta(_name, _NAME_EXPECTED))
+    role: Literal["hub", "spoke"] = field(metadata=_meta(expected='"hub" or "spoke"'))
+    #: Spoke only: the name of the hub it connects to.
+    hub: str | None = field(default=None, metadata=_meta(_name, _NAME_EXPECTED))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``[network]``: addresses and ports (0 means "pick a free port")."""
+
+    listen_host: str = field(default="127.0.0.1", metadata=_meta(_host, "a host name or IP"))
+    sideband_port: int = field(default=DEFAULT_SIDEBAND_PORT,
+                               metadata=_meta(_port, "a TCP port 0-65535"))
+    quantum_port: int = field(default=DEFAULT_QUANTUM_PORT,
+                              metadata=_meta(_port, "a TCP port 0-65535"))
+    hub_host: str | None = field(default=None, metadata=_meta(_host, "a host name or IP"))
+    hub_sideband_port: int = field(default=DEFAULT_SIDEBAND_PORT,
+                                   metadata=_meta(_port, "a TCP port 0-65535"))
+    hub_quantum_port: int = field(default=DEFAULT_QUANTUM_PORT,
+                                  metadata=_meta(_port, "a TCP port 0-65535"))
+    #: Local (Unix) socket through which apps on this machine reach the node.
+    app_socket: Path | None = None
+
+
+@dataclass(frozen=True)
+class KeystoreConfig:
+    """``[keystore]``: the SQLite key store file."""
+
+    path: Path = Path("keystore.sqlite")
+    #: Bits one durable transaction leases for small reservations (see qkdnet.keystore).
+    lease_bits: int = field(default=1 << 16, metadata=_meta(_positive, "a positive integer"))
+
+
+@dataclass(frozen=True)
+class PhyConfig:
+    """``[phy]``: the emulated quantum channel.
+
+    ``params`` holds overrides of the preset's ``PhyParams`` fields as plain TOML
+    values; :meth:`phy_params` builds the validated object (imports ``qkdnet.phy``).
+    """
+
+    preset: str = "gys2004"
+    km: float = field(default=10.0, metadata=_meta(
+        lambda v: None if v >= 0 else f"{v!r} km is negative", "a fibre length >= 0 km"))
+    attack: str = "none"
+    seed: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def phy_params(self) -> Any:
+        """The preset with the overrides applied, as a ``qkdnet.phy.params.PhyParams``."""
+        from qkdnet.phy import presets  # lazy: the PHY layer is optional for the spine
+
+        base = presets.get(self.preset)
+        return base.with_overrides(**self.params) if self.params else base
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """``[link]``: parameters of the QKD post-processing both ends must agree on."""
+
+    #: Pulse slots per link block.
+    block_size: int = field(default=10_000_000,
+                            metadata=_meta(_block_size, "an integer >= 1000"))
+    eps_sec: float = field(default=1e-10, metadata=_meta(_open_unit, "a number in (0, 1)"))
+    eps_cor: float = field(default=1e-15, metadata=_meta(_open_unit, "a number in (0, 1)"))
+    qber_threshold: float = field(default=0.11, metadata=_meta(_qber, "a number in (0, 0.5)"))
+    decoy: Literal["one", "two"] = field(default="two", metadata=_meta(
+        expected='"one" or "two"'))
+    #: Level the transmitter tops each auth pool up to before storing data key.
+    auth_reserve_bits: int = field(default=1 << 16,
+                                   metadata=_meta(_positive, "a positive integer"))
+    #: Seconds a link step may wait for the peer before the block is aborted.
+    step_timeout: float = field(default=60.0, metadata=_meta(_positive, "seconds > 0"))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: pre-shared bootstrap secrets (>= 4 KiB of random bytes each)."""
+
+    #: Spoke: the secret file shared with its hub.
+    bootstrap_secret: Path | None = None
+    #: Hub: spoke name -> secret file shared with that spoke (also the spokes allowed).
+    peers: dict[str, Path] = field(default_factory=dict)
+
+    def secret_for(self, peer: str) -> Path | None:
+        """The secret file for the link to ``peer`` (a hub's per-spoke file, else ours)."""
+        return self.peers.get(peer, self.bootstrap_secret)
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """``[trace]``: qlog-style JSON-lines traces, one file per session."""
+
+    enabled: bool = False
+    folder: Path = Path("traces")
+
+
+@dataclass(frozen=True)
+class PcapConfig:
+    """``[pcap]``: record the sideband traffic this node sends and receives."""
+
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A whole node configuration; ``source`` is the file it came from."""
+
+    node: NodeSection
+    network: NetworkConfig = NetworkConfig()
+    keystore: KeystoreConfig = KeystoreConfig()
+    phy: PhyConfig = field(default_factory=PhyConfig)
+    link: LinkConfig = LinkConfig()
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    trace: TraceConfig = TraceConfig()
+    pcap: PcapConfig = PcapConfig()
+    source: str = "<config>"
+    base_dir: Path = Path(".")
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return self.node.name
+
+    @property
+    def role(self) -> Literal["hub", "spoke"]:
+        """``"hub"`` or ``"spoke"``."""
+        return self.node.role
+
+    def with_trace(self, enabled: bool, folder: str | os.PathLike[str] | None = None
+                   ) -> NodeConfig:
+        """A copy with tracing switched (the CLI's ``--trace`` flag)."""
+        trace = TraceConfig(enabled, Path(folder) if folder is not None else self.trace.folder)
+        return dataclasses.replace(self, trace=trace)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (paths as strings) for ``--json`` output."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [plain(x) for x in v]
+            return v
+        out: dict[str, Any] = plain(dataclasses.asdict(self))
+        return out
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSection, "network": NetworkConfig, "keystore": KeystoreConfig,
+    "phy": PhyConfig, "link": LinkConfig, "auth": AuthConfig, "trace": TraceConfig,
+    "pcap": PcapConfig,
+}
+
+
+# ------------------------------------------------------------------ the loader
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown(key: str, options: list[str], where: str, source: str) -> ConfigError:
+    return ConfigError(f"unknown key {key!r} in {where}{_did_you_mean(key, options)}",
+                       source=source, key=f"{where}.{key}" if where != "the file" else key,
+                       expected="one of " + ", ".join(options))
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            dict: "a table", list: "an array"}.get(type(value), type(value).__name__)
+
+
+class _Ctx:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+
+    def error(self, key: str, message: str, expected: str | None) -> ConfigError:
+        return ConfigError(message, source=self.source, key=key, expected=expected)
+
+
+def _convert(value: object, tp: Any, key: str, ctx: _Ctx, expected: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (paths resolved)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        # TOML has no null, so ``X | None`` only means "may be absent".
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, inner, key, ctx, expected)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ctx.error(key, f"{value!r} is not allowed",
+                            expected or " or ".join(repr(c) for c in choices))
+        return value
+    if origin is dict:
+        _kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "a table")
+        if vt is Any:
+            return dict(value)
+        return {str(k): _convert(v, vt, f"{key}.{k}", ctx, None) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "true or false")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "an integer")
+        return value
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "a finite number")
+        if not math.isfinite(value):
+            raise ctx.error(key, f"{value!r} is not a finite number",
+                            expected or "a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ctx.error(key, f"got {_type_name(value)}", expected or "a file path string")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else ctx.base_dir / path
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # our bug
+
+
+def _section(cls: type, table: object, where: str, ctx: _Ctx) -> Any:
+    if not isinstance(table, dict):
+        raise ctx.error(where, f"got {_type_name(table)}", f"a [{where}] table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise _unknown(key, list(fields), where, ctx.source)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = f"{where}.{name}"
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ctx.error(dotted, "is missing", f.metadata.get("expected")
+                                or f"a value for {name}")
+            if isinstance(f.default, Path):  # relative defaults live beside the file too
+                kwargs[name] = ctx.base_dir / f.default
+            continue
+        expected = f.metadata.get("expected")
+        value = _convert(table[name], hints[name], dotted, ctx, expected)
+        check = f.metadata.get("check")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ctx.error(dotted, problem, expected)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _relocate(section: Any, base_dir: Path) -> Any:
+    """Resolve a default section's relative path defaults against ``base_dir``."""
+    changes = {f.name: base_dir / getattr(section, f.name) for f in dataclasses.fields(section)
+               if isinstance(getattr(section, f.name), Path)
+               and not getattr(section, f.name).is_absolute()}
+    return dataclasses.replace(section, **changes) if changes else section
+
+
+def config_from_dict(data: Mapping[str, object], *, source: str = "<config>",
+                     base_dir: str | os.PathLike[str] = ".", validate_phy_section: bool = True
+                     ) -> NodeConfig:
+    """Build a :class:`NodeConfig` from already-parsed TOML data (tests, embedding)."""
+    ctx = _Ctx(source, Path(base_dir))
+    for key in data:
+        if key not in _SECTIONS:
+            raise _unknown(key, list(_SECTIONS), "the file", source)
+    if "node" not in data:
+        raise ctx.error("node", "section is missing", "a [node] table with name and role")
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        if name in data:
+            sections[name] = _section(cls, data[name], name, ctx)
+        elif name != "node":
+            sections[name] = _relocate(cls(), ctx.base_dir)
+    cfg = NodeConfig(**sections, source=source, base_dir=ctx.base_dir)
+    _cross_checks(cfg, ctx)
+    if validate_phy_section and phy_validator is not None:
+        phy_validator(cfg.phy, source)
+    return cfg
+
+
+def _cross_checks(cfg: NodeConfig, ctx: _Ctx) -> None:
+    if cfg.role == "spoke":
+        if cfg.node.hub is None:
+            raise ctx.error("node.hub", "a spoke must name its hub", "the hub's node name")
+        if cfg.network.hub_host is None:
+            raise ctx.error("network.hub_host", "a spoke must say where its hub listens",
+                            "a host name or IP")
+        if cfg.auth.peers:
+            raise ctx.error("auth.peers", "per-peer secrets are for hubs",
+                            "[auth] bootstrap_secret on a spoke")
+        if cfg.node.hub == cfg.node.name:
+            raise ctx.error("node.hub", "a spoke cannot be its own hub", "another node's name")
+    else:
+        if cfg.node.hub is not None:
+            raise ctx.error("node.hub", "only a spoke names a hub", "no node.hub on a hub")
+        for peer in cfg.auth.peers:
+            problem = _name(peer)
+            if problem:
+                raise ctx.error(f"auth.peers.{peer}", problem, _NAME_EXPECTED)
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node configuration file (see the module docstring)."""
+    p = Path(path)
+    source = str(p)
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file: {err.strerror or err}", source=source,
+                          expected="a readable TOML file") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not UTF-8 text", source=source,
+                          expected="a TOML file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"TOML syntax error: {err}", source=source,
+                          expected="valid TOML (https://toml.io)") from None
+    return config_from_dict(data, source=source, base_dir=p.resolve().parent)
+
+
+# ------------------------------------------------------------------ PHY hook
+
+
+def validate_phy(phy: PhyConfig, source: str) -> None:
+    """Default ``[phy]`` check: the PHY layer's own validation, imported lazily.
+
+    Skipped silently when ``qkdnet.phy`` is not importable (the spine stands alone).
+    """
+    try:
+        import importlib
+        presets = importlib.import_module("qkdnet.phy.presets")
+    except ImportError:
+        return
+    try:
+        params = presets.get(phy.preset)
+    except ConfigError as err:
+        raise ConfigError(f"unknown PHY preset {phy.preset!r}", source=source,
+                          key="phy.preset", expected=err.expected) from None
+    names = [f.name for f in dataclasses.fields(params)]
+    for key in phy.params:
+        if key not in names:
+            raise _unknown(key, names, "phy.params", source)
+    if phy.params:
+        try:
+            params.with_overrides(**phy.params)
+        except ConfigError as err:
+            raise ConfigError(_bare_message(err), source=source,
+                              key=f"phy.params.{err.key or ''}".rstrip("."),
+                              expected=err.expected) from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"bad value: {err}", source=source, key="phy.params",
+                              expected="values of the types PhyParams declares") from None
+    try:
+        attacks = importlib.import_module("qkdnet.phy.attacks")
+    except ImportError:
+        return
+    try:
+        attacks.parse_attack(phy.attack)
+    except ConfigError as err:
+        raise ConfigError(f"unknown or malformed attack {phy.attack!r}", source=source,
+                          key="phy.attack", expected=err.expected) from None
+
+
+def _bare_message(err: ConfigError) -> str:
+    """The message of a ConfigError made elsewhere, without its source/key/expected parts."""
+    text = str(err)
+    prefix = ": ".join(p for p in (err.source, err.key) if p)
+    if prefix and text.startswith(prefix + ": "):
+        text = text[len(prefix) + 2:]
+    suffix = f" (expected {err.expected})" if err.expected else ""
+    if suffix and text.endswith(suffix):
+        text = text[:-len(suffix)]
+    return text
+
+
+#: The hook that checks ``[phy]``; replace it (or set ``None``) to change or skip that.
+phy_validator: Callable[[PhyConfig, str], None] | None = validate_phy
