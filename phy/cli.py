@@ -1,0 +1,253 @@
+"""``qkdnet phy presets``, ``qkdnet phy sweep`` and ``qkdnet fiber``.
+
+``sweep`` runs the emulated link at each distance and reports, per intensity, the
+counts, gains and QBER, then the asymptotic decoy key rate estimated from those
+emulated counts next to the formula's prediction and the PLOB bound.
+``fiber`` runs a fibre (and optionally Eve) process between two quantum ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import trio
+from qkdnet.cli import CommandSet, emit_json, fail
+from qkdnet.errors import ConfigError
+from qkdnet.phy import presets, theory
+from qkdnet.phy.attacks import parse_attack
+from qkdnet.phy.channel import QuantumChannel
+from qkdnet.phy.estimate import measure
+from qkdnet.phy.port import DEFAULT_MAX_FRAME, FibreElement, run_fiber
+from qkdnet.phy.source import AliceSource
+
+
+def register(commands: CommandSet) -> None:
+    """Add the PHY commands."""
+    phy = commands.group("phy", help="emulated quantum PHY: presets and distance sweeps")
+    p = phy.add("presets", _cmd_presets, help="list the PHY presets and their parameters")
+    del p
+    s = phy.add("sweep", _cmd_sweep,
+                help="emulate a link over a range of distances; compare with theory",
+                description=__doc__)
+    s.add_argument("--preset", default="gys2004", help="preset name (qkdnet phy presets)")
+    s.add_argument("--km", default="0:150:25",
+                   help="distances: START:STOP:STEP (STOP included), or a comma list")
+    s.add_argument("--pulses", default="1e8",
+                   help="pulse slots emulated per distance (default 1e8)")
+    s.add_argument("--attack", default=None,
+                   help="intercept-resend[:F[:random|biased|z|x]], beam-splitting[:TAP], pns")
+    s.add_argument("--seed", type=int, default=1, help="random seed")
+    s.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="plot key rates against distance (needs the 'plot' extra)")
+    f = commands.add("fiber", _cmd_fiber,
+                     help="run a fibre (and optional eavesdropper) between two quantum ports")
+    f.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="where Alice's pulse batches arrive")
+    f.add_argument("--forward", required=True, metavar="HOST:PORT",
+                   help="Bob's quantum port, where surviving pulses go")
+    f.add_argument("--km", type=float, required=True, help="fibre length in km")
+    f.add_argument("--preset", default="gys2004", help="preset giving the fibre's loss")
+    f.add_argument("--attack", default=None, help="eavesdropper at the fibre entrance")
+    f.add_argument("--seed", type=int, default=1, help="random seed")
+    f.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
+                   help="largest frame body accepted, bytes")
+
+
+def parse_km(text: str) -> np.ndarray:
+    """``START:STOP:STEP`` (STOP included) or ``A,B,C`` → array of distances."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            km = np.arange(start, stop + step / 2, step)
+        else:
+            km = np.array([float(x) for x in text.split(",")])
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r}", source="command line", key="--km",
+                          expected="START:STOP:STEP with STEP > 0, or a comma list") from None
+    if km.size == 0 or np.any(km < 0) or not np.all(np.isfinite(km)):
+        raise ConfigError(f"{text!r}", source="command line", key="--km",
+                          expected="non-negative distances")
+    return km
+
+
+def parse_hostport(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` allowed)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+        raise ConfigError(f"{text!r}", source="command line", key=option,
+                          expected="HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    rows = {name: presets.get(name).as_dict() for name in presets.names()}
+    if args.json:
+        emit_json(rows)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="qkdnet PHY presets")
+    cols = ["clock_hz", "mu", "p_mu", "p_z", "alpha_db_per_km", "eta_det", "p_dark",
+            "p_afterpulse", "dead_gates", "e_mis", "f_ec"]
+    table.add_column("preset")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, d in rows.items():
+        table.add_row(name, *(_fmt(d[c]) for c in cols))
+    console = Console()
+    console.print(table)
+    for name, d in rows.items():
+        console.print(f"[bold]{name}[/bold]: {d['source']}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return "/".join(_fmt(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None,
+          seed: int) -> dict[str, Any]:
+    """Run the sweep; plain-data result (what ``--json`` prints)."""
+    params = presets.get(preset)
+    parse_attack(attack)               # validate the spec before the first run
+    theory_rate = theory.key_rate(params, km)
+    inf_rate = theory.key_rate_infinite_decoy(params, km)
+    plob = theory.plob(params, km)
+    q_th, e_th = theory.gains(params, km)
+    rows = []
+    for i, d in enumerate(km):
+        src = AliceSource(params, seed + i)
+        channel = QuantumChannel(params, float(d), attack=attack, seed=seed + 1000 + i)
+        det = channel.run(src, 0, pulses)
+        st = measure(src, det)
+        est = st.decoy()
+        rows.append({
+            "km": float(d),
+            "clicks": len(det),
+            "per_intensity": st.as_dict(),
+            "gain_theory": q_th[:, i].tolist(),
+            "qber_theory": e_th[:, i].tolist(),
+            "y1_lower": float(est.y1_lower[0]),
+            "e1_upper": float(est.e1_upper[0]),
+            "key_rate_emulated": float(est.key_rate[0]),
+            "key_rate_theory": float(theory_rate[i]),
+            "key_rate_infinite_decoy": float(inf_rate[i]),
+            "plob": float(plob[i]) if math.isfinite(plob[i]) else None,
+            "eve_known_bits": int(det.eve.known.sum()) if det.eve is not None else None,
+        })
+    return {"preset": preset, "attack": attack, "pulses": pulses, "seed": seed,
+            "clock_hz": params.clock_hz, "units": "key rates and PLOB in bits per pulse slot",
+            "rows": rows}
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    km = parse_km(args.km)
+    try:
+        pulses = int(float(args.pulses))
+    except ValueError:
+        raise ConfigError(f"{args.pulses!r}", source="command line", key="--pulses",
+                          expected="a number of slots such as 1e8") from None
+    if pulses <= 0:
+        raise ConfigError(f"{pulses}", source="command line", key="--pulses",
+                          expected="a positive number of slots")
+    if args.plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+        except ImportError:
+            return fail("--plot needs matplotlib: install the extra with "
+                        "pip install 'qkdnet[plot]'", 2)
+    result = sweep(args.preset, km, pulses, args.attack, args.seed)
+    if args.plot:
+        _plot(result, args.plot)
+    if args.json:
+        emit_json(result)
+    else:
+        _print_sweep(result)
+    return 0
+
+
+def _print_sweep(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    title = f"{result['preset']}, {result['pulses']:.3g} slots per distance"
+    if result["attack"]:
+        title += f", attack {result['attack']}"
+    table = Table(title=title, caption=result["units"])
+    for c in ("km", "clicks", "Q1 / Q2 / Q3", "E1 / E2 / E3 %", "R emulated", "R theory",
+              "PLOB"):
+        table.add_column(c, justify="right")
+    for r in result["rows"]:
+        pi = r["per_intensity"]
+        table.add_row(
+            f"{r['km']:g}", str(r["clicks"]),
+            " / ".join(f"{x:.2e}" for x in pi["gain"]),
+            " / ".join(f"{100 * x:.2f}" for x in pi["qber"]),
+            f"{r['key_rate_emulated']:.3e}", f"{r['key_rate_theory']:.3e}",
+            "inf" if r["plob"] is None else f"{r['plob']:.3e}")
+    Console().print(table)
+
+
+def _plot(result: dict[str, Any], path: str) -> None:
+    import matplotlib.pyplot as plt
+    rows = result["rows"]
+    km = [r["km"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.semilogy(km, [r["key_rate_emulated"] or np.nan for r in rows], "o",
+                label="emulated (decoy estimate)")
+    ax.semilogy(km, [r["key_rate_theory"] or np.nan for r in rows], "-",
+                label="theory (Ma et al. 2005)")
+    ax.semilogy(km, [np.nan if r["plob"] is None else r["plob"] for r in rows], "--",
+                label="PLOB bound")
+    ax.set_xlabel("distance (km)")
+    ax.set_ylabel("secret key rate (bits per pulse)")
+    ax.set_title(f"{result['preset']}" + (f", {result['attack']}" if result["attack"] else ""))
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def _cmd_fiber(args: argparse.Namespace) -> int:
+    params = presets.get(args.preset)
+    listen = parse_hostport(args.listen, "--listen")
+    forward = parse_hostport(args.forward, "--forward")
+    element = FibreElement(params, args.km, attack=parse_attack(args.attack), seed=args.seed)
+
+    async def main() -> dict[str, int]:
+        async def report(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                         ) -> dict[str, int]:
+            return await run_fiber(element, listen[0], listen[1], forward[0], forward[1],
+                                   max_frame_size=args.max_frame, task_status=task_status)
+
+        result: dict[str, int] = {}
+
+        async def runner(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+            result.update(await report(task_status=task_status))
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(runner)
+            print(f"qkdnet fiber: {args.km:g} km ({args.preset}), attack "
+                  f"{args.attack or 'none'}, listening on {listen[0]}:{port}, "
+                  f"forwarding to {forward[0]}:{forward[1]}", file=sys.stderr, flush=True)
+        return result
+
+    stats = trio.run(main)
+    if args.json:
+        emit_json(stats)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in stats.items()), file=sys.stderr)
+    return 0
