@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 import math
 import os
 import sqlite3
@@ -63,7 +62,7 @@ from typing import Literal
 import numpy as np
 import trio
 from qkdnet.errors import ConfigError, KeyExhausted, KeyReuseError, LocalProtocolError
-from qkdnet.tracing import NULL_TRACER, Tracer
+from qkdnet.tracing import NULL_TRACER, Tracer, get_logger
 
 __all__ = [
     "BOOTSTRAP_BLOCK_BASE",
@@ -77,7 +76,6 @@ __all__ = [
     "PoolStatus",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Pool purposes; ``-tx`` pools are reserved from, ``-rx`` pools are taken from.
 PURPOSES: tuple[str, ...] = ("data-tx", "data-rx", "auth-tx", "auth-rx", "e2e-tx", "e2e-rx")
@@ -364,12 +362,13 @@ class KeyStore:
     one durable transaction moves into the in-memory lease of a ``-tx`` pool (larger:
     faster small reservations, more key burned by a crash); ``checkpoint_bytes`` is how
     much consumed key triggers a WAL truncation. ``tracer`` receives ``keystore``
-    events (ids and counts only). One object per process and thread.
+    events (ids and counts only); log lines are prefixed with ``node`` (default: the
+    file's stem). One object per process and thread.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, lease_bits: int = 1 << 16,
                  checkpoint_bytes: int = 4 << 20, poll_interval: float = 0.25,
-                 tracer: Tracer = NULL_TRACER) -> None:
+                 tracer: Tracer = NULL_TRACER, node: str | None = None) -> None:
         if lease_bits < 1:
             raise LocalProtocolError(f"lease_bits must be positive, got {lease_bits}")
         self.path = Path(path)
@@ -377,6 +376,7 @@ class KeyStore:
         self.checkpoint_bytes = checkpoint_bytes
         self.poll_interval = poll_interval
         self.tracer = tracer
+        self.log = get_logger(__name__, node or self.path.stem)
         self._leases: dict[int, _Lease] = {}
         self._pool_ids: dict[tuple[str, str], int] = {}
         self._hash_keys: dict[tuple[str, str], bytes] = {}
@@ -464,7 +464,7 @@ class KeyStore:
             except sqlite3.OperationalError as err:
                 # Another connection is busy; the scrubbed pages reach the main file at the
                 # next checkpoint. The consumption itself is already committed.
-                log.debug("WAL checkpoint postponed: %s", err)
+                self.log.debug("WAL checkpoint postponed: %s", err)
 
     class _Tx:
         """``with self._tx():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception."""
@@ -563,7 +563,7 @@ class KeyStore:
         self.tracer.event("keystore", "block_added", {
             "peer": peer, "purpose": purpose, "block_id": block_id, "n_bits": n_bits,
             "link_session": meta.link_session})
-        log.debug("added block %#x (%d bits) to %s/%s", block_id, n_bits, peer, purpose)
+        self.log.debug("added block %#x (%d bits) to %s/%s", block_id, n_bits, peer, purpose)
         self._wake(peer, purpose)
 
     def _add_block_in_tx(self, peer: str, purpose: str, block_id: int, key: bytes,
@@ -714,7 +714,7 @@ class KeyStore:
                 k = remaining
             run = self._consume_in_block(seq, _from_sql_id(bid), n, cur, k)
         if burned:
-            log.debug("burned %d bits of block tails in %s/%s for a contiguous grant",
+            self.log.debug("burned %d bits of block tails in %s/%s for a contiguous grant",
                       burned, peer, purpose)
         self._after_consume(peer, purpose, k + burned, [run])
         return [run]
@@ -873,7 +873,7 @@ class KeyStore:
                                   (digest,)).fetchone()
             if row is not None:
                 if row[0] == peer:
-                    log.info("bootstrap secret for %s already imported; not adding it again",
+                    self.log.info("bootstrap secret for %s already imported; not adding it again",
                              peer)
                     return False
                 raise KeyReuseError(
@@ -904,7 +904,7 @@ class KeyStore:
         self.tracer.event("keystore", "bootstrap_imported", {
             "peer": peer, "initiator": initiator, "ordinal": ordinal,
             "auth_bits_each_way": 8 * half})
-        log.info("imported bootstrap secret #%d for %s (%d auth bits each way)",
+        self.log.info("imported bootstrap secret #%d for %s (%d auth bits each way)",
                  ordinal, peer, 8 * half)
         self._wake(peer, "auth-tx")
         return True
