@@ -460,6 +460,7 @@ class PointToPointResult:
     comparison: dict[str, Any]
     session_id: int
     eve: dict[int, Any] = field(default_factory=dict)
+    inspected: Any = None
 
     @property
     def identical(self) -> bool:
@@ -486,13 +487,17 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              tamper_alice: Callable[[Any], Any] | None = None,
                              tamper_bob: Callable[[Any], Any] | None = None,
                              keep_eve: bool = False, compare: bool = True,
-                             use_threads: bool = True) -> PointToPointResult:
+                             use_threads: bool = True, session_id: int | None = None,
+                             inspect: Callable[[Any, Any], Any] | None = None
+                             ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
 
     Key stores and the bootstrap secret are created in ``workdir``; both ends run in
     this process (each with its own store and sideband connection end).  At the end
     the data pools are compared bit for bit (which consumes them) unless
-    ``compare`` is false.  ``on_block(stats)`` sees the transmitter's blocks.
+    ``compare`` is false.  ``on_block(stats)`` sees the transmitter's blocks;
+    ``inspect(store_a, store_b)`` runs before the comparison and its result is kept
+    in ``result.inspected``.
     """
     from pathlib import Path
 
@@ -512,7 +517,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
         del secret
         seed = secrets.randbits(62) if seed is None else seed
         phy = EmulatedPhy(params, km, attack=attack, seed=seed, keep_eve=keep_eve)
-        sid = new_session_id()
+        sid = new_session_id() if session_id is None else session_id
         cfg = LinkConfig.from_phy(params, sid, **(config_overrides or {}))
         bob_ready = trio.Event()
         bob_box: list[LinkEndpoint] = []
@@ -562,9 +567,10 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                 inner.cancel_scope.cancel()
             await chan.aclose()
             nursery.cancel_scope.cancel()
+        inspected = inspect(store_a, store_b) if inspect is not None else None
         comparison = compare_data_pools(store_a, store_b, "bob", "alice") if compare else {}
         return PointToPointResult(alice.stats, bob_box[0].stats, comparison, sid,
-                                  phy.eve if keep_eve else {})
+                                  phy.eve if keep_eve else {}, inspected)
     finally:
         store_a.close()
         store_b.close()
