@@ -214,9 +214,14 @@ class SidebandConnection:
 
     # --- sending ---------------------------------------------------------------------
 
-    def send(self, body: Packet, session: int = 0, flags: int = 0) -> bytes:
-        """The bytes of one authenticated frame carrying ``body``; advances the state."""
-        msg_type = type_of_body(body)
+    def send(self, body: Packet, session: int = 0, flags: int = 0, *,
+             msg_type: int | None = None) -> bytes:
+        """The bytes of one authenticated frame carrying ``body``; advances the state.
+
+        ``msg_type`` is needed only when the body class is bound to several types.
+        """
+        if msg_type is None:
+            msg_type = type_of_body(body)
         key = (self.state, Direction.SEND, kind_of(msg_type))
         if key not in TRANSITIONS:
             raise LocalProtocolError(
@@ -506,10 +511,12 @@ class SidebandChannel:
             self.pcap.sent(data)
         await self.stream.send_all(data)
 
-    async def send(self, body: Packet, session: int = 0, flags: int = 0) -> None:
-        """Sign and send one frame."""
+    async def send(self, body: Packet, session: int = 0, flags: int = 0, *,
+                   msg_type: int | None = None) -> None:
+        """Sign and send one frame (frames from concurrent tasks never interleave)."""
         async with self._send_lock:
-            await self._write(self.conn.send(body, session=session, flags=flags))
+            await self._write(self.conn.send(body, session=session, flags=flags,
+                                             msg_type=msg_type))
 
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (conformance testing)."""

@@ -49,6 +49,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple
 
 from qkdnet.errors import ErrorCode
+from scapy.config import conf
 from scapy.fields import (
     ByteEnumField,
     ByteField,
@@ -164,11 +165,23 @@ class QkdHeader(Packet):
         body_len = max(0, int(length) - MIN_LENGTH)
         return s[:body_len], s[body_len:]
 
+    def do_dissect(self, s: bytes) -> bytes:
+        try:
+            return super().do_dissect(s)  # type: ignore[no-any-return]
+        except struct.error:
+            # A header cut short (truncated capture): keep the fields that were whole.
+            return b""
+
     def post_build(self, pkt: bytes, pay: bytes) -> bytes:
         header, tag = pkt[:HEADER_LEN], pkt[HEADER_LEN:]
+        # ``pay`` may hold further frames chained after this one's body (a segment
+        # carrying several frames): the tag goes right after *this* body.
+        following = self.payload.getlayer(QkdHeader)
+        rest_len = len(bytes(following)) if following is not None else 0
+        body = pay[:len(pay) - rest_len]
         if self.length is None:
-            header = struct.pack("!I", len(pkt) - 4 + len(pay)) + header[4:]
-        return header + pay + tag
+            header = struct.pack("!I", len(pkt) - 4 + len(body)) + header[4:]
+        return header + body + tag + pay[len(body):]
 
     @classmethod
     def tcp_reassemble(cls, data: bytes, metadata: dict[str, Any],
@@ -187,7 +200,20 @@ class QkdHeader(Packet):
             return Raw(data)
         if len(data) < 4 + length:
             return None
-        return cls(data)
+        # Chain every whole frame buffered into one result, leftover bytes as padding.
+        # (Returning one frame at a time trips scapy 2.6-2.8's TCPSession, which
+        # miscounts its sequence offset after two frames and a partial one.)
+        pkt: Packet = cls(data[:4 + length])
+        pos = 4 + length
+        while len(data) - pos >= 4:
+            nxt = int.from_bytes(data[pos:pos + 4], "big")
+            if nxt < MIN_LENGTH or nxt > CAPTURE_MAX_LENGTH or len(data) - pos < 4 + nxt:
+                break
+            pkt.add_payload(cls(data[pos:pos + 4 + nxt]))
+            pos += 4 + nxt
+        if pos < len(data):
+            pkt.add_payload(conf.padding_layer(data[pos:]))
+        return pkt
 
     def mysummary(self) -> str:
         return self.sprintf("QKD %type% sess=%session% seq=%seq% len=%length%")
