@@ -486,3 +486,51 @@ def test_status_reports_counts(pair) -> None:
     (status,) = tx.status()
     assert status == {"peer": "B", "purpose": "data-tx", "available_bits": 500,
                       "live_blocks": 1, "retired_blocks": 1, "leased_bits": 0}
+
+
+def test_frequent_checkpoints_during_multi_block_grants(tmp_path: Path) -> None:
+    # A checkpoint after every consumption, while grants span several blocks: the
+    # checkpoint must not trip over the transaction's own statements.
+    ks = KeyStore(tmp_path / "ks.sqlite", lease_bits=512, checkpoint_bytes=1)
+    keys = {}
+    for b in range(6):
+        keys[b] = os.urandom(125)
+        ks.add_block("B", "data-tx", b, keys[b], 1000, META)
+    wal = Path(str(tmp_path / "ks.sqlite") + "-wal")
+    grants = []
+    for n in (700, 900, 1500, 1, 2000):
+        grants.append(ks.reserve("B", "data-tx", n))
+        assert grants[-1].data == segments_data(keys, grants[-1])
+        if n > 1:  # these went to the database, so a TRUNCATE checkpoint emptied the WAL
+            assert wal.stat().st_size == 0
+    assert ks.available("B", "data-tx") == 6000 - 5101
+    ks.close()
+
+
+def test_two_store_objects_on_one_file_never_overlap(tmp_path: Path) -> None:
+    # Two processes' stores on the same file behave like two objects: leases are disjoint.
+    path = tmp_path / "ks.sqlite"
+    one, two = KeyStore(path, lease_bits=1000), KeyStore(path, lease_bits=1000)
+    one.add_block("B", "data-tx", 1, os.urandom(2500), 20_000, META)
+    seen = np.zeros(20_000, dtype=np.uint8)
+    for i in range(60):
+        g = (one if i % 2 else two).reserve("B", "data-tx", 300)
+        for s in g.segments:
+            seen[s.offset:s.stop] += 1
+    assert seen.max() == 1
+    one.close()
+    two.close()
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_keystore", Path(__file__).parents[2] / "bench" / "bench_keystore.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.ours(tmp_path, n_small=200, n_large=1, n_take=20)
+    assert set(res) == {"reserve_256_per_s", "reserve_large_mb_s", "take_256_per_s",
+                        "add_block_mb_s"}
+    assert all(v > 0 for v in res.values())
