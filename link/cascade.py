@@ -77,12 +77,15 @@ class CascadeParams:
             raise ValueError("1..255 passes with block sizes >= 1 are required")
 
     @classmethod
-    def for_qber(cls, qber: float, n_bits: int | None = None, *, passes: int = 10,
+    def for_qber(cls, qber: float, n_bits: int | None = None, *, passes: int = 14,
                  schedule: str = "yan") -> CascadeParams:
         """Block sizes for an expected QBER.
 
-        ``"yan"`` (default; Yan et al. 2008 as evaluated by Martinez-Mateo et al. 2015):
-        k1 = ⌈0.8/QBER⌉, k2 = 5·k1, then n/2 for the remaining passes (10 in all).
+        ``"yan"`` (default): Yan et al. 2008's shape as evaluated by Martinez-Mateo et
+        al. 2015 — k1 = ⌈0.8/QBER⌉, a larger second block, then n/2 for every further
+        pass (14 in all; each n/2 pass discloses only 2 block parities). With sub-block
+        reuse the second block works best at 7·k1 (Yan et al.: 5·k1); measured in
+        docs/cascade.md.
         ``"doubling"``: the original schedule k1 = ⌈0.73/QBER⌉, k_{i+1} = 2·k_i.
         Block sizes are capped at ``n_bits`` when it is given.
         """
@@ -90,7 +93,7 @@ class CascadeParams:
         big = (n_bits // 2) if n_bits else 1 << 30
         if schedule == "yan":
             k1 = max(4, math.ceil(0.8 / q))
-            sizes = [k1, 5 * k1] + [max(big, 5 * k1)] * (passes - 2)
+            sizes = [k1, 7 * k1] + [max(big, 7 * k1)] * (passes - 2)
         elif schedule == "doubling":
             k1 = max(4, math.ceil(0.73 / q))
             sizes = [k1 << i for i in range(passes)]
@@ -132,11 +135,20 @@ class CascadePlan:
     def perm(self, p: int) -> np.ndarray:
         """Permutation of pass ``p``: position ``j`` of the pass holds key bit ``perm[j]``."""
         if p not in self._perm:
+            rng = np.random.default_rng([self.seed & (2**63 - 1), p])
             if p == 0:
                 perm = np.arange(self.n_bits, dtype=np.int32)
+            elif self.n_blocks(p) <= 2:
+                # Two blocks: all that matters is which half each bit lands in, so a
+                # uniformly random split (kept in key order) does the job of a full
+                # shuffle at a tenth of the cost. Block 0 is the first k entries.
+                side = np.unpackbits(np.frombuffer(rng.bytes((self.n_bits + 7) // 8),
+                                                   dtype=np.uint8), count=self.n_bits)
+                perm = np.concatenate([np.flatnonzero(side == 0),
+                                       np.flatnonzero(side)]).astype(np.int32)
             else:
-                rng = np.random.default_rng([self.seed & (2**63 - 1), p])
-                perm = rng.permutation(self.n_bits).astype(np.int32)
+                perm = np.arange(self.n_bits, dtype=np.int32)
+                rng.shuffle(perm)
             self._perm[p] = perm
         return self._perm[p]
 
@@ -278,6 +290,12 @@ class CascadeCorrector:
         self._sb = np.zeros(0, dtype=np.int64)
         self._ss = np.zeros(0, dtype=np.int64)
         self._se = np.zeros(0, dtype=np.int64)
+        self._sd = np.zeros(0, dtype=np.int64)   # depth of the range in its block's tree
+        self._sa = np.zeros(0, dtype=np.uint8)   # Alice's parity of the range
+        # sub-block reuse: per pass and position, depth and Alice parity of the deepest
+        # node (range of the block's halving tree) whose parity Alice disclosed
+        self._kdepth: list[np.ndarray] = [np.zeros(0, np.uint8) for _ in range(P)]
+        self._kpar: list[np.ndarray] = [np.zeros(0, np.uint8) for _ in range(P)]
         # the step being exchanged: its ranges, and how far they were sent/answered
         self._step_ranges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._step_top: list[int] = []       # passes whose block parities are in the step
@@ -412,35 +430,81 @@ class CascadeCorrector:
 
     def _start_pass(self, p: int) -> None:
         self._started[p] = True
+        self._kdepth[p] = np.zeros(self._plan.n_bits, dtype=np.uint8)
+        self._kpar[p] = np.repeat(self._alice_block[p], self._plan.block_sizes[p])[
+            :self._plan.n_bits]
         s, e = self._plan.block_ranges(p)
         bob = _range_parities(self._bits, self._plan.perm(p), s, e)
         odd = np.flatnonzero(bob != self._alice_block[p])
-        self._add_searches(p, odd)
+        self._push(p, odd, s[odd], e[odd], np.zeros(odd.shape[0], np.int64),
+                   self._alice_block[p][odd])
 
-    def _add_searches(self, p: int, blocks: np.ndarray) -> None:
+    def _push(self, p: int, blocks: np.ndarray, s: np.ndarray, e: np.ndarray, d: np.ndarray,
+              a: np.ndarray) -> None:
+        """Start searches in pass ``p`` on ranges [s, e) at tree depth d, Alice parity a."""
         if blocks.shape[0] == 0:
             return
-        k = self._plan.block_sizes[p]
-        s = blocks.astype(np.int64) * k
-        e = np.minimum(s + k, self._plan.n_bits)
         self._searching[p][blocks] = True
         self._sp = np.concatenate([self._sp, np.full(blocks.shape[0], p, dtype=np.int64)])
         self._sb = np.concatenate([self._sb, blocks.astype(np.int64)])
-        self._ss = np.concatenate([self._ss, s])
-        self._se = np.concatenate([self._se, e])
-        # a one-bit block with odd mismatch is already located
-        if (e - s == 1).any():
-            self._resolve(np.zeros(0, dtype=bool))
+        self._ss = np.concatenate([self._ss, s.astype(np.int64)])
+        self._se = np.concatenate([self._se, e.astype(np.int64)])
+        self._sd = np.concatenate([self._sd, d.astype(np.int64)])
+        self._sa = np.concatenate([self._sa, a.astype(np.uint8)])
+        if ((e - s) == 1).any():          # a one-bit range with odd mismatch is located
+            self._resolve()
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self._sp, self._sb = self._sp[keep], self._sb[keep]
+        self._ss, self._se = self._ss[keep], self._se[keep]
+        self._sd, self._sa = self._sd[keep], self._sa[keep]
 
     def _advance_searches(self, alice_left: np.ndarray) -> None:
         mid = self._ss + (self._se - self._ss) // 2
         bob_left = self._parities(self._sp, self._ss, mid)
+        self._record(alice_left, mid)
         left_odd = bob_left != alice_left
         self._se = np.where(left_odd, mid, self._se)
         self._ss = np.where(left_odd, self._ss, mid)
-        self._resolve(np.zeros(0, dtype=bool))
+        self._sa = np.where(left_odd, alice_left, self._sa ^ alice_left).astype(np.uint8)
+        self._sd = self._sd + 1
+        self._resolve()
 
-    def _resolve(self, _unused: np.ndarray) -> None:
+    def _record(self, alice_left: np.ndarray, mid: np.ndarray) -> None:
+        """Remember the parities of both children of every searched range (sub-block
+        reuse, Martinez-Mateo et al. 2015): per position, the deepest known node."""
+        for p in np.unique(self._sp):
+            sel = np.flatnonzero(self._sp == p)
+            s, e, m = self._ss[sel], self._se[sel], mid[sel]
+            lengths = e - s
+            offsets = np.zeros(sel.shape[0], dtype=np.int64)
+            np.cumsum(lengths[:-1], out=offsets[1:])
+            rep = np.repeat(np.arange(sel.shape[0]), lengths)
+            idx = np.arange(int(lengths.sum()), dtype=np.int64) - offsets[rep] + s[rep]
+            depth = (self._sd[sel] + 1)[rep]
+            kd = self._kdepth[int(p)]
+            upd = depth > kd[idx]
+            idx, rep, depth = idx[upd], rep[upd], depth[upd]
+            al = alice_left[sel]
+            val = np.where(idx < m[rep], al[rep], (self._sa[sel] ^ al)[rep])
+            kd[idx] = depth
+            self._kpar[int(p)][idx] = val
+
+    def _node_of(self, p: int, pos: np.ndarray, depth: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """[s, e) of the node at ``depth`` containing each position (pass p's tree)."""
+        k = self._plan.block_sizes[p]
+        s = (pos // k) * k
+        e = np.minimum(s + k, self._plan.n_bits)
+        for lvl in range(int(depth.max(initial=0))):
+            go = depth > lvl
+            m = s + (e - s) // 2
+            left = pos < m
+            e = np.where(go & left, m, e)
+            s = np.where(go & ~left, m, s)
+        return s, e
+
+    def _resolve(self) -> None:
         """Flip every located error, cancel hit searches, back-track into earlier passes."""
         while True:
             found = (self._se - self._ss) == 1
@@ -454,11 +518,9 @@ class CascadeCorrector:
             flips = np.unique(pos)
             self._bits[flips] ^= 1
             self.bits_flipped += int(flips.shape[0])
-            for p, b in zip(self._sp[found], self._sb[found], strict=True):
-                self._searching[int(p)][int(b)] = False
-            keep = ~found
-            self._sp, self._sb = self._sp[keep], self._sb[keep]
-            self._ss, self._se = self._ss[keep], self._se[keep]
+            for p in np.unique(fp):
+                self._searching[int(p)][self._sb[found][fp == p]] = False
+            self._keep(~found)
             # cancel searches whose current range holds a flipped bit
             hit = np.zeros(self._sp.shape[0], dtype=bool)
             for p in np.unique(self._sp):
@@ -468,30 +530,39 @@ class CascadeCorrector:
                 hit[sel] = cnt > 0
             if hit.any():
                 self.cancelled_searches += int(hit.sum())
-                for p, b in zip(self._sp[hit], self._sb[hit], strict=True):
-                    self._searching[int(p)][int(b)] = False
-                keep = ~hit
-                self._sp, self._sb = self._sp[keep], self._sb[keep]
-                self._ss, self._se = self._ss[keep], self._se[keep]
-            # back-track: re-check the blocks holding flipped bits in every started pass
-            for p in range(min(self._cur, self._plan.n_passes - 1) + 1):
-                if not self._fetched[p]:
+                for p in np.unique(self._sp[hit]):
+                    self._searching[int(p)][self._sb[hit & (self._sp == p)]] = False
+                self._keep(~hit)
+            # back-track: in every started pass, re-check the smallest known node holding
+            # each flipped bit, else its whole block
+            for p in range(self._plan.n_passes):
+                if not self._started[p]:
                     continue
                 k = self._plan.block_sizes[p]
-                blocks = np.unique(self._plan.inverse(p)[flips] // k)
-                blocks = blocks[~self._searching[p][blocks]]
-                if blocks.shape[0] == 0:
+                at = self._plan.inverse(p)[flips].astype(np.int64)
+                blk = at // k
+                free = ~self._searching[p][blk]
+                at, blk = at[free], blk[free]
+                if at.shape[0] == 0:
                     continue
-                s = blocks.astype(np.int64) * k
-                e = np.minimum(s + k, self._plan.n_bits)
+                # one candidate per block: the flip seen first
+                blk, first = np.unique(blk, return_index=True)
+                at = at[first]
+                depth = self._kdepth[p][at].astype(np.int64)
+                s, e = self._node_of(p, at, depth)
+                a = self._kpar[p][at]
                 bob = _range_parities(self._bits, self._plan.perm(p), s, e)
-                odd = blocks[bob != self._alice_block[p][blocks]]
-                if odd.shape[0]:
-                    k_ = self._plan.block_sizes[p]
-                    s2 = odd.astype(np.int64) * k_
-                    self._searching[p][odd] = True
-                    self._sp = np.concatenate([self._sp, np.full(odd.shape[0], p, np.int64)])
-                    self._sb = np.concatenate([self._sb, odd.astype(np.int64)])
-                    self._ss = np.concatenate([self._ss, s2])
-                    self._se = np.concatenate([self._se, np.minimum(s2 + k_, self._plan.n_bits)])
-            # loop: new one-bit searches (block size 1) resolve immediately
+                odd = bob != a
+                # where the deepest node is even, fall back to the block itself
+                ev = ~odd & (depth > 0)
+                if ev.any():
+                    rs = blk[ev] * k
+                    re_ = np.minimum(rs + k, self._plan.n_bits)
+                    rb = _range_parities(self._bits, self._plan.perm(p), rs, re_)
+                    rodd = rb != self._alice_block[p][blk[ev]]
+                    idx = np.flatnonzero(ev)[rodd]
+                    s[idx], e[idx] = rs[rodd], re_[rodd]
+                    depth[idx] = 0
+                    a[idx] = self._alice_block[p][blk[idx]]
+                    odd[idx] = True
+                self._push(p, blk[odd], s[odd], e[odd], depth[odd], a[odd])
