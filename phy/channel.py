@@ -152,11 +152,15 @@ class BobDetector:
                 f"slot range starts at {start}, before the end of the previous one "
                 f"({self._next_slot}): slots cannot be replayed")
         self._next_slot = start + n
-        photons = batch.photons.astype(np.int64)
+        photons = batch.photons
         if self.efficiency < 1.0:
             photons = rng.binomial(photons, self.efficiency)
-        # Expand to one entry per detected photon (almost always one per pulse).
-        if photons.size and photons.max() == 1 and photons.min() == 1:
+            hit = photons > 0
+            batch = batch.select(hit, photons=photons.astype(np.uint8))
+            photons = batch.photons
+        # One entry per detected photon (almost always one per pulse).
+        single = photons.size == 0 or int(photons.max()) == 1
+        if single:
             gate = batch.slots.astype(np.int64)
             sb, sv = batch.basis, batch.bit
         else:
@@ -164,51 +168,95 @@ class BobDetector:
             gate = batch.slots[idx].astype(np.int64)
             sb, sv = batch.basis[idx], batch.bit[idx]
         m = gate.shape[0]
-        arm = (rng.random(m) >= p.q_z).astype(np.int64)
-        flip = rng.random(m) < p.e_mis
-        coin = rng.integers(0, 2, size=m, dtype=np.int64)
-        same = arm == sb
-        outcome = np.where(same, sv.astype(np.int64) ^ flip, coin)
-        keys = gate * N_DETECTORS + arm * 2 + outcome
-        # Dark counts: one Bernoulli process over (detector, gate) pairs.
+        # Passive basis choice per photon, then the measurement: in the photon's own
+        # basis its bit (flipped by misalignment), in the other basis a fair coin.
+        u = rng.random(m)
+        arm = u >= p.q_z
+        v = rng.random(m)
+        same = arm == sb.astype(bool)
+        outcome = np.where(same, sv.astype(bool) ^ (v < p.e_mis), v < 0.5)
+        keys = gate * N_DETECTORS
+        keys += arm * 2
+        keys += outcome
+        if not single:
+            keys.sort(kind="stable")
+        # Dark counts: one Bernoulli process over (detector, gate) pairs, merged in.
         dpos = bernoulli_positions(rng, p.p_dark, N_DETECTORS * n)
-        dkeys = (dpos % n + start) * N_DETECTORS + dpos // n
-        dkeys.sort()
-        keys = np.concatenate([keys, dkeys])
-        keys.sort(kind="stable")          # two sorted runs: a merge
-        if keys.size:
+        if dpos.size:
+            dkeys = (dpos % n + start) * N_DETECTORS + dpos // n
+            dkeys.sort(kind="stable")
+            keys = np.insert(keys, np.searchsorted(keys, dkeys), dkeys)
+        if keys.size > 1 and (not single or dpos.size):
             keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-        d = p.dead_gates
-        has_pending = any(x.size for x in self._pending)
-        if d > 0 or p.p_afterpulse > 0 or has_pending:
+        if p.dead_gates > 0 or p.p_afterpulse > 0 or any(x.size for x in self._pending):
             keys = self._dead_time(keys, start + n)
         return self._squash(keys, rng)
 
     def _dead_time(self, keys: np.ndarray, end: int) -> np.ndarray:
         p = self.params
-        det = keys % N_DETECTORS
+        d = p.dead_gates
         gates = keys // N_DETECTORS
+        det = keys % N_DETECTORS
+        if p.p_afterpulse <= 0 and not any(x.size for x in self._pending):
+            # Without afterpulses a click more than d gates after the previous raw
+            # click of *any* detector is certainly kept; only clusters of close
+            # clicks need the per-detector filter.
+            prev = np.empty_like(gates)
+            prev[:1] = max(self._last)
+            prev[1:] = gates[:-1]
+            close = (gates - prev) <= d
+            if not close.any():
+                self._update_last(gates, det)
+                return keys
+            # Members of a cluster: close clicks and the click opening each cluster.
+            member = close.copy()
+            member[:-1] |= close[1:]
+            sub = np.flatnonzero(member)
+            keep = np.ones(keys.shape[0], dtype=bool)
+            for k in range(N_DETECTORS):
+                idx = sub[det[sub] == k]
+                keep[idx] = dead_time_filter(gates[idx], d, self._last[k])
+            keys = keys[keep]
+            self._update_last(gates[keep], det[keep])
+            return keys
         parts = []
         for k in range(N_DETECTORS):
             kept, self._last[k], self._pending[k] = dead_time_afterpulse(
-                gates[det == k], p.dead_gates, p.p_afterpulse, self._last[k],
+                gates[det == k], d, p.p_afterpulse, self._last[k],
                 self._pending[k], end, self._ap_key, k)
             parts.append(kept * N_DETECTORS + k)
         out = np.concatenate(parts)
-        out.sort()
+        out.sort(kind="stable")
         return out
+
+    def _update_last(self, gates: np.ndarray, det: np.ndarray) -> None:
+        """Remember each detector's last click (``gates`` sorted)."""
+        tail = max(det.size - 4096, 0)       # the last clicks are almost always near the end
+        for k in range(N_DETECTORS):
+            idx = np.flatnonzero(det[tail:] == k)
+            if idx.size:
+                self._last[k] = int(gates[tail + idx[-1]])
+            elif tail:
+                idx = np.flatnonzero(det[:tail] == k)
+                if idx.size:
+                    self._last[k] = int(gates[idx[-1]])
 
     @staticmethod
     def _squash(keys: np.ndarray, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gate = keys // N_DETECTORS
-        bits = np.left_shift(1, keys % N_DETECTORS)
         if gate.size == 0:
             e8 = np.empty(0, dtype=np.uint8)
             return np.empty(0, dtype=np.uint64), e8, e8
-        first = np.concatenate([[True], gate[1:] != gate[:-1]])
+        det = keys % N_DETECTORS
+        first = np.empty(gate.shape[0], dtype=bool)
+        first[0] = True
+        np.not_equal(gate[1:], gate[:-1], out=first[1:])
+        if first.all():   # one detector per gate: nothing to squash
+            d8 = det.astype(np.uint8)
+            return gate.view(np.uint64), d8 >> 1, d8 & 1
         starts = np.flatnonzero(first)
-        mask = bits if starts.size == gate.size else np.bitwise_or.reduceat(bits, starts)
+        mask = np.bitwise_or.reduceat(np.left_shift(1, det), starts)
         g = gate[starts]
         z_any = (mask & 3) != 0
         x_any = (mask & 12) != 0
