@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys, TagKeySource
+from qkdnet.auth import TAG_KEY_BITS, FrameAuthenticator, KeyStoreTagKeys, TagKeySource
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.keystore import KeyStore
 from qkdnet.sideband import ConnState, FrameReceived, SidebandConnection
@@ -317,7 +317,9 @@ def keys_from_secret(secret: bytes, keystore: str | Path | None = None,
     """Key source factory for the kit: a store holding ``secret`` as the initiator."""
     if keystore is None:
         keystore = Path(tempfile.mkdtemp(prefix="qkdnet-conformance-")) / "keys.db"
-    store = KeyStore(keystore)
+    # Lease one tag key at a time: a process's unused lease is burned when it exits, and
+    # a bootstrap pool holds only ~250 tag keys, so a second run must find them unleased.
+    store = KeyStore(keystore, lease_bits=TAG_KEY_BITS)
     store.import_bootstrap(label, secret, initiator=True)
     return (lambda: KeyStoreTagKeys(store, label)), store
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-
 from qkdnet import keystore
 from qkdnet.auth import (
     BOOTSTRAP_BLOCK_BASE,
