@@ -48,6 +48,7 @@ each process's leases are its own, so they never overlap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
@@ -384,6 +385,10 @@ class KeyStore:
         self._scrubbed_since_checkpoint = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Create the file owner-only before SQLite does (it would use the umask);
+            # SQLite gives the -wal and -shm files the same permissions.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, timeout=10.0)
         except (OSError, sqlite3.Error) as err:

@@ -534,3 +534,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert set(res) == {"reserve_256_per_s", "reserve_large_mb_s", "take_256_per_s",
                         "add_block_mb_s"}
     assert all(v > 0 for v in res.values())
+
+
+def test_store_files_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ks.sqlite"
+    old = os.umask(0o022)
+    try:
+        ks = KeyStore(path)
+        ks.add_block("B", "data-tx", 1, os.urandom(8), 64, META)
+        for p in (path, Path(str(path) + "-wal")):
+            assert p.stat().st_mode & 0o777 == 0o600, p.name
+        ks.close()
+    finally:
+        os.umask(old)
