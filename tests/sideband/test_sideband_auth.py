@@ -72,7 +72,7 @@ def test_reused_tag_key_is_a_replay(key_pair: tuple[MemoryTagKeys, ...]) -> None
 
 
 def test_unknown_block_and_exhaustion(key_pair: tuple[MemoryTagKeys, ...]) -> None:
-    a, b = key_pair
+    _a, b = key_pair
     with pytest.raises(AuthenticationError) as info:
         FrameAuthenticator(b).verify(12345, 0, b"m", b"\0" * 16)
     assert info.value.code is ErrorCode.KEY_EXHAUSTED

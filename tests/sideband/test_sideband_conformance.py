@@ -109,8 +109,8 @@ async def test_cli_against_live_node(basic_node: BasicNode, secret: Path,
     out = json.loads(proc.stdout)
     assert out["failed"] == 0 and out["passed"] == len(out["checks"]) >= 20
     # Same secret, same (durable) kit store: a second run continues in the pools.
-    table = await trio.run_process(cmd[:-3] + ["--keystore", str(tmp_path / "cli.db"),
-                                               "--check", "auth.*"],
+    again = [*cmd[:-3], "--keystore", str(tmp_path / "cli.db"), "--check", "auth.*"]
+    table = await trio.run_process(again,
                                    capture_stdout=True, check=False)
     assert table.returncode == 0 and b"auth.replay" in table.stdout and b"pass" in table.stdout
     # Without the secret: a usage error naming the fix.

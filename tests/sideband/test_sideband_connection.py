@@ -133,10 +133,10 @@ def test_hello_semantics() -> None:
 
 
 def test_length_checked_before_buffering() -> None:
-    client, server = opened()
+    _client, server = opened()
     rejects(server, pack_header(1 << 20, MsgType.PING, seq=1)[:4], ErrorCode.FRAME_TOO_LARGE)
     assert server.buffered == 0 and server.max_buffered < 100  # the HELLO was the largest
-    client, server = opened()
+    _client, server = opened()
     rejects(server, b"\x00\x00\x00\x2b", ErrorCode.MALFORMED_FRAME)  # 43 < 44
 
 
@@ -162,7 +162,7 @@ def test_good_frames_before_a_bad_one_are_delivered_then_error() -> None:
 
 def test_replay_and_reorder() -> None:
     client, server = opened()
-    f1, f2 = client.send(Ping(nonce=1)), client.send(Ping(nonce=2))
+    _f1, f2 = client.send(Ping(nonce=1)), client.send(Ping(nonce=2))
     rejects(server, f2, ErrorCode.REPLAY_OR_REORDER)  # f2 before f1
     client, server = opened()
     server.receive_data(f := client.send(Ping()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
@@ -44,10 +45,8 @@ SPEC = (ROOT / "spec" / "protocol.md").read_text()
 
 # Other layers bind their bodies in their own wire modules; check them too when present.
 for _mod in ("qkdnet.link.wire", "qkdnet.hub.wire", "qkdnet.apps.wire"):
-    try:
+    with contextlib.suppress(ImportError):
         importlib.import_module(_mod)
-    except ImportError:
-        pass
 
 
 def _body_value(pkt: Packet, name: str) -> Any:
