@@ -936,6 +936,28 @@ class KeyStore:
         self._hash_keys[(peer, direction)] = r
         return r
 
+    def prune_retired(self, keep: int = 100_000) -> int:
+        """Forget all but the newest ``keep`` used-up blocks of each pool; return how many.
+
+        A used-up block leaves a small record (id and metadata, no key) so that its id
+        is refused if it is ever added again. Those records are the only part of the
+        file that grows with time (about 100 bytes per block); a long-running node
+        calls this now and then. An id pruned here could be added again, so ``keep``
+        should cover any block a peer could still (wrongly) resend.
+        """
+        if keep < 0:
+            raise LocalProtocolError(f"keep must be >= 0, got {keep}")
+        with self._tx():
+            cur = self.db.execute(
+                "DELETE FROM blocks WHERE used >= n_bits AND seq IN ("
+                " SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER ("
+                "  PARTITION BY pool_id ORDER BY seq DESC) AS rn"
+                "  FROM blocks WHERE used >= n_bits) WHERE rn > ?)", (keep,))
+            removed = cur.rowcount
+        if removed:
+            self.log.info("pruned %d used-up block records", removed)
+        return removed
+
     # ----------------------------------------------------------------- status
 
     def block_meta(self, peer: str, purpose: str, block_id: int) -> BlockMeta:

@@ -547,3 +547,19 @@ def test_store_files_are_owner_only(tmp_path: Path) -> None:
         ks.close()
     finally:
         os.umask(old)
+
+
+def test_prune_retired_keeps_the_newest_records(pair) -> None:
+    tx, rx = pair
+    for b in range(5):
+        add_both(tx, rx, b, 64)
+    for _ in range(4):  # contiguous leases stay inside one block: blocks 0-3 used up
+        tx.reserve("B", "data-tx", 64, contiguous=True)
+    assert tx.prune_retired(keep=2) == 2
+    (status,) = tx.status()
+    assert (status["retired_blocks"], status["live_blocks"]) == (2, 1)
+    with pytest.raises(LocalProtocolError, match="never reused"):
+        tx.add_block("B", "data-tx", 3, os.urandom(8), 64, META)  # still remembered
+    tx.add_block("B", "data-tx", 0, os.urandom(8), 64, META)      # pruned: accepted
+    assert tx.prune_retired(keep=0) == 2
+    assert tx.available("B", "data-tx") == 128
