@@ -70,7 +70,8 @@ class EmulatedPhy:
     In emulation the fibre needs Alice's pulses, so the receiver side holds an
     :class:`~qkdnet.phy.source.AliceSource` with the same seed; across processes
     both ends build an ``EmulatedPhy`` from the same (preset, km, seed).
-    ``keep_eve`` keeps the attack records (tests use them).
+    ``keep_eve`` keeps every block's Detections, attack record included, in
+    :attr:`detections` keyed by first slot (tests compare them with the bounds).
     """
 
     def __init__(self, params: Any, km: float, *, attack: Any = None, seed: int = 0,
@@ -82,7 +83,7 @@ class EmulatedPhy:
         self.source = AliceSource(params, seed)
         self.channel = QuantumChannel(params, km, attack=attack, seed=seed + 1)
         self.keep_eve = keep_eve
-        self.eve: dict[int, Any] = {}
+        self.detections: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"EmulatedPhy({self.channel!r})"
@@ -90,8 +91,8 @@ class EmulatedPhy:
     def run(self, start_slot: int, n_slots: int) -> Any:
         """Bob's detections for ``[start_slot, start_slot + n_slots)``."""
         det = self.channel.run(self.source, start_slot, n_slots)
-        if self.keep_eve and det.eve is not None:
-            self.eve[start_slot] = det.eve
+        if self.keep_eve:
+            self.detections[start_slot] = det
         return det
 
 
@@ -459,8 +460,9 @@ class PointToPointResult:
     bob: LinkStats
     comparison: dict[str, Any]
     session_id: int
-    eve: dict[int, Any] = field(default_factory=dict)
+    detections: dict[int, Any] = field(default_factory=dict)
     inspected: Any = None
+    phy: Any = None
 
     @property
     def identical(self) -> bool:
@@ -570,7 +572,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
         inspected = inspect(store_a, store_b) if inspect is not None else None
         comparison = compare_data_pools(store_a, store_b, "bob", "alice") if compare else {}
         return PointToPointResult(alice.stats, bob_box[0].stats, comparison, sid,
-                                  phy.eve if keep_eve else {}, inspected)
+                                  phy.detections, inspected, phy)
     finally:
         store_a.close()
         store_b.close()
