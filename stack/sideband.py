@@ -282,6 +282,12 @@ class SidebandConnection:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buf)
 
+    @property
+    def receive_window(self) -> int:
+        """How many bytes the adapter may read next without the buffer ever exceeding
+        ``max_frame_size`` (at least 1)."""
+        return max(1, self.max_frame_size - len(self._buf))
+
     def raise_pending(self) -> None:
         """Raise the error found after the frames the last call returned, if any."""
         if self._pending is not None:
@@ -532,7 +538,8 @@ class SidebandChannel:
                 if self.conn.state in (ConnState.CLOSED, ConnState.ERROR):
                     raise trio.EndOfChannel
                 try:
-                    data = await self.stream.receive_some(self.receive_size)
+                    data = await self.stream.receive_some(
+                        min(self.receive_size, self.conn.receive_window))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if self.pcap is not None and data:
@@ -744,10 +751,11 @@ class BasicNode:
     listeners: list[trio.SocketListener]
     stats: BasicNodeStats
 
-    @property
-    def port(self) -> int:
-        """The TCP port it listens on."""
-        return int(self.listeners[0].socket.getsockname()[1])
+    port: int = 0  # the TCP port it listens on
+
+    def __post_init__(self) -> None:
+        if not self.port and self.listeners:
+            self.port = int(self.listeners[0].socket.getsockname()[1])
 
 
 async def serve_basic_node(name: str, auth_for_peer: AuthResolver, port: int = 0, *,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.pcap import PcapRecorder, register_summarizer, summarize

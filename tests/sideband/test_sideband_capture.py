@@ -1,0 +1,178 @@
+"""Captures: a real sniffer (tcpdump) on loopback, `qkdnet pcap summary`, and tshark
+with our Lua dissector, on real exchanges — not only on self-written pcaps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
+from qkdnet.errors import RemoteProtocolError
+from qkdnet.pcap import PcapRecorder, summarize
+from qkdnet.sideband import BasicNode, PeerAborted, connect_sideband, serve_basic_node
+from qkdnet.wire import DEFAULT_PORT, MsgType, Ping
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA = ROOT / "spec" / "wireshark" / "qkdnet.lua"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="packet capture on lo needs root")
+needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None,
+                                   reason="tcpdump is not installed (CI installs it)")
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None,
+                                  reason="tshark is not installed (CI installs it)")
+
+
+async def _exchange(port: int, keys: MemoryTagKeys) -> None:
+    """A real run: handshake, pings, one frame split, three coalesced, then a forgery."""
+    chan = await connect_sideband("127.0.0.1", port, local_name="alice",
+                                  auth=FrameAuthenticator(keys))
+    await chan.ping()
+    frame = chan.conn.send(Ping(nonce=0x51))
+    for i in range(0, len(frame), 5):  # one frame over many segments
+        await chan.send_raw(frame[i:i + 5])
+        await trio.sleep(0.002)
+    await chan.receive()
+    await chan.send_raw(b"".join(chan.conn.send(Ping(nonce=n)) for n in (1, 2, 3)))
+    for _ in range(3):
+        await chan.receive()
+    bad = bytearray(chan.conn.send(Ping(nonce=0xBAD)))
+    bad[-1] ^= 1
+    await chan.send_raw(bytes(bad))
+    with pytest.raises((PeerAborted, RemoteProtocolError)):
+        await chan.run()
+
+
+async def _node(nursery: trio.Nursery, keys: MemoryTagKeys, port: int = 0,
+                pcap: PcapRecorder | None = None) -> BasicNode:
+    node: BasicNode = await nursery.start(functools.partial(
+        serve_basic_node, "hub", lambda name: FrameAuthenticator(keys), port, pcap=pcap))
+    return node
+
+
+def _check_summary(s: dict, *, sniffed: bool) -> None:  # type: ignore[type-arg]
+    assert len(s["sessions"]) == 1
+    assert set(s["sessions"][0]["names"].values()) == {"alice", "hub"}
+    assert s["per_type"]["HELLO"]["frames"] == 1 and s["per_type"]["HELLO_ACK"]["frames"] == 1
+    assert s["per_type"]["PING"]["frames"] == 6  # ping(), split, 3 coalesced, forged
+    assert s["per_type"]["PONG"]["frames"] == 5
+    assert s["auth_failures"] == 1
+    assert s["aborts"][0]["code"] == "AUTHENTICATION_FAILED"
+    assert s["sessions"][0]["end"] == "aborted (AUTHENTICATION_FAILED)"
+    assert s["undecodable_bytes"] == 0
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.root
+@needs_root
+@needs_tcpdump
+async def test_tcpdump_capture_of_loopback_run(nursery: trio.Nursery, tmp_path: Path) -> None:
+    a, b = MemoryTagKeys.pair()
+    port = _free_port()
+    pcap = tmp_path / "sniffed.pcap"
+    err = tmp_path / "tcpdump.err"
+    with err.open("wb") as err_file:
+        proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "--immediate-mode",
+                                 "-w", str(pcap), f"tcp port {port}"], stderr=err_file)
+    try:
+        with trio.fail_after(10):
+            while b"listening on" not in err.read_bytes():
+                assert proc.poll() is None, err.read_text()
+                await trio.sleep(0.05)
+        node = await _node(nursery, b, port)
+        await _exchange(node.port, a)
+        await trio.sleep(0.3)  # let the last packets reach the capture
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    s = summarize(pcap)
+    _check_summary(s, sniffed=True)
+    # The CLI gives the same numbers.
+    out = subprocess.run([sys.executable, "-m", "qkdnet", "pcap", "summary", str(pcap),
+                          "--json"], capture_output=True, check=True)
+    cli = json.loads(out.stdout)
+    assert cli["per_type"] == s["per_type"] and cli["auth_failures"] == 1
+    text = subprocess.run([sys.executable, "-m", "qkdnet", "pcap", "summary", str(pcap)],
+                          capture_output=True, check=True, text=True).stdout
+    assert "AUTHENTICATION_FAILED" in text and "HELLO from alice" in text
+    if shutil.which("tshark"):
+        _check_tshark(pcap, port)
+
+
+async def test_recorder_capture_summary(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The node's own --pcap file tells the same story without root."""
+    a, b = MemoryTagKeys.pair()
+    recorder = PcapRecorder(tmp_path / "own.pcap")
+    node = await _node(nursery, b, pcap=recorder)
+    await _exchange(node.port, a)
+    await trio.testing.wait_all_tasks_blocked()
+    recorder.close()
+    _check_summary(summarize(tmp_path / "own.pcap"), sniffed=False)
+
+
+def _tshark(pcap: Path, port: int) -> str:
+    cmd = ["tshark", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-V"]
+    if port != DEFAULT_PORT:
+        cmd[1:1] = ["-d", f"tcp.port=={port},qkdnet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _check_tshark(pcap: Path, port: int) -> None:
+    out = _tshark(pcap, port)
+    if "qkdnet sideband" not in out:
+        pytest.fail("tshark did not run the Lua dissector (Lua disabled for root? see "
+                    "run_user_scripts_when_superuser in init.lua)")
+    assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    assert "Node name: hub" in out and "Role: spoke (1)" in out
+    assert "Nonce: 0x0000000000000051" in out  # the frame split over many segments
+    for n in (1, 2, 3):  # the three frames coalesced in one segment
+        assert f"Nonce: 0x000000000000000{n}" in out
+    assert "Error code: AUTHENTICATION_FAILED (6)" in out
+    assert "Tag (Poly1305, one-time padded):" in out
+
+
+@needs_tshark
+async def test_tshark_dissects_default_port_exchange(tmp_path: Path) -> None:
+    """Real frames from two sans-I/O ends, recorded on the default port 7787."""
+    from qkdnet.sideband import SidebandConnection
+    from qkdnet.wire import Hello, HelloAck
+
+    a, b = MemoryTagKeys.pair()
+    client = SidebandConnection("alice", FrameAuthenticator(a))
+    server = SidebandConnection("hub", lambda n: FrameAuthenticator(b))
+    recorder = PcapRecorder(tmp_path / "default.pcap")
+    flow = recorder.flow(("10.1.0.2", 50000), ("10.1.0.1", DEFAULT_PORT), initiator=True)
+    hello = client.send(Hello(node_name=b"alice", role=1))
+    flow.sent(hello)
+    server.receive_data(hello)
+    ack = server.send(HelloAck(node_name=b"hub", role=2))
+    flow.received(ack)
+    client.receive_data(ack)
+    big = client.send(Ping(nonce=0x51))
+    flow.sent(big[:10])
+    flow.sent(big[10:] + b"".join(client.send(Ping(nonce=n)) for n in (1, 2, 3)))
+    flow.received(server.error_frame(RemoteProtocolError("forged", 6)))  # type: ignore[arg-type]
+    flow.close()
+    recorder.close()
+    out = _tshark(tmp_path / "default.pcap", DEFAULT_PORT)
+    assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    for n in (1, 2, 3):
+        assert f"Nonce: 0x000000000000000{n}" in out
+    assert "Nonce: 0x0000000000000051" in out
+    assert "Error code: AUTHENTICATION_FAILED (6)" in out and "Reason: forged" in out
+    assert int(MsgType.ERROR) == 3
