@@ -17,21 +17,12 @@ a dict (an ``"event"`` key adds a line to the timeline).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Raw
-from scapy.sendrecv import sniff
-from scapy.sessions import TCPSession
-from scapy.utils import PcapReader, PcapWriter
 
 from qkdnet.errors import ErrorCode
 from qkdnet.wire import (
@@ -44,6 +35,13 @@ from qkdnet.wire import (
     type_name,
     unpack_header,
 )
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+from scapy.sendrecv import sniff
+from scapy.sessions import TCPSession
+from scapy.utils import PcapReader, PcapWriter
 
 #: Largest payload per synthetic segment (about a loopback MSS).
 SEGMENT_BYTES = 16384
@@ -197,12 +195,11 @@ class _Session:
 
 
 def _frames_of(pkt: Packet) -> list[Packet]:
-    out = []
-    for i in itertools.count(1):
-        layer = pkt.getlayer(QkdHeader, nb=i)
-        if layer is None:
-            return out
+    """Every sideband frame stacked in one reassembled packet."""
+    out: list[Packet] = []
+    while (layer := pkt.getlayer(QkdHeader, nb=len(out) + 1)) is not None:
         out.append(layer)
+    return out
 
 
 def _endpoints(pkt: Packet) -> tuple[str, str]:

@@ -72,6 +72,7 @@ from qkdnet.wire import (
     pack_header,
     unpack_header,
 )
+from scapy.fields import FieldLenField
 from scapy.packet import NoPayload, Packet
 
 log = logging.getLogger(__name__)
@@ -396,7 +397,12 @@ class SidebandConnection:
         assert cls is not None
         try:
             body = cls(body_bytes)
-            canonical = bytes(body) == body_bytes and isinstance(body.payload, NoPayload)
+            # Canonical: nothing left over, re-encodes to the same bytes, and every
+            # length/count field agrees with what it measures (scapy silently takes a
+            # short string when a length field points past the end of the body).
+            canonical = (isinstance(body.payload, NoPayload) and bytes(body) == body_bytes
+                         and all(f.i2m(body, None) == body.getfieldval(f.name)
+                                 for f in cls.fields_desc if isinstance(f, FieldLenField)))
         except Exception:  # scapy raises many kinds on short or odd input
             canonical = False
         if not canonical:
@@ -551,7 +557,7 @@ class SidebandChannel:
                     self.conn.state = ConnState.ERROR
                     raise RemoteProtocolError("peer hung up without CLOSE",
                                               ErrorCode.PROTOCOL_VIOLATION)
-                self._events.extend(self.conn.receive_data(data))
+                self._events.extend(self.conn.receive_data(bytes(data)))
             except RemoteProtocolError as err:
                 await self.abort(err)
                 raise

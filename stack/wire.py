@@ -167,7 +167,7 @@ class QkdHeader(Packet):
 
     def do_dissect(self, s: bytes) -> bytes:
         try:
-            return super().do_dissect(s)  # type: ignore[no-any-return]
+            return super().do_dissect(s)
         except struct.error:
             # A header cut short (truncated capture): keep the fields that were whole.
             return b""
@@ -244,7 +244,7 @@ class Hello(QkdBody):
     fields_desc: ClassVar[list[Any]] = [
         *_name_fields(),
         FieldLenField("n_versions", None, count_of="versions", fmt="B"),
-        FieldListField("versions", [PROTOCOL_VERSION], ByteField("v", 0),
+        FieldListField("versions", [PROTOCOL_VERSION], ByteField("v", 0),  # type: ignore[list-item]
                        count_from=lambda p: p.n_versions),
         FlagsField("capabilities", 0, 32, CAPABILITIES),
     ]
@@ -317,7 +317,7 @@ def body_class_for(msg_type: int) -> type[Packet] | None:
     """The body class bound to ``msg_type`` with ``bind_layers``, or ``None``."""
     for fval, cls in QkdHeader.payload_guess:
         if set(fval) == {"type"} and fval["type"] == msg_type:
-            return cls  # type: ignore[no-any-return]
+            return cls
     return None
 
 

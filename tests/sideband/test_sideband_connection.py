@@ -111,6 +111,10 @@ def test_forged_hello_is_not_acted_on() -> None:
     (lambda c: c.raw_frame(MsgType.HELLO_ACK, bytes(HelloAck(node_name=b"x"))),
      ErrorCode.PROTOCOL_VIOLATION),
     (lambda c: c.raw_frame(MsgType.ERROR, b"\x00"), ErrorCode.MALFORMED_FRAME),
+    # reason_len says 100, only 10 bytes follow: scapy would quietly take 10.
+    (lambda c: c.raw_frame(MsgType.ERROR, b"\x00\x01\x00\x64" + b"r" * 10),
+     ErrorCode.MALFORMED_FRAME),
+    (lambda c: c.raw_frame(MsgType.HELLO_ACK, b"\x09hub"), ErrorCode.MALFORMED_FRAME),
 ])
 def test_bad_frames_rejected_with_code(mutate, code) -> None:  # type: ignore[no-untyped-def]
     client, server = opened()
