@@ -1,0 +1,303 @@
+"""``qkdnet link run``, ``qkdnet link alice`` and ``qkdnet link bob``.
+
+``run`` starts both ends of a point-to-point link in this process, talking over the
+authenticated sideband on 127.0.0.1 (real TCP), with temporary key stores and a
+freshly generated bootstrap secret, and prints one row per block: sifted bits,
+QBER, the single-photon yield and phase-error bounds, bits leaked in error
+correction, the final length ℓ, the authentication key spent and the wall time;
+then whether both ends hold identical keys (checked bit for bit, which consumes the
+temporary key).
+
+``alice`` / ``bob`` run the two ends as separate processes.  In emulation the
+fibre needs Alice's pulses, which are a pure function of (seed, slot): both
+processes take the same ``--preset``, ``--seed`` (and Bob ``--km`` / ``--attack``),
+and Bob's process emulates the fibre and detectors.  Both need the same bootstrap
+secret file (``--secret``); a new one is written by ``bob --new-secret``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+from qkdnet.cli import CommandSet, emit_json, fail
+from qkdnet.errors import ConfigError
+from qkdnet.link.session import BlockStats
+
+DEFAULT_PORT = 7790
+
+
+def register(commands: CommandSet) -> None:
+    """Add the link commands."""
+    link = commands.group("link", help="QKD link layer: decoy BB84 post-processing to key")
+    r = link.add("run", _cmd_run, help="run a point-to-point link on loopback and show "
+                                         "per-block statistics", description=__doc__)
+    _phy_args(r)
+    r.add_argument("--blocks", type=int, default=3, help="number of blocks (default 3)")
+    r.add_argument("--block-slots", type=float, default=None,
+                   help="pulse slots per block (default: about 1.5e6 clicks per block)")
+    r.add_argument("--in-flight", type=int, default=2,
+                   help="blocks processed concurrently (pipelining; default 2)")
+
+    a = link.add("alice", _cmd_alice, help="run the transmitter end (connects to bob)")
+    _phy_args(a)
+    _end_args(a, default_name="alice", default_peer="bob")
+    a.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
+                   help="bob's sideband address")
+    a.add_argument("--blocks", type=int, default=3, help="number of blocks (default 3)")
+    a.add_argument("--block-slots", type=float, default=None,
+                   help="pulse slots per block (default: about 1.5e6 clicks per block)")
+
+    b = link.add("bob", _cmd_bob, help="run the receiver end (listens for alice)")
+    _phy_args(b)
+    _end_args(b, default_name="bob", default_peer="alice")
+    b.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
+                   help="sideband address to listen on")
+    b.add_argument("--new-secret", action="store_true",
+                   help="write a fresh bootstrap secret to --secret first")
+    b.add_argument("--exit-after", type=int, default=None, metavar="N",
+                   help="exit after N blocks have finished (default: serve until killed)")
+
+
+def _phy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="snspd-metro", help="PHY preset (qkdnet phy presets)")
+    p.add_argument("--km", type=float, default=10.0, help="fibre length in km (default 10)")
+    p.add_argument("--attack", default=None,
+                   help="eavesdropper: intercept-resend[:F[:random|biased|z|x]], "
+                        "beam-splitting[:TAP], pns")
+    p.add_argument("--seed", type=int, default=None,
+                   help="PHY seed (default random; alice and bob must agree)")
+    p.add_argument("--eps-sec", type=float, default=1e-10, help="secrecy ε (default 1e-10)")
+    p.add_argument("--eps-cor", type=float, default=1e-15,
+                   help="correctness ε (default 1e-15)")
+    p.add_argument("--qber-max", type=float, default=0.11,
+                   help="abort blocks above this QBER (default 0.11)")
+
+
+def _end_args(p: argparse.ArgumentParser, *, default_name: str, default_peer: str) -> None:
+    p.add_argument("--name", default=default_name, help="this node's name")
+    p.add_argument("--peer", default=default_peer, help="the other end's name")
+    p.add_argument("--store", required=True, metavar="PATH", help="key store file")
+    p.add_argument("--secret", required=True, metavar="FILE",
+                   help="bootstrap secret file (the same at both ends)")
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from qkdnet.phy import presets
+
+    return presets.get(args.preset)
+
+
+def default_block_slots(params: Any, km: float, target_clicks: float = 1.5e6) -> int:
+    """Slots giving about ``target_clicks`` clicks per block (key needs ~1e6 per block)."""
+    eta = params.eta_total(km) if hasattr(params, "eta_total") else 0.1
+    p_click = sum(p * -math.expm1(-mu * eta) for mu, p in zip(params.mu, params.p_mu,
+                                                                  strict=True))
+    p_click += 2 * params.p_dark
+    return int(min(max(target_clicks / max(p_click, 1e-12), 1e5), 1e10))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"eps_sec": args.eps_sec, "eps_cor": args.eps_cor, "qber_max": args.qber_max}
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def print_blocks(blocks: list[BlockStats], title: str) -> None:
+    """One rich table row per block (public statistics only)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("block", "result", "sifted", "QBER", "Y1 ≥", "e1 ≤", "φ ≤", "EC leak",
+                "ℓ", "auth bits", "wall s"):
+        t.add_column(col, justify="right")
+    for st in sorted(blocks, key=lambda s: s.block):
+        result = "stored" if st.abort_reason is None else f"[red]{st.abort_reason}[/red]"
+        qber = st.qber_key if st.qber_key is not None else st.qber_est
+        t.add_row(str(st.block), result, str(st.sifted), _fmt(qber, ".2%"),
+                  _fmt(st.y1_lower, ".3g"), _fmt(st.e1_upper, ".3f"), _fmt(st.phi_upper, ".3f"),
+                  str(st.leak_ec_bits), str(st.ell), str(st.auth_bits), f"{st.wall_time:.2f}")
+    console = Console(file=sys.stderr)
+    if not console.is_terminal:
+        console.width = 150     # a pipe or a log file: do not squeeze the columns
+    console.print(t)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from qkdnet.link.driver import run_point_to_point
+
+    params = _params(args)
+    if args.blocks < 1:
+        raise ConfigError("must be at least 1", key="--blocks", expected="a positive count")
+    slots = int(args.block_slots) if args.block_slots else default_block_slots(params, args.km)
+
+    def show(st: BlockStats) -> None:
+        if not args.json:
+            word = "stored" if st.abort_reason is None else f"aborted ({st.abort_reason})"
+            print(f"block {st.block}: {word}, ell={st.ell}, {st.wall_time:.2f} s",
+                  file=sys.stderr)
+
+    async def main() -> Any:
+        with tempfile.TemporaryDirectory(prefix="qkdnet-link-") as tmp:
+            return await run_point_to_point(
+                params, args.km, args.blocks, slots, workdir=tmp, attack=args.attack,
+                seed=args.seed, config_overrides=_overrides(args),
+                max_in_flight=args.in_flight, on_block=show)
+
+    result = trio.run(main)
+    if args.json:
+        out = result.as_dict()
+        out.update(preset=args.preset, km=args.km, block_slots=slots, attack=args.attack)
+        emit_json(out)
+    else:
+        print_blocks(result.alice.blocks,
+                     f"link {args.preset} {args.km:g} km, {slots:.3g} slots/block"
+                     + (f", attack {args.attack}" if args.attack else ""))
+        same = "yes" if result.identical else "NO"
+        print(f"stored {result.alice.stored}/{args.blocks} blocks, "
+              f"{result.alice.key_bits} key bits; both ends hold identical keys: {same} "
+              f"({result.comparison.get('bits_compared', 0)} data bits compared)",
+              file=sys.stderr)
+    return 0 if result.identical else 1
+
+
+# --------------------------------------------------------------------------------------
+# Separate processes
+
+
+def _open_store(args: argparse.Namespace, *, initiator: bool) -> Any:
+    from qkdnet.keystore import KeyStore
+
+    secret_path = Path(args.secret)
+    if not secret_path.exists():
+        raise ConfigError("bootstrap secret file not found", source=str(secret_path),
+                          expected="the same secret file at both ends (bob --new-secret)")
+    store = KeyStore(args.store)
+    store.import_bootstrap(args.peer, secret_path.read_bytes(), initiator=initiator)
+    return store
+
+
+def _hostport(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{text!r} is not HOST:PORT", key=flag, expected="e.g. 127.0.0.1:7790")
+    return host, int(port)
+
+
+def _cmd_alice(args: argparse.Namespace) -> int:
+    from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
+    from qkdnet.link.driver import LinkEndpoint, new_session_id
+    from qkdnet.link.session import LinkConfig
+    from qkdnet.phy.source import AliceSource
+    from qkdnet.sideband import FrameRouter, connect_sideband
+
+    params = _params(args)
+    if args.seed is None:
+        raise ConfigError("needed by the emulated fibre", key="--seed",
+                          expected="the same --seed as bob")
+    host, port = _hostport(args.connect, "--connect")
+    slots = int(args.block_slots) if args.block_slots else default_block_slots(params, args.km)
+    store = _open_store(args, initiator=True)
+
+    async def main() -> Any:
+        chan = await connect_sideband(host, port, local_name=args.name,
+                                      auth=FrameAuthenticator(KeyStoreTagKeys(store, args.peer)))
+        cfg = LinkConfig.from_phy(params, new_session_id(), **_overrides(args))
+        end = LinkEndpoint("transmitter", chan, cfg, peer=args.peer, store=store,
+                           source=AliceSource(params, args.seed))
+        router = FrameRouter()
+        end.register(router)
+        async with trio.open_nursery() as n:
+            n.start_soon(chan.run, router)
+            await n.start(end.run)
+            await end.run_blocks(args.blocks, slots)
+            await end.stop()
+            n.cancel_scope.cancel()
+        await chan.aclose()
+        return end.stats
+
+    try:
+        stats = trio.run(main)
+    finally:
+        store.close()
+    _report(args, stats, "alice")
+    return 0 if stats.stored else 1
+
+
+def _cmd_bob(args: argparse.Namespace) -> int:
+    from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
+    from qkdnet.link.driver import EmulatedPhy, LinkEndpoint, write_bootstrap_secret
+    from qkdnet.link.session import LinkConfig
+    from qkdnet.sideband import FrameRouter, serve_sideband
+
+    params = _params(args)
+    if args.seed is None:
+        raise ConfigError("needed by the emulated fibre", key="--seed",
+                          expected="the same --seed as alice")
+    host, port = _hostport(args.listen, "--listen")
+    if args.new_secret:
+        write_bootstrap_secret(args.secret)
+    store = _open_store(args, initiator=False)
+    phy = EmulatedPhy(params, args.km, attack=args.attack, seed=args.seed)
+    cfg = LinkConfig.from_phy(params, 0, **_overrides(args))
+    ends: list[Any] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def handler(chan: Any) -> None:
+                end = LinkEndpoint("receiver", chan, cfg, peer=args.peer, store=store, phy=phy)
+                ends.append(end)
+                router = FrameRouter()
+                end.register(router)
+                if args.exit_after:
+                    def check(_st: BlockStats) -> None:
+                        if end.stats.stored + end.stats.aborted >= args.exit_after:
+                            nursery.cancel_scope.cancel()
+                    end.add_callback(check)
+                async with trio.open_nursery() as n:
+                    await n.start(end.run)
+                    await chan.run(router)
+                    n.cancel_scope.cancel()
+
+            def auth_for(name: str) -> Any:
+                return FrameAuthenticator(KeyStoreTagKeys(store, name)) \
+                    if name == args.peer else None
+
+            await nursery.start(lambda task_status: serve_sideband(
+                handler, port, local_name=args.name, auth_for_peer=auth_for, host=host,
+                task_status=task_status))
+            print(f"bob listening on {host}:{port}", file=sys.stderr)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    if ends:
+        _report(args, ends[-1].stats, "bob")
+    return 0
+
+
+def _report(args: argparse.Namespace, stats: Any, who: str) -> None:
+    if args.json:
+        emit_json({"end": who, **stats.as_dict()})
+    else:
+        print_blocks(stats.blocks, f"link {who}: {args.preset}")
+        print(f"{who}: stored {stats.stored} blocks, {stats.key_bits} key bits",
+              file=sys.stderr)
+
+
+__all__ = ["default_block_slots", "fail", "print_blocks", "register"]
