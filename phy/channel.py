@@ -29,6 +29,7 @@ A run over a range of slots is streamed in chunks (bounded memory). For each chu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,9 +91,10 @@ def dead_time_filter(t: np.ndarray, d: int, last: int) -> np.ndarray:
     if j0 < n and not isolated[j0]:
         kept[j0] = True
         cur = np.concatenate([[j0], cur])
-    nxt = np.searchsorted(t, t + (d + 1))
+    # Follow every chain one step per round: the next kept click of a chain is the
+    # first click at least d + 1 gates after the current one.
     while cur.size:
-        cur = nxt[cur]
+        cur = np.searchsorted(t, t[cur] + (d + 1))
         cur = cur[cur < n]
         cur = cur[~isolated[cur]]
         kept[cur] = True
@@ -195,8 +197,8 @@ class BobDetector:
     def _dead_time(self, keys: np.ndarray, end: int) -> np.ndarray:
         p = self.params
         d = p.dead_gates
-        gates = keys // N_DETECTORS
-        det = keys % N_DETECTORS
+        gates = keys >> 2            # key = gate·4 + detector (N_DETECTORS = 4)
+        det = keys & 3
         if p.p_afterpulse <= 0 and not any(x.size for x in self._pending):
             # Without afterpulses a click more than d gates after the previous raw
             # click of *any* detector is certainly kept; only clusters of close
@@ -212,10 +214,25 @@ class BobDetector:
             member = close.copy()
             member[:-1] |= close[1:]
             sub = np.flatnonzero(member)
+            # Filter all four detectors in one call: lay their clicks end to end,
+            # detector k at offset k·2^40 (gates relative to the chunk), each led by
+            # a virtual click at its last real click.
+            dsub = det[sub]
+            order = np.argsort(dsub.astype(np.uint8), kind="stable")   # radix sort
+            sub = sub[order]
+            base = int(gates[0]) - d - 1
+            span = np.int64(1 << 40)
+            rel = gates[sub] - base + dsub[order] * span
+            lead = np.array([max(self._last[k] - base, 0) + k * span
+                             for k in range(N_DETECTORS)], dtype=np.int64)
+            pos = np.searchsorted(rel, lead)
+            merged = np.insert(rel, pos, lead)
+            mkept = dead_time_filter(merged, d, -span)
+            virtual = pos + np.arange(N_DETECTORS)
+            real = np.ones(merged.shape[0], dtype=bool)
+            real[virtual] = False
             keep = np.ones(keys.shape[0], dtype=bool)
-            for k in range(N_DETECTORS):
-                idx = sub[det[sub] == k]
-                keep[idx] = dead_time_filter(gates[idx], d, self._last[k])
+            keep[sub] = mkept[real]
             keys = keys[keep]
             self._update_last(gates[keep], det[keep])
             return keys
@@ -244,11 +261,11 @@ class BobDetector:
     @staticmethod
     def _squash(keys: np.ndarray, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        gate = keys // N_DETECTORS
+        gate = keys >> 2
         if gate.size == 0:
             e8 = np.empty(0, dtype=np.uint8)
             return np.empty(0, dtype=np.uint64), e8, e8
-        det = keys % N_DETECTORS
+        det = keys & 3
         first = np.empty(gate.shape[0], dtype=bool)
         first[0] = True
         np.not_equal(gate[1:], gate[:-1], out=first[1:])
@@ -281,7 +298,7 @@ class QuantumChannel:
     """
 
     #: Target number of candidate pulses per internal chunk (bounds memory).
-    chunk_events = 1 << 20
+    chunk_events = 1 << 18
 
     def __init__(self, params: PhyParams, km: float, attack: Attack | str | None = None,
                  seed: int = 0) -> None:
@@ -309,34 +326,55 @@ class QuantumChannel:
         return int(min(max(self.chunk_events / p_max, 1 << 16), 1 << 31))
 
     def run(self, source: AliceSource, start_slot: int, n_slots: int) -> Detections:
-        """Emulate slots ``[start_slot, start_slot + n_slots)``; return Bob's detections."""
+        """Emulate slots ``[start_slot, start_slot + n_slots)``; return Bob's detections.
+
+        Memory grows with the number of detections; for long runs call :meth:`stream`
+        (or :meth:`run` on consecutive ranges) instead.
+        """
+        parts = list(self.stream(source, start_slot, n_slots))
+        if not parts:
+            e8 = np.empty(0, dtype=np.uint8)
+            record = EveRecord(self.attack.name) if self.attack is not None else None
+            return Detections(np.empty(0, np.uint64), e8, e8, record, start_slot, 0)
+        if len(parts) == 1:
+            return parts[0]
+        eve = None
+        if self.attack is not None:
+            eve = EveRecord(self.attack.name)
+            for part in parts:
+                assert part.eve is not None
+                eve.add(part.eve.slots, part.eve.bits, part.eve.known)
+                eve.pulses_seen += part.eve.pulses_seen
+                eve.pulses_attacked += part.eve.pulses_attacked
+        return Detections(np.concatenate([d.slots for d in parts]),
+                          np.concatenate([d.basis for d in parts]),
+                          np.concatenate([d.bit for d in parts]), eve, start_slot, n_slots)
+
+    def stream(self, source: AliceSource, start_slot: int, n_slots: int,
+               chunk_slots: int | None = None) -> Iterator[Detections]:
+        """Emulate the range in chunks, yielding one :class:`Detections` per chunk.
+
+        Memory stays bounded by the chunk size whatever ``n_slots`` is. The chunks
+        are consecutive, so the detector state (dead time, afterpulses) carries over.
+        """
         if source.params is not self.params and source.params != self.params:
             raise ConfigError("source and channel use different parameters",
                               source="parameters", key="params")
-        out_s, out_b, out_v = [], [], []
-        record = EveRecord(self.attack.name) if self.attack is not None else None
-        chunk = self._chunk_slots()
+        chunk = chunk_slots or self._chunk_slots()
         pos, end = start_slot, start_slot + n_slots
         while pos < end:
             n = min(chunk, end - pos)
+            record = EveRecord(self.attack.name) if self.attack is not None else None
             batch = source.emit(pos, n, self._emit_t, rng=self._rng)
             if self.attack is not None and record is not None:
                 batch = self.attack.apply(batch, self._rng, record)
                 if not self.attack.replaces_fibre:
                     batch = apply_loss(batch, self.fibre_t, self._rng)
             s, b, v = self.bob.detect(batch, self._rng)
-            out_s.append(s)
-            out_b.append(b)
-            out_v.append(v)
+            if record is not None:
+                record.restrict(s)
+            yield Detections(s, b, v, record, pos, n)
             pos += n
-        if not out_s:
-            e8 = np.empty(0, dtype=np.uint8)
-            return Detections(np.empty(0, np.uint64), e8, e8, record, start_slot, 0)
-        slots = np.concatenate(out_s)
-        if record is not None:
-            record.restrict(slots)
-        return Detections(slots, np.concatenate(out_b), np.concatenate(out_v), record,
-                          start_slot, n_slots)
 
 
 def apply_loss(batch: PulseBatch, transmittance: float, rng: np.random.Generator

@@ -129,12 +129,43 @@ def bernoulli_positions(rng: np.random.Generator, p: float, n: int) -> np.ndarra
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def truncated_poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
-    """One draw of Poisson(λ) conditioned on being >= 1, per element (inverse CDF)."""
+def truncated_poisson(rng: np.random.Generator, lam: np.ndarray,
+                      u: np.ndarray | None = None, p1: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """One draw of Poisson(λ) conditioned on being >= 1, per element (inverse CDF).
+
+    ``u`` optionally supplies the uniforms, ``p1`` the probabilities P(N = 1 | N >= 1)
+    (one per element each).
+    """
     n = lam.shape[0]
     out = np.ones(n, dtype=np.int64)
     if n == 0:
         return out
+    if u is None:
+        u = rng.random(n)
+    # P(N = 1 | N >= 1) = λ e^-λ / (1 − e^-λ): most draws stop there, cheaply.
+    if p1 is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p1 = lam * np.exp(-lam) / -np.expm1(-lam)
+    todo = np.flatnonzero(u > p1)
+    if todo.size == 0:
+        return out
+    # Inverse CDF for the rest: target u' = e^-λ + u·(1 − e^-λ) on the full law.
+    lam_t = lam[todo]
+    e = np.exp(-lam_t)
+    tgt_t = e + u[todo] * -np.expm1(-lam_t)
+    term_t = e * lam_t
+    cdf_t = e + term_t
+    k = 1
+    while todo.size and k < MAX_PHOTONS:
+        k += 1
+        term_t = term_t * lam_t / k
+        cdf_t = cdf_t + term_t
+        out[todo] = k
+        still = cdf_t < tgt_t
+        todo, lam_t, tgt_t, term_t, cdf_t = (
+            todo[still], lam_t[still], tgt_t[still], term_t[still], cdf_t[still])
+    return out
     # P(N = 1 | N >= 1) = λ e^-λ / (1 − e^-λ): most draws stop there, cheaply.
     u = rng.random(n)
     p1 = lam * np.exp(-lam) / -np.expm1(-lam)
@@ -231,10 +262,17 @@ class AliceSource:
         pos = bernoulli_positions(rng, p_max, n_slots)
         slots = pos.astype(np.uint64) + np.uint64(start_slot)
         choices = self.lookup(slots)
-        keep = rng.random(pos.shape[0]) < (p_k / p_max)[choices.intensity]
+        # One uniform per candidate: below a_k = p_k / p_max it accepts the slot, and
+        # then u / a_k is again uniform, so it also draws the photon number.
+        accept = p_k / p_max
+        a = accept[choices.intensity]
+        u = rng.random(pos.shape[0])
+        keep = u < a
         slots = slots[keep]
         k = choices.intensity[keep]
-        photons = truncated_poisson(rng, lam[k])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p1 = np.where(lam > 0, lam * np.exp(-lam) / p_k, 1.0)
+        photons = truncated_poisson(rng, lam[k], u[keep] / a[keep], p1[k])
         np.minimum(photons, MAX_PHOTONS, out=photons)
         return PulseBatch(start_slot, n_slots, slots, photons.astype(np.uint8),
                           choices.basis[keep], choices.bit[keep], transmittance)
