@@ -121,3 +121,16 @@ def test_schedules_and_reprs_hide_key() -> None:
     alice, _ = _keys(1_000, 0.02, 5)
     corr = CascadeCorrector(np.packbits(alice), 1_000, CascadePlan(1_000, 0.02, 5))
     assert "1" * 8 not in repr(corr) and "0" * 8 not in repr(corr)
+
+
+def test_tiny_and_odd_sizes_terminate_and_count() -> None:
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 7, 63, 64, 65, 129, 1_000, 4_097):
+        for qber in (0.0, 0.03, 0.25):
+            alice = rng.integers(0, 2, n, dtype=np.uint8)
+            bob = alice.copy()
+            bob[rng.choice(n, round(qber * n), replace=False)] ^= 1
+            corr, sent, _ = _run(alice, bob, max(qber, 0.01), n)
+            assert corr.done and corr.leaked_bits == sent
+            if qber == 0.0:
+                assert corr.bits_flipped == 0
