@@ -237,9 +237,14 @@ def _cmd_alice(args: argparse.Namespace) -> int:
 
 def _cmd_bob(args: argparse.Namespace) -> int:
     from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
-    from qkdnet.link.driver import EmulatedPhy, LinkEndpoint, write_bootstrap_secret
+    from qkdnet.link.driver import (
+        EmulatedPhy,
+        LinkEndpoint,
+        serve_link_channel,
+        write_bootstrap_secret,
+    )
     from qkdnet.link.session import LinkConfig
-    from qkdnet.sideband import FrameRouter, serve_sideband
+    from qkdnet.sideband import serve_sideband
 
     params = _params(args)
     if args.seed is None:
@@ -259,17 +264,12 @@ def _cmd_bob(args: argparse.Namespace) -> int:
             async def handler(chan: Any) -> None:
                 end = LinkEndpoint("receiver", chan, cfg, peer=args.peer, store=store, phy=phy)
                 ends.append(end)
-                router = FrameRouter()
-                end.register(router)
                 if args.exit_after:
                     def check(_st: BlockStats) -> None:
                         if end.stats.stored + end.stats.aborted >= args.exit_after:
                             nursery.cancel_scope.cancel()
                     end.add_callback(check)
-                async with trio.open_nursery() as n:
-                    await n.start(end.run)
-                    await chan.run(router)
-                    n.cancel_scope.cancel()
+                await serve_link_channel(chan, end)
 
             def auth_for(name: str) -> Any:
                 return FrameAuthenticator(KeyStoreTagKeys(store, name)) \

@@ -396,6 +396,32 @@ class LinkEndpoint:
         return self._levels
 
 
+async def serve_link_channel(channel: Any, endpoint: LinkEndpoint,
+                             router: Any = None) -> None:
+    """Run ``endpoint`` on ``channel`` until the connection ends, then stop it.
+
+    Owns the channel's receive loop (``channel.run(router)``, link types routed to
+    the endpoint).  The channel's ending error (a peer that hung up, an ERROR frame,
+    bad input) is re-raised as itself, not wrapped in an ExceptionGroup, so servers
+    such as :func:`qkdnet.sideband.serve_sideband` can handle it.
+    """
+    from qkdnet.sideband import FrameRouter
+
+    if router is None:
+        router = FrameRouter()
+    endpoint.register(router)
+    failure: BaseException | None = None
+    async with trio.open_nursery() as n:
+        await n.start(endpoint.run)
+        try:
+            await channel.run(router)
+        except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            failure = err
+        n.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
 def new_session_id() -> int:
     """A random non-zero 32-bit link session id (block ids derive from it)."""
     return secrets.randbits(32) or 1
@@ -529,13 +555,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
             bob = LinkEndpoint("receiver", ch, cfg, peer="alice", store=store_b, phy=phy,
                                use_threads=use_threads)
             bob_box.append(bob)
-            router = FrameRouter()
-            bob.register(router)
-            async with trio.open_nursery() as n:
-                await n.start(bob.run)
-                bob_ready.set()
-                await chan.run(router)
-                n.cancel_scope.cancel()
+            bob_ready.set()
+            await serve_link_channel(chan, bob)
 
         def auth_for(name: str) -> Any:
             return FrameAuthenticator(KeyStoreTagKeys(store_b, name)) if name == "alice" \

@@ -506,6 +506,7 @@ class LinkSession:
     def _decoy_stats(self, blk: _Block) -> finite_key.DecoyStats:
         k = self.config.n_intensities
         m_z = blk.m_z if blk.m_z is not None else np.zeros(k)
+        assert blk.n_z is not None and blk.n_x is not None and blk.m_x is not None
         return finite_key.DecoyStats(
             n_z=tuple(blk.n_z), m_z=tuple(m_z), n_x=tuple(blk.n_x), m_x=tuple(blk.m_x),
             mu=self.config.mu, p=self.config.p)
@@ -648,6 +649,7 @@ class TransmitterSession(LinkSession):
 
     def _a_estimate(self, blk: _Block, pkt: Packet, now: float) -> Any:
         assert blk.x_bits is not None and blk.x_int is not None and blk.z_bits is not None
+        assert blk.n_x is not None
         bob_x = w.decode_estimate(pkt, len(blk.x_bits))
         k = self.config.n_intensities
         errors = (bob_x ^ blk.x_bits).astype(np.float64)
@@ -729,6 +731,11 @@ class ReceiverSession(LinkSession):
 
     role = Role.RECEIVER
 
+    def __init__(self, config: LinkConfig, *,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        super().__init__(config, random_bytes=random_bytes)
+        self._next_slot = 0
+
     def supply_detections(self, index: int, detections: Any, now: float) -> list[Output]:
         """Hand over the PHY's detections for block ``index`` (after DetectionsNeeded)."""
         blk = self._blocks.get(index)
@@ -744,7 +751,11 @@ class ReceiverSession(LinkSession):
             raise RemoteProtocolError(
                 f"BLOCK_START: {pkt.n_intensities} intensities, this end has "
                 f"{self.config.n_intensities}")
+        if int(pkt.start_slot) < self._next_slot:
+            # Re-using slots would re-use Alice's choices, hence key bits.
+            raise RemoteProtocolError("BLOCK_START: slot range overlaps an earlier block")
         blk.start_slot, blk.n_slots = int(pkt.start_slot), int(pkt.n_slots)
+        self._next_slot = blk.start_slot + blk.n_slots
         blk.eps_sec, blk.eps_cor, blk.qber_max = pkt.eps_sec, pkt.eps_cor, pkt.qber_max
         blk.stats.update(start_slot=blk.start_slot, n_slots=blk.n_slots)
         return [DetectionsNeeded(blk.index, blk.start_slot, blk.n_slots)], State.WAIT_PHY

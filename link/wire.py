@@ -113,9 +113,9 @@ class BlockStart(_Body):
         LongField("n_slots", 0),
         ByteField("n_intensities", 3),
         ByteField("flags", 0),
-        IEEEDoubleField("eps_sec", 1e-10),
-        IEEEDoubleField("eps_cor", 1e-15),
-        IEEEDoubleField("qber_max", 0.11),
+        IEEEDoubleField("eps_sec", 1e-10),  # type: ignore[arg-type]
+        IEEEDoubleField("eps_cor", 1e-15),  # type: ignore[arg-type]
+        IEEEDoubleField("qber_max", 0.11),  # type: ignore[arg-type]
     ]
 
 
@@ -174,7 +174,7 @@ class EstimateResultMsg(_Body):
         IntField("m_x0", 0),
         IntField("m_x1", 0),
         IntField("m_x2", 0),
-        IEEEDoubleField("qber", 0.0),
+        IEEEDoubleField("qber", 0.0),  # type: ignore[arg-type]
         LongField("cascade_seed", 0),
     ]
 
@@ -320,7 +320,7 @@ def _check_complete(t: LinkMsg, pkt: Packet, raw_len: int | None) -> None:
             declared = pkt.getfieldval(f.name)
             if declared is None:
                 continue
-            got = len(pkt.getfieldval(f.length_of))
+            got = len(pkt.getfieldval(str(f.length_of)))
             if got != declared:
                 raise _bad(f"{t.name}: field {f.length_of} truncated ({got} of {declared} bytes)",
                            ErrorCode.MALFORMED_FRAME)
@@ -403,7 +403,7 @@ def encode_detections(block: int, offsets: np.ndarray, bases: np.ndarray,
     """DETECTIONS bodies (one per chunk) from sorted click offsets within the block."""
     off = np.asarray(offsets, dtype=np.uint64)
     total = len(off)
-    out = []
+    out: list[Packet] = []
     for first in range(0, max(total, 1), chunk):
         o = off[first:first + chunk]
         deltas = np.diff(o) if len(o) > 1 else np.zeros(0, dtype=np.uint64)

@@ -130,3 +130,15 @@ def test_block_indices_are_not_reused() -> None:
     alice.start_block(1, 0, 1000, 0.0)
     with pytest.raises(Exception, match="already used"):
         alice.start_block(1, 1000, 1000, 0.0)
+
+
+def test_overlapping_slot_ranges_are_refused() -> None:
+    """Re-used slots would re-use Alice's choices, i.e. key bits: the receiver refuses."""
+    _phy, _alice, bob = _pair()
+    first = bob.receive_frame((0x10, bytes(w.encode_block_start(0, 1000, 500, 2, 1e-10,
+                                                                 1e-15, 0.11))), 0.0)
+    assert isinstance(first[0], s.DetectionsNeeded)
+    again = bob.receive_frame((0x10, bytes(w.encode_block_start(1, 1200, 500, 2, 1e-10,
+                                                                 1e-15, 0.11))), 0.0)
+    assert again[-1].reason is w.AbortReason.PROTOCOL
+    assert "overlaps" in str(again[-1].error)
