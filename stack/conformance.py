@@ -287,9 +287,16 @@ class CheckContext:
             await peer.aclose()
 
 
-async def run_checks(ctx: CheckContext, names: Iterable[str] | None = None) -> list[CheckResult]:
-    """Run the selected checks (all that fit ``ctx.role`` by default), one at a time."""
+async def run_checks(ctx: CheckContext, names: Iterable[str] | None = None, *,
+                     groups: Iterable[str] | None = None) -> list[CheckResult]:
+    """Run the selected checks (all that fit ``ctx.role`` by default), one at a time.
+
+    ``names`` picks checks by name, ``groups`` by group ("sideband", "link", ...).
+    """
     selected = [CHECKS[n] for n in names] if names is not None else list(CHECKS.values())
+    if groups is not None:
+        wanted = set(groups)
+        selected = [c for c in selected if c.group in wanted]
     results = []
     for check in selected:
         if check.roles is not None and ctx.role not in check.roles:

@@ -46,6 +46,9 @@ def register(commands: CommandSet) -> None:
                         "temporary one, so a secret serves one run)")
     c.add_argument("--check", action="append", default=[],
                    help="run only checks matching this glob (repeatable)")
+    c.add_argument("--group", action="append", default=[],
+                   help="run only checks of this group (sideband, link, hub, apps; "
+                        "repeatable)")
     c.add_argument("--list", action="store_true", help="list the checks and exit")
     c.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for each answer (default 5)")
@@ -116,8 +119,9 @@ def _conformance(args: argparse.Namespace) -> int:
     )
 
     load_check_modules()
-    names = [n for n in CHECKS if not args.check
-             or any(fnmatch.fnmatch(n, pat) for pat in args.check)]
+    names = [n for n in CHECKS
+             if (not args.check or any(fnmatch.fnmatch(n, pat) for pat in args.check))
+             and (not args.group or CHECKS[n].group in args.group)]
     if args.list:
         if args.json:
             emit_json([{"name": n, "group": CHECKS[n].group,
@@ -138,8 +142,8 @@ def _conformance(args: argparse.Namespace) -> int:
         raise ConfigError("the kit needs the bootstrap secret shared with the target",
                           key="--secret", expected="a file of >= 4 KiB random bytes")
     if not names:
-        raise ConfigError("no check matches --check", key="--check",
-                          expected="a glob such as 'auth.*'")
+        raise ConfigError("no check matches --check/--group", key="--check",
+                          expected="a glob such as 'auth.*' or a group such as sideband")
     secret = args.secret.read_bytes()
     keys, store = keys_from_secret(secret, args.keystore)
     ctx = CheckContext(host.strip("[]"), port, args.role, args.name, keys,
