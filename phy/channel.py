@@ -227,7 +227,7 @@ class BobDetector:
                              for k in range(N_DETECTORS)], dtype=np.int64)
             pos = np.searchsorted(rel, lead)
             merged = np.insert(rel, pos, lead)
-            mkept = dead_time_filter(merged, d, -span)
+            mkept = dead_time_filter(merged, d, -int(span))
             virtual = pos + np.arange(N_DETECTORS)
             real = np.ones(merged.shape[0], dtype=bool)
             real[virtual] = False

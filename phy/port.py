@@ -283,7 +283,7 @@ class QuantumPort:
             except trio.BrokenResourceError:
                 data = b""
             try:
-                self._events.extend(self.decoder.receive_data(data))
+                self._events.extend(self.decoder.receive_data(bytes(data)))
             except RemoteProtocolError as err:
                 log.warning("%s: closing: %s", self.name, err)
                 await self.send_error(err)

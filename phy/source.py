@@ -141,12 +141,11 @@ def truncated_poisson(rng: np.random.Generator, lam: np.ndarray,
     out = np.ones(n, dtype=np.int64)
     if n == 0:
         return out
-    if u is None:
-        u = rng.random(n)
+    u = np.asarray(rng.random(n)) if u is None else u
     # P(N = 1 | N >= 1) = λ e^-λ / (1 − e^-λ): most draws stop there, cheaply.
     if p1 is None:
         with np.errstate(invalid="ignore", divide="ignore"):
-            p1 = lam * np.exp(-lam) / -np.expm1(-lam)
+            p1 = np.asarray(lam * np.exp(-lam) / -np.expm1(-lam))
     todo = np.flatnonzero(u > p1)
     if todo.size == 0:
         return out
@@ -266,12 +265,12 @@ class AliceSource:
         # then u / a_k is again uniform, so it also draws the photon number.
         accept = p_k / p_max
         a = accept[choices.intensity]
-        u = rng.random(pos.shape[0])
+        u = np.asarray(rng.random(pos.shape[0]))
         keep = u < a
         slots = slots[keep]
         k = choices.intensity[keep]
         with np.errstate(invalid="ignore", divide="ignore"):
-            p1 = np.where(lam > 0, lam * np.exp(-lam) / p_k, 1.0)
+            p1: np.ndarray = np.where(lam > 0, lam * np.exp(-lam) / p_k, 1.0)
         photons = truncated_poisson(rng, lam[k], u[keep] / a[keep], p1[k])
         np.minimum(photons, MAX_PHOTONS, out=photons)
         return PulseBatch(start_slot, n_slots, slots, photons.astype(np.uint8),

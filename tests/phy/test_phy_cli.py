@@ -1,0 +1,137 @@
+"""The PHY command line: presets, sweep, and a real `qkdnet fiber` process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from qkdnet.cli import main
+from qkdnet.phy import presets, theory
+from qkdnet.phy.channel import BobDetector
+from qkdnet.phy.port import QuantumPort
+from qkdnet.phy.source import AliceSource
+
+
+def test_presets_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phy", "presets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == set(presets.names())
+    assert data["gys2004"]["alpha_db_per_km"] == 0.21
+
+
+def test_presets_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phy", "presets"]) == 0
+    assert "Lim-Curty" in capsys.readouterr().out
+
+
+def test_sweep_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phy", "sweep", "--preset", "gys2004", "--km", "0:50:25",
+                 "--pulses", "2e7", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = data["rows"]
+    assert [r["km"] for r in rows] == [0.0, 25.0, 50.0]
+    for r in rows:
+        assert r["key_rate_theory"] > 0
+        assert r["key_rate_emulated"] == pytest.approx(r["key_rate_theory"], rel=0.5)
+        assert r["plob"] is None or r["plob"] > r["key_rate_theory"]
+        assert len(r["per_intensity"]["qber"]) == 3
+
+
+def test_sweep_table_with_attack(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phy", "sweep", "--km", "10", "--pulses", "1e6",
+                 "--attack", "intercept-resend:1"]) == 0
+    assert "intercept-resend" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["phy", "sweep", "--km", "10:0:5"],
+    ["phy", "sweep", "--km", "0:10:x"],
+    ["phy", "sweep", "--preset", "nope"],
+    ["phy", "sweep", "--attack", "teleport"],
+    ["phy", "sweep", "--pulses", "-5"],
+])
+def test_sweep_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "qkdnet: error:" in capsys.readouterr().err
+
+
+def test_plot_needs_matplotlib(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rate.png"
+    rc = main(["phy", "sweep", "--km", "0:20:10", "--pulses", "1e6", "--plot", str(out)])
+    if importlib.util.find_spec("matplotlib") is None:
+        assert rc == 2
+        assert "matplotlib" in capsys.readouterr().err
+        assert not out.exists()
+    else:
+        assert rc == 0 and out.stat().st_size > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_fiber_command_as_a_process() -> None:
+    """`qkdnet fiber` in its own process between an Alice and a Bob on loopback."""
+    p = presets.get("gys2004")
+    km, n_slots = 25.0, 3_000_000
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    bob_port = listeners[0].socket.getsockname()[1]
+    fiber_port = _free_port()
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "qkdnet", "fiber", "--listen", f"127.0.0.1:{fiber_port}",
+         "--forward", f"127.0.0.1:{bob_port}", "--km", str(km), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(30):
+            while True:
+                try:
+                    alice_stream = await trio.open_tcp_stream("127.0.0.1", fiber_port)
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+            src = AliceSource(p, 3)
+            clicks = 0
+
+            async def alice_side() -> None:
+                alice = QuantumPort(alice_stream, name="alice")
+                for i in range(3):
+                    await alice.send_batch(src.emit(i * 1_000_000, 1_000_000))
+                await alice.send_end()
+                await alice.aclose()
+
+            async def bob_side() -> None:
+                nonlocal clicks
+                bob = QuantumPort(await listeners[0].accept(), name="bob")
+                detector = BobDetector(p, p.eta_bob, seed=4)
+                rng = np.random.default_rng(5)
+                async for batch in bob:
+                    clicks += len(detector.detect(batch, rng)[0])
+                await bob.aclose()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alice_side)
+                nursery.start_soon(bob_side)
+            assert proc.stdout is not None
+            out = b""
+            while chunk := await proc.stdout.receive_some(65536):
+                out += chunk
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await listeners[0].aclose()
+    stats = json.loads(out)
+    assert stats["pulses_in"] > stats["pulses_out"] > 0
+    q, _ = theory.gains(p, km)
+    expected = float(np.dot(p.p_mu, q[:, 0])) * n_slots
+    assert abs(clicks - expected) < 4 * math.sqrt(expected)
