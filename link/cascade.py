@@ -90,7 +90,7 @@ class CascadeParams:
         Block sizes are capped at ``n_bits`` when it is given.
         """
         q = min(max(float(qber), 1e-4), 0.25)
-        big = (n_bits // 2) if n_bits else 1 << 30
+        big = -(-n_bits // 2) if n_bits else 1 << 30
         if schedule == "yan":
             k1 = max(4, math.ceil(0.8 / q))
             sizes = [k1, 7 * k1] + [max(big, 7 * k1)] * (passes - 2)
