@@ -134,6 +134,7 @@ async def test_channel_side_rejects_bad_input_and_sends_error(nursery: trio.Nurs
     with pytest.raises(PeerAborted) as info:
         await chan.run()
     assert info.value.code == ErrorCode.AUTHENTICATION_FAILED
+    await trio.testing.wait_all_tasks_blocked()  # the server task finishes its abort
     assert [e.code for e in caught] == [ErrorCode.AUTHENTICATION_FAILED]
 
 
