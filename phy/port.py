@@ -129,7 +129,7 @@ class PortDecoder:
     """Parses frames from a byte stream (sans-I/O); see the module docstring."""
 
     max_frame_size: int = DEFAULT_MAX_FRAME
-    _buf: bytearray = field(default_factory=bytearray)
+    _buf: bytearray = field(default_factory=bytearray, repr=False)
     _need: int | None = None        # body length of the frame being received
     _type: int = 0
     _next_slot: int = 0

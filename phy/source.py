@@ -74,6 +74,9 @@ class SlotChoices(NamedTuple):
     bit: np.ndarray        #: 0 or 1
     intensity: np.ndarray  #: 0 = μ1 signal, 1 = μ2 decoy, 2 = μ3 weak/vacuum
 
+    def __repr__(self) -> str:  # Alice's bits are key material: never in a repr
+        return f"SlotChoices(<{len(self.basis)} slots>)"
+
 
 @dataclass(frozen=True, eq=False)
 class PulseBatch:
@@ -97,6 +100,10 @@ class PulseBatch:
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])
+
+    def __repr__(self) -> str:  # the states carry Alice's bits: keep them out of reprs
+        return (f"PulseBatch(start_slot={self.start_slot}, n_slots={self.n_slots}, "
+                f"pulses={len(self)}, transmittance={self.transmittance:.3g})")
 
     def select(self, mask: np.ndarray, photons: np.ndarray | None = None,
                transmittance: float | None = None) -> PulseBatch:

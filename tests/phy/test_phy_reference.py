@@ -91,6 +91,16 @@ def test_fast_matches_reference(params: PhyParams, km: float, n_slots: int) -> N
         assert res[name] > ALPHA, (name, res)
 
 
+@pytest.mark.parametrize("name", presets.names())
+def test_fast_matches_reference_on_every_preset(name: str) -> None:
+    """Each preset as published (its own dead time and afterpulsing), at 0 and 30 km."""
+    p = presets.get(name)
+    for km in (0.0, 30.0):
+        res = compare(p, p, km, 60_000)
+        for test in ("rate", "cells"):
+            assert res[test] > ALPHA, (name, km, test, res)
+
+
 def test_fast_matches_reference_under_intercept_resend() -> None:
     p = presets.get("gys2004").with_overrides(dead_time_s=2e-6, p_afterpulse=0.1)
     res = compare(p, p, 0.0, 150_000, attack="intercept-resend:1.0")
