@@ -34,7 +34,7 @@ def test_afterpulse_chain_matches_a_loop() -> None:
                                                20_000, key, 2)
     # Sequential reference with the same afterpulse coins.
     from qkdnet.phy.source import hash_uniform
-    events, out, lastk, i = set(raw.tolist()), [], -(2**62), 0
+    events, out, lastk = set(raw.tolist()), [], -(2**62)
     for g in range(20_000):
         if g in events and g > lastk + d:
             out.append(g)
@@ -42,7 +42,6 @@ def test_afterpulse_chain_matches_a_loop() -> None:
             coin = hash_uniform(key, np.array([g * 4 + 2], dtype=np.uint64))[0]
             if coin < p_ap:
                 events.add(g + d + 1)
-        i += 1
     assert kept.tolist() == out
     assert last == out[-1]
     assert all(x >= 20_000 for x in pending.tolist())
