@@ -507,6 +507,7 @@ class SidebandChannel:
         self._events: list[FrameReceived] = []
         self._send_lock = trio.Lock()
         self._stream_closed = False
+        self._receiving = False
 
     def __repr__(self) -> str:
         return f"SidebandChannel({self.conn!r})"
@@ -537,7 +538,17 @@ class SidebandChannel:
 
     async def receive(self) -> FrameReceived:
         """The next frame. Raises ``trio.EndOfChannel`` after a clean close,
-        :class:`RemoteProtocolError` (after sending ERROR) on bad input."""
+        :class:`RemoteProtocolError` (after sending ERROR) on bad input, and
+        ``trio.BusyResourceError`` if another task is already receiving."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this channel")
+        self._receiving = True
+        try:
+            return await self._receive()
+        finally:
+            self._receiving = False
+
+    async def _receive(self) -> FrameReceived:
         while not self._events:
             try:
                 self.conn.raise_pending()
@@ -640,7 +651,13 @@ class SidebandChannel:
                                               ErrorCode.UNKNOWN_MESSAGE_TYPE)
                     await self.abort(err)
                     raise err
-                await handler(self, ev)
+                try:
+                    await handler(self, ev)
+                except RemoteProtocolError as err:
+                    # A layer found the (authentic) frame wrong: ERROR, close, re-raise.
+                    if self.conn.state is not ConnState.ERROR:
+                        await self.abort(err)
+                    raise
 
     async def ping(self, *, timeout: float = 5.0) -> None:
         """Send PING and wait for the matching PONG (only when nobody else receives)."""

@@ -175,3 +175,32 @@ async def test_pcap_recorder_and_summary(nursery: trio.Nursery, tmp_path: Path) 
     events = [e["event"] for e in s["timeline"]]
     assert events[:3] == ["HELLO from alice", "HELLO_ACK from hub", "block 1000"]
     assert events[-1].startswith("ERROR AUTHENTICATION_FAILED")
+
+
+async def test_handler_protocol_error_sends_error_and_concurrent_receive_is_refused(
+        nursery: trio.Nursery) -> None:
+    a, b = MemoryTagKeys.pair()
+
+    async def strict_handler(chan: SidebandChannel, ev: FrameReceived) -> None:
+        raise RemoteProtocolError("block bits out of range", ErrorCode.LINK_ABORTED)
+
+    router = FrameRouter()
+    router.register(0x3E, strict_handler)
+    node: BasicNode = await nursery.start(functools.partial(
+        serve_basic_node, "hub", _resolver(b), router=router))
+    chan = await connect_sideband("127.0.0.1", node.port, local_name="alice",
+                                  auth=FrameAuthenticator(a))
+    got: list[FrameReceived] = []
+
+    async def receive_one() -> None:
+        got.append(await chan.receive())
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(receive_one)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await chan.receive()
+        await chan.send(_TestBlock(block_bits=1))
+    (ev,) = got
+    assert ev.type == MsgType.ERROR and int(ev.body.code) == ErrorCode.LINK_ABORTED
+    assert chan.conn.peer_error == (int(ErrorCode.LINK_ABORTED), "block bits out of range")
