@@ -93,13 +93,13 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
     table = Table(title="qkdnet PHY presets")
-    cols = ["clock_hz", "mu", "p_mu", "p_z", "alpha_db_per_km", "eta_det", "p_dark",
-            "p_afterpulse", "dead_gates", "e_mis", "f_ec"]
-    table.add_column("preset")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for name, d in rows.items():
-        table.add_row(name, *(_fmt(d[c]) for c in cols))
+    table.add_column("parameter")
+    for name in rows:
+        table.add_column(name, justify="right")
+    for key in rows[presets.names()[0]]:
+        if key in ("name", "source"):
+            continue
+        table.add_row(key, *(_fmt(d[key]) for d in rows.values()))
     console = Console()
     console.print(table)
     for name, d in rows.items():
@@ -140,6 +140,7 @@ def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None,
             "y1_lower": float(est.y1_lower[0]),
             "e1_upper": float(est.e1_upper[0]),
             "key_rate_emulated": float(est.key_rate[0]),
+            "key_rate_emulated_bps": float(est.key_rate[0]) * params.clock_hz,
             "key_rate_theory": float(theory_rate[i]),
             "key_rate_infinite_decoy": float(inf_rate[i]),
             "plob": float(plob[i]) if math.isfinite(plob[i]) else None,
@@ -184,8 +185,8 @@ def _print_sweep(result: dict[str, Any]) -> None:
     if result["attack"]:
         title += f", attack {result['attack']}"
     table = Table(title=title, caption=result["units"])
-    for c in ("km", "clicks", "Q1 / Q2 / Q3", "E1 / E2 / E3 %", "R emulated", "R theory",
-              "PLOB"):
+    for c in ("km", "clicks", "Q1 / Q2 / Q3", "E1 / E2 / E3 %", "R emulated", "bit/s",
+              "R theory", "PLOB"):
         table.add_column(c, justify="right")
     for r in result["rows"]:
         pi = r["per_intensity"]
@@ -193,7 +194,8 @@ def _print_sweep(result: dict[str, Any]) -> None:
             f"{r['km']:g}", str(r["clicks"]),
             " / ".join(f"{x:.2e}" for x in pi["gain"]),
             " / ".join(f"{100 * x:.2f}" for x in pi["qber"]),
-            f"{r['key_rate_emulated']:.3e}", f"{r['key_rate_theory']:.3e}",
+            f"{r['key_rate_emulated']:.3e}", f"{r['key_rate_emulated_bps']:.3g}",
+            f"{r['key_rate_theory']:.3e}",
             "inf" if r["plob"] is None else f"{r['plob']:.3e}")
     Console().print(table)
 

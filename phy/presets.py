@@ -27,8 +27,8 @@ PRESETS: dict[str, PhyParams] = {
     ),
     # Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), simulation section:
     # eta_Bob 10 %, p_dc 6e-7, afterpulsing 4 %, e_mis 0.5 %, 0.2 dB/km, f 1.16.
-    # mu3 = 2e-4 is their weakest intensity; mu1 = 0.5, mu2 = 0.1 and the
-    # probabilities/bias are ours (of the size their optimisation returns).
+    # Intensities (0.5, 0.1, 2e-4), probabilities and basis bias are ours, of the size
+    # such optimisations return (not transcribed from the paper).
     # Repetition rate not part of their model: 1 GHz (ours). No dead time in their model.
     "lim2014-apd": PhyParams(
         name="lim2014-apd", clock_hz=1e9, mu=(0.5, 0.1, 2e-4), p_mu=(0.7, 0.2, 0.1),
