@@ -132,7 +132,9 @@ class LinkEndpoint:
     ``role`` is ``"transmitter"`` (needs ``source`` — an AliceSource) or
     ``"receiver"`` (needs ``phy`` with ``run(start_slot, n_slots) -> Detections``).
     ``store`` (a :class:`qkdnet.keystore.KeyStore`) receives the key for ``peer``;
-    ``None`` keeps no key (dry runs).  ``config`` is the transmitter's link config;
+    ``None`` keeps no key (dry runs).  ``tracer`` (:mod:`qkdnet.tracing`) gets a
+    ``link``/``block_stored`` or ``block_aborted`` event per block with its stats
+    and abort reason.  ``config`` is the transmitter's link config;
     the receiver builds one per link session id it sees from ``config`` (only
     ``mu``, ``p`` and local limits are used; the session id comes from the peer).
     """
@@ -140,7 +142,7 @@ class LinkEndpoint:
     def __init__(self, role: str, channel: Any, config: LinkConfig, *, peer: str,
                  store: Any = None, source: Any = None, phy: Any = None,
                  on_block: BlockCallback | None = None, use_threads: bool = True,
-                 max_inbox: int = 256) -> None:
+                 max_inbox: int = 256, tracer: Any = None) -> None:
         if role not in ("transmitter", "receiver"):
             raise ValueError("role must be 'transmitter' or 'receiver'")
         if role == "transmitter" and source is None:
@@ -154,6 +156,11 @@ class LinkEndpoint:
         self.store = store
         self.phy = phy
         self.stats = LinkStats()
+        if tracer is None:
+            from qkdnet.tracing import NULL_TRACER
+            tracer = NULL_TRACER
+        #: qlog-style tracer: one ``link`` event per block (public statistics only).
+        self.tracer = tracer
         self._callbacks: list[BlockCallback] = [on_block] if on_block else []
         self._threads = use_threads
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](max_inbox)
@@ -369,6 +376,9 @@ class LinkEndpoint:
 
     def _publish(self, st: BlockStats) -> None:
         self.stats.record(st)
+        if self.tracer.enabled:
+            self.tracer.event("link", "block_stored" if st.abort_reason is None
+                              else "block_aborted", {"role": self.role, **st.as_dict()})
         self._consecutive_aborts = 0 if st.abort_reason is None else \
             self._consecutive_aborts + 1
         for cb in self._callbacks:
@@ -516,6 +526,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              tamper_bob: Callable[[Any], Any] | None = None,
                              keep_eve: bool = False, compare: bool = True,
                              use_threads: bool = True, session_id: int | None = None,
+                             tracer: Any = None,
                              inspect: Callable[[Any, Any], Any] | None = None
                              ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
@@ -553,7 +564,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
         async def bob_handler(chan: Any) -> None:
             ch = TamperingChannel(chan, tamper_bob) if tamper_bob else chan
             bob = LinkEndpoint("receiver", ch, cfg, peer="alice", store=store_b, phy=phy,
-                               use_threads=use_threads)
+                               use_threads=use_threads, tracer=tracer)
             bob_box.append(bob)
             bob_ready.set()
             await serve_link_channel(chan, bob)
@@ -573,7 +584,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
             ch = TamperingChannel(chan, tamper_alice) if tamper_alice else chan
             alice = LinkEndpoint("transmitter", ch, cfg, peer="bob", store=store_a,
                                  source=phy.source, on_block=on_block,
-                                 use_threads=use_threads)
+                                 use_threads=use_threads, tracer=tracer)
             router = FrameRouter()
             alice.register(router)
             async with trio.open_nursery() as inner:

@@ -133,6 +133,17 @@ del A, B, S
 _LIVE = frozenset(State) - {State.NEW, State.DONE, State.ABORTED}
 
 
+def transition_table_markdown() -> str:
+    """:data:`TRANSITIONS` as the markdown table printed in spec/link.md."""
+    rows = ["| role | state | input | handler | next state(s) |", "|---|---|---|---|---|"]
+    for (role, state, event), (handler, nexts) in TRANSITIONS.items():
+        name = event.name if isinstance(event, LinkMsg) else f"({event.value})"
+        rows.append(f"| {role.value} | {state.value} | {name} | `{handler}` | "
+                    f"{', '.join(n.value for n in nexts)} |")
+    rows.append("| both | any live state | ABORT | — | aborted |")
+    return "\n".join(rows)
+
+
 # --------------------------------------------------------------------------------------
 # Configuration, inputs and outputs
 

@@ -106,6 +106,9 @@ class _Body(QkdBody):
 
 
 class BlockStart(_Body):
+    """A → B: open block ``block`` over slots [start_slot, start_slot + n_slots) with
+    these security parameters; ``n_intensities`` is 3 (two decoys) or 2 (one decoy)."""
+
     name = "LINK_BLOCK_START"
     fields_desc = [  # noqa: RUF012 - scapy's declarative field list
         IntField("block", 0),
@@ -144,6 +147,9 @@ class DetectionsMsg(_Body):
 
 
 class SiftMsg(_Body):
+    """A → B: which reported clicks are kept (bases agree), and the intensity index
+    (2 bits each) of every kept slot, in click order."""
+
     name = "LINK_SIFT"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
@@ -157,6 +163,8 @@ class SiftMsg(_Body):
 
 
 class EstimateMsg(_Body):
+    """B → A: Bob's bits at the kept X-basis (estimation) slots, disclosed in full."""
+
     name = "LINK_ESTIMATE"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
@@ -167,6 +175,9 @@ class EstimateMsg(_Body):
 
 
 class EstimateResultMsg(_Body):
+    """A → B: X-basis errors per intensity (m_x0..2), the QBER Cascade plans with,
+    and the public seed of Cascade's permutations."""
+
     name = "LINK_ESTIMATE_RESULT"
     summary_fields = ("qber",)
     fields_desc = [  # noqa: RUF012
@@ -180,6 +191,9 @@ class EstimateResultMsg(_Body):
 
 
 class ParityRequestMsg(_Body):
+    """B → A: one batched Cascade request: ranges [start, end) in the permuted order
+    of pass ``passes[i]``; ``step`` counts requests from 0."""
+
     name = "LINK_PARITY_REQUEST"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
@@ -195,6 +209,8 @@ class ParityRequestMsg(_Body):
 
 
 class ParityReplyMsg(_Body):
+    """A → B: the parity of each requested range (packed); every bit is leakage."""
+
     name = "LINK_PARITY_REPLY"
     summary_fields = ("leaked_bits",)
     fields_desc = [  # noqa: RUF012
@@ -207,6 +223,9 @@ class ParityReplyMsg(_Body):
 
 
 class VerifyMsg(_Body):
+    """B → A: Z errors Cascade corrected per intensity, and a universal-hash seed and
+    tag of Bob's corrected key (tag_bits from ε_cor and the key length)."""
+
     name = "LINK_VERIFY"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
@@ -222,6 +241,9 @@ class VerifyMsg(_Body):
 
 
 class PaMsg(_Body):
+    """A → B: privacy amplification: Toeplitz seed (n_in + ℓ − 1 bits), the final
+    length ℓ, and how many of the ℓ bits top up each auth pool (A→B, B→A)."""
+
     name = "LINK_PA"
     summary_fields = ("final_key_bits",)
     fields_desc = [  # noqa: RUF012
@@ -236,16 +258,23 @@ class PaMsg(_Body):
 
 
 class BlockDoneMsg(_Body):
+    """B → A: Bob holds the final key of the block and is ready to store it."""
+
     name = "LINK_BLOCK_DONE"
     fields_desc = [IntField("block", 0)]  # noqa: RUF012
 
 
 class ConfirmMsg(_Body):
+    """A → B: Alice stored the block; Bob stores it on receipt."""
+
     name = "LINK_CONFIRM"
     fields_desc = [IntField("block", 0)]  # noqa: RUF012
 
 
 class AbortMsg(_Body):
+    """Either way: the block is abandoned (``reason`` an AbortReason); nothing of it
+    is stored."""
+
     name = "LINK_ABORT"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),

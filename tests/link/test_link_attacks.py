@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.phy import presets
+from qkdnet.tracing import MemoryTracer
 
 
 @pytest.mark.slow
 async def test_full_intercept_resend_aborts_every_block_on_qber(tmp_path) -> None:
+    tracer = MemoryTracer()
     result = await run_point_to_point(presets.get("snspd-metro"), 10.0, 3, 5_000_000,
-                                      workdir=tmp_path, attack="intercept-resend:1.0", seed=3)
+                                      workdir=tmp_path, attack="intercept-resend:1.0", seed=3,
+                                      tracer=tracer)
     assert result.alice.stored == result.bob.stored == 0
     assert result.alice.abort_reasons == {"qber_too_high": 3}
     assert result.bob.abort_reasons == {"qber_too_high": 3}
@@ -24,6 +27,10 @@ async def test_full_intercept_resend_aborts_every_block_on_qber(tmp_path) -> Non
         assert st.qber_est is not None and st.qber_est > 0.15   # ~25 % expected
         assert st.ell == 0 and st.leak_ec_bits == 0             # aborted before Cascade
     assert result.comparison["bits_compared"] == 0
+    # the reason reaches the trace, at both ends
+    traced = tracer.named("block_aborted")
+    assert len(traced) == 6 and {e["data"]["abort_reason"] for e in traced} == {"qber_too_high"}
+    assert {e["data"]["role"] for e in traced} == {"transmitter", "receiver"}
 
 
 def _eve_known_key_bits(result, block_slots: int, index: int) -> tuple[int, int]:
