@@ -14,19 +14,28 @@ the parity of the block holding it in every *earlier* pass, so those blocks now
 disagree again and are searched too (the "cascade", back-tracking).
 
 Serial Cascade does one binary search at a time. Here one *step* advances every active
-search by one level at once: the step's request carries the left half of every
-active search's current range (any pass); Bob derives the right half's parity from the
-range's known parity (no disclosure). Searches that reach one bit flip it, all at the
-end of the step; then
+search by one level at once: the step's request carries the left part of every
+active search's current range (any pass); Bob derives the right part's parity from the
+range's known parity (no disclosure). Ranges split into an aligned power-of-two left
+part and the rest (with power-of-two block sizes this is plain halving), so every
+node of a block's search tree is an aligned interval and the tree can be navigated
+with bit arithmetic. Searches that reach one bit flip it, all at the end of the step;
+then
 
 * any other active search whose current range contains a flipped bit is cancelled
   (its "odd" premise may no longer hold), and
-* for every pass already started, each block holding a flipped bit is re-checked
-  against Alice's block parity; odd blocks with no active search start a new search
-  at block level (this is the back-tracking, done for all flips at once).
+* for every pass already started, the block holding each flipped bit is re-checked.
+  Bob keeps his block parities up to date incrementally and remembers, per block, the
+  last search path (node, Alice's parity of it, and of every sibling along the way).
+  The search restarts from the smallest node with known Alice parity that holds the
+  flipped bit if that node is now odd (the sub-block reuse of Martinez-Mateo et al.),
+  else from the whole block if it is odd. This is the back-tracking, done for all
+  flips at once.
 
-A step is one round trip, so the round trips per pass are about ``log2 k`` plus the
-cascade depth, as in serial Cascade. The top-level block parities of pass ``i + 1``
+A step is one round trip: a pass costs about ``log2 k`` steps plus the back-tracking
+depth (a few hundred steps per frame in all, measured in docs/cascade.md), where a
+serial Cascade that asks one parity per message needs one round trip per parity
+(~1e5 for 1e6 bits). The top-level block parities of pass ``i + 1``
 ride along with the first search step of pass ``i`` (Alice's parities do not depend
 on Bob's corrections, and every pass discloses all its block parities anyway), which
 saves one round trip per pass without changing what is disclosed.
@@ -34,11 +43,10 @@ saves one round trip per pass without changing what is disclosed.
 Alice computes any range parity in O(1) from a prefix-XOR array of her permuted key
 per pass (built once per pass and cached in :class:`CascadeResponder`).
 
-Parameters (:meth:`CascadeParams.for_qber`): block sizes after Martinez-Mateo, Pacher,
-Peev, Ciurana, Martin, "Demystifying the information reconciliation protocol
-Cascade", QIC 15 (2015), arXiv:1407.3257 — first block about 0.73/QBER, doubling each
-pass (Yan et al. 2008 use the same doubling), and 16 passes so that the residual frame
-error rate is negligible.
+Parameters (:meth:`CascadeParams.for_qber`): after Yan et al. 2008 and Martinez-Mateo,
+Pacher, Peev, Ciurana, Martin, "Demystifying the information reconciliation protocol
+Cascade", QIC 15 (2015), arXiv:1407.3257 — power-of-two first block near 0.8/QBER, a
+second block 8× longer, then 20 passes of two blocks each (see ``for_qber``).
 
 Bits: the public API takes and returns packed ``numpy.packbits`` (MSB-first) keys;
 internally Bob keeps one uint8 per bit because the work is gathers through
@@ -77,26 +85,34 @@ class CascadeParams:
             raise ValueError("1..255 passes with block sizes >= 1 are required")
 
     @classmethod
-    def for_qber(cls, qber: float, n_bits: int | None = None, *, passes: int = 14,
-                 schedule: str = "yan") -> CascadeParams:
+    def for_qber(cls, qber: float, n_bits: int | None = None, *, passes: int | None = None,
+                 schedule: str = "pow2") -> CascadeParams:
         """Block sizes for an expected QBER.
 
-        ``"yan"`` (default): Yan et al. 2008's shape as evaluated by Martinez-Mateo et
-        al. 2015 — k1 = ⌈0.8/QBER⌉, a larger second block, then n/2 for every further
-        pass (14 in all; each n/2 pass discloses only 2 block parities). With sub-block
-        reuse the second block works best at 7·k1 (Yan et al.: 5·k1); measured in
-        docs/cascade.md.
-        ``"doubling"``: the original schedule k1 = ⌈0.73/QBER⌉, k_{i+1} = 2·k_i.
+        ``"pow2"`` (default): k1 = 2^⌊log2(0.8/QBER)⌋, k2 = 8·k1, then two-block
+        passes (blocks of about n/2) up to 22 passes. This is Yan et al. 2008's shape
+        (a short first block, a longer second, then n/2) with power-of-two sizes as
+        recommended by Martinez-Mateo et al. 2015, which keeps every bisection balanced
+        and the sub-block tree aligned. Each n/2 pass discloses 2 parities and halves
+        the chance that an undetected even error pattern survives, so 20 of them keep
+        the residual frame error rate low at a cost of 40 bits (docs/cascade.md).
+        ``"yan"``: Yan et al. as published — k1 = ⌈0.8/QBER⌉, k2 = 5·k1, n/2, 10 passes.
+        ``"doubling"``: Brassard–Salvail — k1 = ⌈0.73/QBER⌉, k_{i+1} = 2·k_i, 14 passes.
         Block sizes are capped at ``n_bits`` when it is given.
         """
         q = min(max(float(qber), 1e-4), 0.25)
         big = -(-n_bits // 2) if n_bits else 1 << 30
-        if schedule == "yan":
+        if schedule == "pow2":
+            k1 = max(4, 1 << math.floor(math.log2(0.8 / q)))
+            count = passes or 22
+            sizes = [k1, 8 * k1] + [max(big, 8 * k1)] * (count - 2)
+        elif schedule == "yan":
             k1 = max(4, math.ceil(0.8 / q))
-            sizes = [k1, 7 * k1] + [max(big, 7 * k1)] * (passes - 2)
+            count = passes or 10
+            sizes = [k1, 5 * k1] + [max(big, 5 * k1)] * (count - 2)
         elif schedule == "doubling":
             k1 = max(4, math.ceil(0.73 / q))
-            sizes = [k1 << i for i in range(passes)]
+            sizes = [k1 << i for i in range(passes or 14)]
         else:
             raise ValueError(f"unknown Cascade schedule {schedule!r}")
         if n_bits is not None:
@@ -231,6 +247,11 @@ class ParityRequest:
         return f"ParityRequest(step={self.step}, ranges={len(self)})"
 
 
+def _bitlen(x: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative int64 values (< 2^53), elementwise."""
+    return np.frexp(np.asarray(x, dtype=np.float64))[1].astype(np.int64)
+
+
 def _unpack(bits_packed: bytes | np.ndarray, n_bits: int) -> np.ndarray:
     raw = np.frombuffer(bits_packed, dtype=np.uint8) if isinstance(bits_packed, bytes | bytearray) \
         else np.asarray(bits_packed, dtype=np.uint8)
@@ -348,7 +369,7 @@ class CascadeCorrector:
         self._sb = np.zeros(0, dtype=np.int64)
         self._ss = np.zeros(0, dtype=np.int64)
         self._se = np.zeros(0, dtype=np.int64)
-        self._sd = np.zeros(0, dtype=np.int64)   # depth of the range in its block's tree
+        self._sh = np.zeros(0, dtype=np.int64)   # nominal height of the range's node
         self._sa = np.zeros(0, dtype=np.uint8)   # Alice's parity of the range
         self._sm = np.zeros(0, dtype=np.int64)   # known sibling parities along the path
         # per pass, per block: the last search's path (see _remember)
@@ -451,7 +472,7 @@ class CascadeCorrector:
     def _set_step(self, with_search: list[bool], top: list[int]) -> None:
         ps, ss, es = [], [], []
         if with_search:
-            mid = self._ss + (self._se - self._ss) // 2
+            mid, _ = self._mids()
             ps.append(self._sp)
             ss.append(self._ss)
             es.append(mid)
@@ -495,13 +516,13 @@ class CascadeCorrector:
         self._bobpar[p] = bob
         s, e = self._plan.block_ranges(p)
         odd = np.flatnonzero(bob != self._alice_block[p])
-        self._push(p, odd, s[odd], e[odd], np.zeros(odd.shape[0], np.int64),
+        self._push(p, odd, s[odd], e[odd], _bitlen(e[odd] - s[odd] - 1),
                    self._alice_block[p][odd])
 
-    def _push(self, p: int, blocks: np.ndarray, s: np.ndarray, e: np.ndarray, d: np.ndarray,
+    def _push(self, p: int, blocks: np.ndarray, s: np.ndarray, e: np.ndarray, h: np.ndarray,
               a: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Start searches in pass ``p`` on ranges [s, e) at tree depth d with Alice parity
-        a; ``mask`` holds the known sibling parities above (bit j: sibling at depth j)."""
+        """Start searches in pass ``p`` on nodes [s, e) of nominal height h with Alice
+        parity a; ``mask`` bit j is the known parity of the path's sibling at height j."""
         if blocks.shape[0] == 0:
             return
         self._searching[p][blocks] = True
@@ -509,7 +530,7 @@ class CascadeCorrector:
         self._sb = np.concatenate([self._sb, blocks.astype(np.int64)])
         self._ss = np.concatenate([self._ss, s.astype(np.int64)])
         self._se = np.concatenate([self._se, e.astype(np.int64)])
-        self._sd = np.concatenate([self._sd, d.astype(np.int64)])
+        self._sh = np.concatenate([self._sh, h.astype(np.int64)])
         self._sa = np.concatenate([self._sa, a.astype(np.uint8)])
         self._sm = np.concatenate([self._sm, np.zeros(blocks.shape[0], np.int64)
                                    if mask is None else mask.astype(np.int64)])
@@ -519,79 +540,73 @@ class CascadeCorrector:
     def _keep(self, keep: np.ndarray) -> None:
         self._sp, self._sb = self._sp[keep], self._sb[keep]
         self._ss, self._se = self._ss[keep], self._se[keep]
-        self._sd, self._sa, self._sm = self._sd[keep], self._sa[keep], self._sm[keep]
+        self._sh, self._sa, self._sm = self._sh[keep], self._sa[keep], self._sm[keep]
+
+    def _mids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Split of every active search: left child = the aligned power-of-two part."""
+        height = _bitlen(self._se - self._ss - 1) - 1        # children's nominal height
+        return self._ss + (np.int64(1) << height), height
 
     def _advance_searches(self, alice_left: np.ndarray) -> None:
-        mid = self._ss + (self._se - self._ss) // 2
+        mid, height = self._mids()
         bob_left = self._parities(self._sp, self._ss, mid)
         left_odd = bob_left != alice_left
         right = (self._sa ^ alice_left).astype(np.uint8)
         sib = np.where(left_odd, right, alice_left).astype(np.int64)
-        self._sm = self._sm | (sib << (self._sd + 1))
+        self._sm = self._sm | (sib << height)
         self._se = np.where(left_odd, mid, self._se)
         self._ss = np.where(left_odd, self._ss, mid)
         self._sa = np.where(left_odd, alice_left, right).astype(np.uint8)
-        self._sd = self._sd + 1
+        self._sh = height
         self._resolve()
 
     def _remember(self, sel: np.ndarray) -> None:
         """Keep the path of finished or cancelled searches (sub-block reuse,
-        Martinez-Mateo et al. 2015): per block, the last search's range, depth, Alice
+        Martinez-Mateo et al. 2015): per block, the last search's node, its Alice
         parity and the parities of the siblings along its path."""
         for p in np.unique(self._sp[sel]):
             p_ = int(p)
             if self._rec[p_] is None:
                 nb = self._plan.n_blocks(p_)
-                self._rec[p_] = (np.zeros(nb, np.int64), np.zeros(nb, np.int64),
-                                 np.full(nb, -1, np.int64), np.zeros(nb, np.uint8),
-                                 np.zeros(nb, np.int64))
-            rs, re_, rd, ra, rm = self._rec[p_]
+                self._rec[p_] = (np.zeros(nb, np.int64), np.full(nb, -1, np.int64),
+                                 np.zeros(nb, np.uint8), np.zeros(nb, np.int64))
+            rs, rh, ra, rm = self._rec[p_]
             w = sel & (self._sp == p)
             b = self._sb[w]
-            rs[b], re_[b], rd[b] = self._ss[w], self._se[w], self._sd[w]
-            ra[b], rm[b] = self._sa[w], self._sm[w]
+            rs[b], rh[b], ra[b], rm[b] = self._ss[w], self._sh[w], self._sa[w], self._sm[w]
 
     def _restart_nodes(self, p: int, blk: np.ndarray, at: np.ndarray
                        ) -> tuple[np.ndarray, ...]:
         """For flipped positions ``at`` (pass order) in blocks ``blk``: the smallest node
-        with known Alice parity that holds each, as (s, e, depth, parity, mask)."""
+        with known Alice parity that holds each, as (s, e, height, parity, mask).
+
+        Nodes are aligned: a node of nominal height h covers offsets [j·2^h, (j+1)·2^h)
+        from the block start (clipped to the block), so where a position leaves the
+        recorded search path is the highest bit in which their offsets differ.
+        """
         bs, be = self._plan.block_ranges(p)
-        s, e = bs[blk], be[blk]
-        depth = np.zeros(blk.shape[0], np.int64)
-        par = self._alice_block[p][blk].copy()
-        mask = np.zeros(blk.shape[0], np.int64)
+        s0, e0 = bs[blk], be[blk]
+        root = self._alice_block[p][blk]
         rec = self._rec[p]
-        if rec is None:
-            return s, e, depth, par, mask
-        rs, _re, rd, ra, rm = (r[blk] for r in rec)
-        live = rd >= 0
-        diverged = ~live
-        path_par = par.copy()
-        for lvl in range(int(rd.max(initial=0))):
-            act = live & ~diverged & (rd > lvl)
-            if not act.any():
-                break
-            m = s + (e - s) // 2
-            x_left = at < m
-            r_left = rs < m
-            sib = (rm >> (lvl + 1)) & 1
-            div = act & (x_left != r_left)
-            # where x leaves the recorded path: x's child is the known sibling
-            ns = np.where(x_left, s, m)
-            ne = np.where(x_left, m, e)
-            s = np.where(act, ns, s)
-            e = np.where(act, ne, e)
-            depth = np.where(act, lvl + 1, depth)
-            old_path = path_par ^ sib.astype(np.uint8)      # recorded path node, depth lvl+1
-            keep_bits = mask | (np.where(div, old_path, sib) << (lvl + 1))
-            par = np.where(div, sib, np.where(act, old_path, par)).astype(np.uint8)
-            mask = np.where(act, keep_bits, mask)
-            path_par = np.where(act, old_path, path_par).astype(np.uint8)
-            diverged |= div
-        inside = live & ~diverged & (rd == depth)
-        # x inside the recorded range: that range itself (its parity recorded directly)
-        par = np.where(inside, ra, par).astype(np.uint8)
-        return s, e, depth, par, mask
+        assert rec is not None
+        rs, rh, ra, rm = (r[blk] for r in rec)
+        live = rh >= 0
+        r_off, s_off = at - s0, rs - s0
+        hh = np.maximum(rh, 0)
+        inside = live & ((r_off >> hh) == (s_off >> hh))
+        hb = _bitlen(r_off ^ s_off) - 1                      # divergence height
+        hb = np.where(live & ~inside, hb, 0)
+        sib_par = ((rm >> hb) & 1).astype(np.uint8)
+        path_par = (root ^ (np.bitwise_count(rm >> hb) & 1)).astype(np.uint8)
+        div_mask = ((rm >> (hb + 1)) << (hb + 1)) | (path_par.astype(np.int64) << hb)
+        div_s = s0 + ((r_off >> hb) << hb)
+        root_h = _bitlen(e0 - s0 - 1)
+        s = np.where(inside, rs, np.where(live, div_s, s0))
+        h = np.where(inside, rh, np.where(live, hb, root_h))
+        e = np.minimum(s + (np.int64(1) << h), e0)
+        par = np.where(inside, ra, np.where(live, sib_par, root)).astype(np.uint8)
+        mask = np.where(inside, rm, np.where(live, div_mask, 0))
+        return s, e, h, par, mask
 
     def _resolve(self) -> None:
         """Flip every located error, cancel hit searches, back-track into earlier passes."""
@@ -641,24 +656,24 @@ class CascadeCorrector:
                 blk, first = np.unique(blk_all[free], return_index=True)
                 flip = flips[free][first]            # one candidate per block
                 root_odd = self._bobpar[p][blk] != self._alice_block[p][blk]
+                bs, be = self._plan.block_ranges(p)
                 if self._rec[p] is None:
-                    bs, be = self._plan.block_ranges(p)
-                    odd = root_odd
-                    self._push(p, blk[odd], bs[blk[odd]], be[blk[odd]],
-                               np.zeros(int(odd.sum()), np.int64), self._alice_block[p][blk[odd]])
+                    b = blk[root_odd]
+                    self._push(p, b, bs[b], be[b], _bitlen(be[b] - bs[b] - 1),
+                               self._alice_block[p][b])
                     continue
                 at = self._plan.inverse(p)[flip].astype(np.int64)
-                s, e, depth, a, mask = self._restart_nodes(p, blk, at)
+                s, e, h, a, mask = self._restart_nodes(p, blk, at)
                 odd = root_odd.copy()
-                deep = depth > 0
+                deep = (s != bs[blk]) | (e != be[blk])
                 if deep.any():
                     di = np.flatnonzero(deep)
                     node_odd = self._gather_parities(p, s[di], e[di]) != a[di]
                     # where the smallest known node is even, fall back to the whole block
                     back = di[~node_odd]
-                    bs, be = self._plan.block_ranges(p)
                     s[back], e[back] = bs[blk[back]], be[blk[back]]
-                    depth[back], mask[back] = 0, 0
+                    h[back] = _bitlen(e[back] - s[back] - 1)
+                    mask[back] = 0
                     a[back] = self._alice_block[p][blk[back]]
                     odd[di[node_odd]] = True
-                self._push(p, blk[odd], s[odd], e[odd], depth[odd], a[odd], mask[odd])
+                self._push(p, blk[odd], s[odd], e[odd], h[odd], a[odd], mask[odd])

@@ -116,7 +116,9 @@ def test_bad_answers_and_requests_are_remote_errors() -> None:
 
 def test_schedules_and_reprs_hide_key() -> None:
     p = CascadeParams.for_qber(0.02, 100_000)
-    assert p.block_sizes[:2] == (40, 280) and p.block_sizes[2] == 50_000
+    assert p.block_sizes[:2] == (32, 256) and p.block_sizes[2] == 50_000
+    assert len(p.block_sizes) == 22
+    assert CascadeParams.for_qber(0.02, 100_000, schedule="yan").block_sizes[:2] == (40, 200)
     assert len(CascadeParams.for_qber(0.02, 10**6, schedule="doubling").block_sizes) == 14
     alice, _ = _keys(1_000, 0.02, 5)
     corr = CascadeCorrector(np.packbits(alice), 1_000, CascadePlan(1_000, 0.02, 5))
