@@ -208,33 +208,28 @@ class BobDetector:
             prev[1:] = gates[:-1]
             close = (gates - prev) <= d
             if not close.any():
-                self._update_last(gates, det)
+                self._update_last(keys)
                 return keys
             # Members of a cluster: close clicks and the click opening each cluster.
             member = close.copy()
             member[:-1] |= close[1:]
             sub = np.flatnonzero(member)
-            # Filter all four detectors in one call: lay their clicks end to end,
-            # detector k at offset k·2^40 (gates relative to the chunk), each led by
-            # a virtual click at its last real click.
-            dsub = det[sub]
-            order = np.argsort(dsub.astype(np.uint8), kind="stable")   # radix sort
-            sub = sub[order]
-            base = int(gates[0]) - d - 1
-            span = np.int64(1 << 40)
-            rel = gates[sub] - base + dsub[order] * span
-            lead = np.array([max(self._last[k] - base, 0) + k * span
-                             for k in range(N_DETECTORS)], dtype=np.int64)
-            pos = np.searchsorted(rel, lead)
-            merged = np.insert(rel, pos, lead)
-            mkept = dead_time_filter(merged, d, -int(span))
-            virtual = pos + np.arange(N_DETECTORS)
-            real = np.ones(merged.shape[0], dtype=bool)
-            real[virtual] = False
+            gsub, dsub = gates[sub], det[sub]
+            # Clicks still inside the dead time of their detector's previous chunk
+            # click are lost, and being lost they blind nothing.
+            last = np.asarray(self._last, dtype=np.int64)
+            alive = gsub > last[dsub] + d
             keep = np.ones(keys.shape[0], dtype=bool)
-            keep[sub] = mkept[real]
+            keep[sub[~alive]] = False
+            sub, gsub, dsub = sub[alive], gsub[alive], dsub[alive]
+            # Filter all four detectors in one call: lay their clicks end to end,
+            # detector k at offset k·2^40 (gates relative to the chunk start).
+            order = np.argsort(dsub.astype(np.uint8), kind="stable")   # radix sort
+            span = 1 << 40
+            rel = gsub[order] - (int(gates[0]) - d - 1) + dsub[order] * span
+            keep[sub[order]] = dead_time_filter(rel, d, -span)
             keys = keys[keep]
-            self._update_last(gates[keep], det[keep])
+            self._update_last(keys)
             return keys
         parts = []
         for k in range(N_DETECTORS):
@@ -246,17 +241,17 @@ class BobDetector:
         out.sort(kind="stable")
         return out
 
-    def _update_last(self, gates: np.ndarray, det: np.ndarray) -> None:
-        """Remember each detector's last click (``gates`` sorted)."""
-        tail = max(det.size - 4096, 0)       # the last clicks are almost always near the end
+    def _update_last(self, keys: np.ndarray) -> None:
+        """Remember each detector's last click (``keys`` sorted)."""
+        tail = keys[-4096:]          # the last clicks are almost always near the end
         for k in range(N_DETECTORS):
-            idx = np.flatnonzero(det[tail:] == k)
+            idx = np.flatnonzero((tail & 3) == k)
             if idx.size:
-                self._last[k] = int(gates[tail + idx[-1]])
-            elif tail:
-                idx = np.flatnonzero(det[:tail] == k)
+                self._last[k] = int(tail[idx[-1]] >> 2)
+            elif keys.size > tail.size:
+                idx = np.flatnonzero((keys & 3) == k)
                 if idx.size:
-                    self._last[k] = int(gates[idx[-1]])
+                    self._last[k] = int(keys[idx[-1]] >> 2)
 
     @staticmethod
     def _squash(keys: np.ndarray, rng: np.random.Generator

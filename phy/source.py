@@ -236,14 +236,24 @@ class AliceSource:
 
     def lookup(self, slots: np.ndarray) -> SlotChoices:
         """Alice's basis, bit and intensity for each slot (any order, repeats allowed)."""
-        s = np.asarray(slots, dtype=np.uint64)
-        h = splitmix64(s * _GOLDEN + self._key)
-        basis = ((h >> _U64(40)) >= self._z_thr).astype(np.uint8)
-        bit = (h & _U64(1)).astype(np.uint8)
+        h = self._hash(np.asarray(slots, dtype=np.uint64))
+        return SlotChoices(self._basis(h), self._bit(h), self._intensity(h))
+
+    def _hash(self, slots: np.ndarray) -> np.ndarray:
+        return splitmix64(slots * _GOLDEN + self._key)
+
+    def _basis(self, h: np.ndarray) -> np.ndarray:
+        return ((h >> _U64(40)) >= self._z_thr).astype(np.uint8)
+
+    @staticmethod
+    def _bit(h: np.ndarray) -> np.ndarray:
+        return (h & _U64(1)).astype(np.uint8)
+
+    def _intensity(self, h: np.ndarray) -> np.ndarray:
         u = (h >> _U64(8)) & _U64(0xFFFFFFFF)
         intensity = (u >= self._i_thr1).astype(np.uint8)
         intensity += (u >= self._i_thr2).astype(np.uint8)
-        return SlotChoices(basis, bit, intensity)
+        return intensity
 
     def emit(self, start_slot: int, n_slots: int, transmittance: float = 1.0,
              rng: np.random.Generator | None = None) -> PulseBatch:
@@ -267,18 +277,19 @@ class AliceSource:
         p_max = float(p_k.max())
         pos = bernoulli_positions(rng, p_max, n_slots)
         slots = pos.astype(np.uint64) + np.uint64(start_slot)
-        choices = self.lookup(slots)
+        h = self._hash(slots)
+        intensity = self._intensity(h)
         # One uniform per candidate: below a_k = p_k / p_max it accepts the slot, and
         # then u / a_k is again uniform, so it also draws the photon number.
         accept = p_k / p_max
-        a = accept[choices.intensity]
+        a = accept[intensity]
         u = np.asarray(rng.random(pos.shape[0]))
         keep = u < a
-        slots = slots[keep]
-        k = choices.intensity[keep]
+        slots, h = slots[keep], h[keep]
+        k = intensity[keep]
         with np.errstate(invalid="ignore", divide="ignore"):
             p1: np.ndarray = np.where(lam > 0, lam * np.exp(-lam) / p_k, 1.0)
         photons = truncated_poisson(rng, lam[k], u[keep] / a[keep], p1[k])
         np.minimum(photons, MAX_PHOTONS, out=photons)
         return PulseBatch(start_slot, n_slots, slots, photons.astype(np.uint8),
-                          choices.basis[keep], choices.bit[keep], transmittance)
+                          self._basis(h), self._bit(h), transmittance)
