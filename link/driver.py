@@ -30,7 +30,7 @@ CONFIRM exchange.  Every finished or aborted block is appended to
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 
 #: Message types the link layer owns (register them with a FrameRouter).
 LINK_TYPES = range(0x10, 0x40)
+
+
+class _LinkDown(Exception):
+    """The channel can no longer carry link frames."""
 
 
 class EmulatedPhy:
@@ -168,11 +172,12 @@ class LinkEndpoint:
             tuple[int, DetectionsNeeded]](math.inf)
         self._sessions: dict[int, LinkSession] = {}
         self._finished = trio.Event()
-        self._block_done = trio.Condition()
+        #: Set (and replaced) whenever the core has processed an input.
+        self._changed = trio.Event()
         self._consecutive_aborts = 0
         self._levels = (0, 0)
         #: The RemoteProtocolError that ended this endpoint, if any.
-        self.fatal_error: RemoteProtocolError | None = None
+        self.fatal_error: BaseException | None = None
         if role == "transmitter":
             self._sessions[config.session_id] = TransmitterSession(
                 config, source, auth_levels=self._auth_levels)
@@ -232,10 +237,9 @@ class LinkEndpoint:
         started = 0
         sess = self.session
         assert sess is not None
-        while n_blocks is None or started < n_blocks:
-            async with self._block_done:
-                while sess.in_flight() >= max_in_flight:
-                    await self._block_done.wait()
+        while (n_blocks is None or started < n_blocks) and not self._finished.is_set():
+            while sess.in_flight() >= max_in_flight and not self._finished.is_set():
+                await self._changed.wait()
             if self._consecutive_aborts:
                 await trio.sleep(min(backoff * 2 ** (self._consecutive_aborts - 1),
                                      max_backoff))
@@ -243,13 +247,11 @@ class LinkEndpoint:
             await self._inbox_send.send(("start", index, start, block_slots))
             started += 1
             index += 1
-            # Let the core pick the request up before counting in-flight blocks again.
-            async with self._block_done:
-                while sess.block_state(index - 1) is None:
-                    await self._block_done.wait()
-        async with self._block_done:
-            while sess.in_flight() > 0:
-                await self._block_done.wait()
+            # Wait for the core to open the block before counting blocks in flight again.
+            while sess.block_state(index - 1) is None and not self._finished.is_set():
+                await self._changed.wait()
+        while sess.in_flight() > 0 and not self._finished.is_set():
+            await self._changed.wait()
         return self.stats
 
     async def _phy_task(self) -> None:
@@ -263,7 +265,24 @@ class LinkEndpoint:
                 await self._inbox_send.send(("phy", sid, need, det))
 
     async def _core(self) -> None:
+        try:
+            await self._core_loop()
+        except _LinkDown as down:
+            log.warning("link endpoint stops: %s", down)
+            now = trio.current_time()
+            for sess in self._sessions.values():
+                sess.abort_all(AbortReason.LOCAL, "link down", now)
+        finally:
+            self._finished.set()
+            self._kick()
+
+    def _kick(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _core_loop(self) -> None:
         while True:
+            self._kick()
             deadline = min((t for s in self._sessions.values()
                             if (t := s.get_timer()) is not None), default=math.inf)
             item: tuple[Any, ...] | None = None
@@ -317,10 +336,7 @@ class LinkEndpoint:
         if sess is None:
             if self.role != "receiver":
                 raise RemoteProtocolError(f"link frame for unknown session {sid:#x}")
-            cfg = LinkConfig(session_id=sid, mu=self.config.mu, p=self.config.p,
-                             step_timeout=self.config.step_timeout,
-                             basis_probs=self.config.basis_probs,
-                             max_cascade_steps=self.config.max_cascade_steps)
+            cfg = dataclasses.replace(self.config, session_id=sid)
             sess = ReceiverSession(cfg)
             # Keep only a few receiver sessions (a transmitter restart opens a new one).
             while len(self._sessions) >= 4:
@@ -340,7 +356,7 @@ class LinkEndpoint:
             if skip_block is not None and getattr(out, "block", None) == skip_block:
                 continue
             if isinstance(out, Send):
-                await self.channel.send(out.body, session=sid)
+                await self._send(out.body, sid)
             elif isinstance(out, DetectionsNeeded):
                 await self._phy_send.send((sid, out))
             elif isinstance(out, StoreBlock):
@@ -351,8 +367,7 @@ class LinkEndpoint:
                     # tell the peer and report the block as abandoned.
                     log.error("key store failed for block %d: %s", out.block, err)
                     skip_block = out.block
-                    await self.channel.send(w.encode_abort(out.block, AbortReason.LOCAL),
-                                            session=sid)
+                    await self._send(w.encode_abort(out.block, AbortReason.LOCAL), sid)
                     self._publish(BlockStats(block=out.block, abort_reason="local",
                                              abort_detail="key store failed"))
             elif isinstance(out, BlockStored | BlockAborted):
@@ -360,6 +375,15 @@ class LinkEndpoint:
                 if isinstance(out, BlockAborted) and out.error is not None:
                     log.info("link block %d aborted on a protocol error: %s",
                              out.block, out.error)
+
+    async def _send(self, body: Any, sid: int) -> None:
+        try:
+            await self.channel.send(body, session=sid)
+        except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            # Out of authentication key, or the connection is gone: the link cannot
+            # continue on this channel.  Blocks in flight are abandoned, nothing stored.
+            self.fatal_error = err
+            raise _LinkDown(f"{type(err).__name__}: {err}") from None
 
     def _store(self, out: StoreBlock) -> None:
         if self.store is None:
@@ -386,14 +410,6 @@ class LinkEndpoint:
                 cb(st)
             except Exception:  # a faulty observer must not stop the link
                 log.exception("link block callback failed")
-        self._notify()
-
-    def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._block_done:
-                self._block_done.notify_all()
-        with contextlib.suppress(RuntimeError):
-            trio.lowlevel.spawn_system_task(wake)
 
     def _refresh_levels(self) -> None:
         # Read here, in the trio thread: the key store is bound to its thread, and the

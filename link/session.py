@@ -762,6 +762,11 @@ class ReceiverSession(LinkSession):
             raise RemoteProtocolError(
                 f"BLOCK_START: {pkt.n_intensities} intensities, this end has "
                 f"{self.config.n_intensities}")
+        cfg = self.config
+        if pkt.eps_sec > cfg.eps_sec or pkt.eps_cor > cfg.eps_cor or pkt.qber_max > cfg.qber_max:
+            # The transmitter may ask for more security than our policy, never less.
+            raise RemoteProtocolError("BLOCK_START: security parameters weaker than this "
+                                      "end's policy")
         if int(pkt.start_slot) < self._next_slot:
             # Re-using slots would re-use Alice's choices, hence key bits.
             raise RemoteProtocolError("BLOCK_START: slot range overlaps an earlier block")

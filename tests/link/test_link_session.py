@@ -142,3 +142,15 @@ def test_overlapping_slot_ranges_are_refused() -> None:
                                                                  1e-15, 0.11))), 0.0)
     assert again[-1].reason is w.AbortReason.PROTOCOL
     assert "overlaps" in str(again[-1].error)
+
+
+def test_weaker_security_parameters_than_policy_are_refused() -> None:
+    _phy, _alice, bob = _pair()      # policy: eps_sec 1e-10, eps_cor 1e-15, qber_max 0.11
+    for eps_sec, eps_cor, qmax in ((1e-6, 1e-15, 0.11), (1e-10, 1e-9, 0.11),
+                                   (1e-10, 1e-15, 0.2)):
+        body = w.encode_block_start(0, 0, 1000, 2, eps_sec, eps_cor, qmax)
+        outs = bob.receive_frame((0x10, bytes(body)), 0.0)
+        assert outs[-1].reason is w.AbortReason.PROTOCOL
+        bob = _pair()[2]
+    stricter = w.encode_block_start(0, 0, 1000, 2, 1e-12, 1e-16, 0.08)
+    assert isinstance(bob.receive_frame((0x10, bytes(stricter)), 0.0)[0], s.DetectionsNeeded)
