@@ -748,6 +748,11 @@ async def serve_sideband(handler: ChannelHandler, port: int, *, local_name: str,
                 trio.EndOfChannel) as err:
             log.info("sideband peer %s dropped: %s", conn.peer_name or "?", err)
             failure = err
+        except Exception as err:  # a handler bug must not take the whole server down
+            log.exception("sideband handler for peer %s failed", conn.peer_name or "?")
+            failure = err
+            with contextlib.suppress(Exception):
+                await chan.abort(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
             await chan._close_stream()
             if on_close is not None:
