@@ -9,6 +9,7 @@ emulated counts next to the formula's prediction and the PLOB bound.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from typing import Any
@@ -21,7 +22,7 @@ from qkdnet.phy import presets, theory
 from qkdnet.phy.attacks import parse_attack
 from qkdnet.phy.channel import QuantumChannel
 from qkdnet.phy.estimate import measure
-from qkdnet.phy.port import DEFAULT_MAX_FRAME, FibreElement, run_fiber
+from qkdnet.phy.port import DEFAULT_MAX_FRAME, FibreElement, run_alice, run_bob, run_fiber
 from qkdnet.phy.source import AliceSource
 
 
@@ -43,6 +44,24 @@ def register(commands: CommandSet) -> None:
     s.add_argument("--seed", type=int, default=1, help="random seed")
     s.add_argument("--plot", metavar="FILE.png", default=None,
                    help="plot key rates against distance (needs the 'plot' extra)")
+    a = phy.add("alice", _cmd_alice,
+                help="emit pulse batches to a quantum port (a fibre or Bob)")
+    a.add_argument("--connect", required=True, metavar="HOST:PORT", help="where to send")
+    a.add_argument("--preset", default="gys2004", help="preset (must match the others)")
+    a.add_argument("--seed", type=int, default=1, help="Alice's seed (her choices)")
+    a.add_argument("--slots", default="1e8", help="pulse slots to emit (default 1e8)")
+    a.add_argument("--batch", default="4194304", help="slots per batch frame")
+    a.add_argument("--fuse-km", type=float, default=0.0,
+                   help="fuse this much of the fibre's loss into the emission "
+                        "(0 when an eavesdropper sits at the fibre entrance)")
+    b = phy.add("bob", _cmd_bob,
+                help="receive pulse batches on a quantum port and detect them")
+    b.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
+    b.add_argument("--preset", default="gys2004", help="preset (must match the others)")
+    b.add_argument("--seed", type=int, default=2, help="seed of Bob's detector randomness")
+    b.add_argument("--alice-seed", type=int, default=None,
+                   help="diagnostics only: Alice's seed, to report gains and QBER "
+                        "per intensity (a real Bob learns these by sifting)")
     f = commands.add("fiber", _cmd_fiber,
                      help="run a fibre (and optional eavesdropper) between two quantum ports")
     f.add_argument("--listen", required=True, metavar="HOST:PORT",
@@ -252,4 +271,62 @@ def _cmd_fiber(args: argparse.Namespace) -> int:
         emit_json(stats)
     else:
         print(" ".join(f"{k}={v}" for k, v in stats.items()), file=sys.stderr)
+    return 0
+
+
+def _count(text: str, option: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{text!r}", source="command line", key=option,
+                          expected="a positive number such as 1e8")
+    return value
+
+
+def _cmd_alice(args: argparse.Namespace) -> int:
+    params = presets.get(args.preset)
+    host, port = parse_hostport(args.connect, "--connect")
+    n_slots = _count(args.slots, "--slots")
+    batch = _count(args.batch, "--batch")
+    source = AliceSource(params, args.seed)
+    t = params.fibre_transmittance(args.fuse_km)
+    sent = trio.run(lambda: run_alice(source, host, port, n_slots, batch_slots=batch,
+                                      transmittance=t))
+    result = {"slots": n_slots, "pulses_sent": sent, "transmittance_fused": t}
+    if args.json:
+        emit_json(result)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in result.items()), file=sys.stderr)
+    return 0
+
+
+def _cmd_bob(args: argparse.Namespace) -> int:
+    params = presets.get(args.preset)
+    host, port = parse_hostport(args.listen, "--listen")
+
+    async def main() -> Any:
+        async def runner(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+            out.append(await run_bob(params, host, port, seed=args.seed,
+                                     task_status=task_status))
+
+        out: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(runner)
+            print(f"qkdnet phy bob: listening on {host}:{bound}", file=sys.stderr, flush=True)
+        return out[0]
+
+    det = trio.run(main)
+    result: dict[str, Any] = {"slots": det.n_slots, "clicks": len(det),
+                              "basis_z": int((det.basis == 0).sum())}
+    if args.alice_seed is not None:
+        st = measure(AliceSource(params, args.alice_seed), det)
+        result["per_intensity"] = st.as_dict()
+        result["key_rate_emulated"] = float(st.decoy().key_rate[0])
+    if args.json:
+        emit_json(result)
+    else:
+        print(json.dumps(result), file=sys.stderr)
     return 0

@@ -18,7 +18,8 @@ unknown version or type, a declared length above the configured maximum (checked
 on the header, before any body is buffered), inconsistent counts, slots out of
 order, zero photons, a truncated frame at end of stream, data after END.
 :class:`QuantumPort` is the thin trio adapter; :func:`run_fiber` the fibre
-process behind ``qkdnet fiber``.
+process behind ``qkdnet fiber``; :func:`run_alice` and :func:`run_bob` the two
+ends behind ``qkdnet phy alice`` / ``qkdnet phy bob``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import numpy as np
 import trio
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord
-from qkdnet.phy.channel import apply_loss
+from qkdnet.phy.channel import BobDetector, Detections, apply_loss
 from qkdnet.phy.params import PhyParams
-from qkdnet.phy.source import PulseBatch, derive_key
+from qkdnet.phy.source import AliceSource, PulseBatch, derive_key
 
 log = logging.getLogger(__name__)
 
@@ -391,3 +392,66 @@ async def run_fiber(element: FibreElement, listen_host: str, listen_port: int,
         stats["eve_pulses_seen"] = element.record.pulses_seen
         stats["eve_pulses_attacked"] = element.record.pulses_attacked
     return stats
+
+
+async def run_alice(source: AliceSource, host: str, port: int, n_slots: int, *,
+                    batch_slots: int = 1 << 22, transmittance: float = 1.0,
+                    start_slot: int = 0, max_frame_size: int = DEFAULT_MAX_FRAME) -> int:
+    """Connect to a quantum port and send ``n_slots`` slots of pulses; returns pulses sent.
+
+    ``transmittance`` fuses that much loss into the emission (leave 1.0 when an
+    eavesdropper sits at the fibre entrance).
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    out = QuantumPort(stream, max_frame_size=max_frame_size, name="alice")
+    sent = 0
+    try:
+        pos, end = start_slot, start_slot + n_slots
+        while pos < end:
+            n = min(batch_slots, end - pos)
+            batch = source.emit(pos, n, transmittance)
+            sent += len(batch)
+            await out.send_batch(batch)
+            pos += n
+        await out.send_end()
+    finally:
+        await out.aclose()
+    return sent
+
+
+async def run_bob(params: PhyParams, host: str, port: int, *, seed: int = 0,
+                  max_frame_size: int = DEFAULT_MAX_FRAME,
+                  task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                  ) -> Detections:
+    """Accept one quantum-port connection and detect what arrives (Bob's receiver).
+
+    Returns all detections (the caller bounds the run length); reports the bound
+    port through ``task_status``.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    try:
+        stream = await listeners[0].accept()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+    inp = QuantumPort(stream, max_frame_size=max_frame_size, name="bob")
+    detector = BobDetector(params, params.eta_bob, seed)
+    rng = np.random.default_rng([int(derive_key(seed, 6))])
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    first: int | None = None
+    last_end = 0
+    try:
+        async for batch in inp:
+            first = batch.start_slot if first is None else first
+            last_end = batch.start_slot + batch.n_slots
+            parts.append(detector.detect(batch, rng))
+    finally:
+        await inp.aclose()
+    if not parts:
+        e8 = np.empty(0, dtype=np.uint8)
+        return Detections(np.empty(0, np.uint64), e8, e8, None, 0, 0)
+    start = first or 0
+    return Detections(np.concatenate([x[0] for x in parts]),
+                      np.concatenate([x[1] for x in parts]),
+                      np.concatenate([x[2] for x in parts]), None, start, last_end - start)

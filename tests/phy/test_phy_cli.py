@@ -135,3 +135,64 @@ async def test_fiber_command_as_a_process() -> None:
     q, _ = theory.gains(p, km)
     expected = float(np.dot(p.p_mu, q[:, 0])) * n_slots
     assert abs(clicks - expected) < 4 * math.sqrt(expected)
+
+
+async def _wait_for_line(proc: trio.Process, needle: bytes) -> None:
+    assert proc.stderr is not None
+    seen = b""
+    while needle not in seen:
+        chunk = await proc.stderr.receive_some(4096)
+        if not chunk:
+            raise AssertionError(f"process exited before printing {needle!r}: {seen!r}")
+        seen += chunk
+
+
+async def _read_all(stream: trio.abc.ReceiveStream | None) -> bytes:
+    assert stream is not None
+    out = b""
+    while chunk := await stream.receive_some(65536):
+        out += chunk
+    return out
+
+
+@pytest.mark.slow
+async def test_alice_fiber_eve_bob_as_four_roles_in_three_processes() -> None:
+    """`qkdnet phy bob`, `qkdnet fiber --attack intercept-resend:1` and `qkdnet phy
+    alice` as separate processes: Bob sees Eve's 25 % (plus half the misalignment)."""
+    preset = "rusca2018-snspd"
+    bob_port, fiber_port = _free_port(), _free_port()
+    q = [sys.executable, "-m", "qkdnet"]
+    procs: list[trio.Process] = []
+    try:
+        with trio.fail_after(60):
+            bob = await trio.lowlevel.open_process(
+                [*q, "phy", "bob", "--listen", f"127.0.0.1:{bob_port}", "--preset", preset,
+                 "--alice-seed", "5", "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(bob)
+            await _wait_for_line(bob, b"listening on")
+            fiber = await trio.lowlevel.open_process(
+                [*q, "fiber", "--listen", f"127.0.0.1:{fiber_port}", "--forward",
+                 f"127.0.0.1:{bob_port}", "--km", "10", "--preset", preset,
+                 "--attack", "intercept-resend:1", "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(fiber)
+            await _wait_for_line(fiber, b"listening on")
+            alice = await trio.run_process(
+                [*q, "phy", "alice", "--connect", f"127.0.0.1:{fiber_port}", "--preset",
+                 preset, "--seed", "5", "--slots", "2e6", "--json"], capture_stdout=True)
+            bob_out = await _read_all(bob.stdout)
+            fiber_out = await _read_all(fiber.stdout)
+            assert await bob.wait() == 0 and await fiber.wait() == 0
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+    sent = json.loads(alice.stdout)["pulses_sent"]
+    fib = json.loads(fiber_out)
+    assert fib["pulses_in"] == sent == fib["eve_pulses_attacked"]
+    res = json.loads(bob_out)
+    assert res["clicks"] > 20_000
+    e_mis = presets.get(preset).e_mis
+    assert abs(res["per_intensity"]["qber"][0] - (0.25 + e_mis / 2)) < 0.015
+    assert res["key_rate_emulated"] == 0.0
