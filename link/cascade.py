@@ -152,6 +152,10 @@ class CascadePlan:
         self._inv: dict[int, np.ndarray] = {}
         self._side: dict[int, np.ndarray] = {}
         self._ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: split passes in order; bit j of a key bit's side word = its side in split_ids[j]
+        self.split_ids = tuple(p for p in range(self.n_passes) if self.is_split(p))
+        self._split_bit = {p: j for j, p in enumerate(self.split_ids)}
+        self._words: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"CascadePlan(n_bits={self.n_bits}, passes={self.n_passes}, seed=<public>)"
@@ -163,12 +167,36 @@ class CascadePlan:
         """True for a two-block (random split) pass."""
         return p > 0 and self.n_bits >= 64 and -(-self.n_bits // self.block_sizes[p]) == 2
 
+    def side_words(self) -> np.ndarray:
+        """Per key bit, its side in every split pass (bit j: split pass ``split_ids[j]``).
+
+        One random word per key bit drives all split passes, so the block parities of
+        all of them come from one XOR-reduction (:meth:`split_parities`).
+        """
+        if self._words is None:
+            dt = np.uint32 if len(self.split_ids) <= 32 else np.uint64
+            if len(self.split_ids) > 64:
+                raise ValueError("at most 64 two-block passes")
+            self._words = self._rng(0xFFFF).integers(   # stream id above any pass index
+                0, np.iinfo(dt).max, self.n_bits, dtype=dt, endpoint=True)
+        return self._words
+
+    def split_bit(self, p: int) -> int:
+        """Bit index of split pass ``p`` in the side words."""
+        return self._split_bit[p]
+
+    def split_parities(self, bits: np.ndarray) -> tuple[int, int]:
+        """(parity of the whole key, side-1 parities as a word) for one uint8 per bit:
+        bit j of the word is the parity of block 1 of split pass ``split_ids[j]``."""
+        ones = bits.astype(bool)
+        w = int(np.bitwise_xor.reduce(self.side_words()[ones])) if ones.any() else 0
+        return int(np.count_nonzero(ones)) & 1, w
+
     def side(self, p: int) -> np.ndarray:
         """For a split pass: 0/1 (uint8) per key bit, the block it belongs to."""
         if p not in self._side:
-            raw = self._rng(p).bytes((self.n_bits + 7) // 8)
-            self._side[p] = np.unpackbits(np.frombuffer(raw, dtype=np.uint8),
-                                          count=self.n_bits)
+            j = np.array(self.split_bit(p), dtype=self.side_words().dtype)
+            self._side[p] = ((self.side_words() >> j) & 1).astype(np.uint8)
         return self._side[p]
 
     def n_blocks(self, p: int) -> int:
@@ -223,8 +251,9 @@ class CascadePlan:
     def block_parities(self, p: int, bits: np.ndarray) -> np.ndarray:
         """Parity of every block of pass ``p`` of a key given one uint8 per bit."""
         if self.is_split(p):
-            one = int(np.count_nonzero(bits & self.side(p))) & 1
-            return np.array([(int(np.count_nonzero(bits)) & 1) ^ one, one], dtype=np.uint8)
+            tot, w = self.split_parities(bits)
+            one = (w >> self.split_bit(p)) & 1
+            return np.array([tot ^ one, one], dtype=np.uint8)
         starts, _ = self.block_ranges(p)
         src = bits if p == 0 else bits[self.perm(p)]
         return np.bitwise_xor.reduceat(src, starts)
@@ -287,6 +316,7 @@ class CascadeResponder:
         self._bits = _unpack(alice_bits_packed, n_bits)
         self._plan = plan
         self._prefix: dict[int, np.ndarray] = {}
+        self._split: tuple[int, int] | None = None
         self.disclosed_bits = 0
 
     def __repr__(self) -> str:
@@ -322,7 +352,10 @@ class CascadeResponder:
                 whole = ((starts[sel] == bs[0]) & (ends[sel] == be[0])) | (
                     (starts[sel] == bs[1]) & (ends[sel] == be[1]))
                 if whole.all():
-                    par = self._plan.block_parities(p_, self._bits)
+                    if self._split is None:
+                        self._split = self._plan.split_parities(self._bits)
+                    one = (self._split[1] >> self._plan.split_bit(p_)) & 1
+                    par = np.array([self._split[0] ^ one, one], dtype=np.uint8)
                     out[sel] = par[(starts[sel] == bs[1]).astype(np.int64)]
                     continue
             c = self._pref(p_)
@@ -375,6 +408,9 @@ class CascadeCorrector:
         # per pass, per block: the last search's path (see _remember)
         self._rec: list[tuple[np.ndarray, ...] | None] = [None] * P
         self._bobpar: list[np.ndarray] = [np.zeros(0, np.uint8) for _ in range(P)]
+        # two-block passes: Bob's block parities for all of them as words, kept current
+        # from the start (bit j: split pass split_ids[j]); see CascadePlan.side_words
+        self._btot, self._bw1 = plan.split_parities(self._bits) if plan.split_ids else (0, 0)
         # the step being exchanged: its ranges, and how far they were sent/answered
         self._step_ranges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._step_top: list[int] = []       # passes whose block parities are in the step
@@ -510,9 +546,14 @@ class CascadeCorrector:
     def _gather_parities(self, p: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return _range_parities(self._bits, None if p == 0 else self._plan.perm(p), starts, ends)
 
+    def _split_bob(self, p: int) -> np.ndarray:
+        one = (self._bw1 >> self._plan.split_bit(p)) & 1
+        return np.array([self._btot ^ one, one], dtype=np.uint8)
+
     def _start_pass(self, p: int) -> None:
         self._started[p] = True
-        bob = self._plan.block_parities(p, self._bits)
+        bob = self._split_bob(p) if self._plan.is_split(p) else \
+            self._plan.block_parities(p, self._bits)
         self._bobpar[p] = bob
         s, e = self._plan.block_ranges(p)
         odd = np.flatnonzero(bob != self._alice_block[p])
@@ -566,11 +607,13 @@ class CascadeCorrector:
         parity and the parities of the siblings along its path."""
         for p in np.unique(self._sp[sel]):
             p_ = int(p)
-            if self._rec[p_] is None:
+            rec = self._rec[p_]
+            if rec is None:
                 nb = self._plan.n_blocks(p_)
-                self._rec[p_] = (np.zeros(nb, np.int64), np.full(nb, -1, np.int64),
-                                 np.zeros(nb, np.uint8), np.zeros(nb, np.int64))
-            rs, rh, ra, rm = self._rec[p_]
+                rec = (np.zeros(nb, np.int64), np.full(nb, -1, np.int64),
+                       np.zeros(nb, np.uint8), np.zeros(nb, np.int64))
+                self._rec[p_] = rec
+            rs, rh, ra, rm = rec
             w = sel & (self._sp == p)
             b = self._sb[w]
             rs[b], rh[b], ra[b], rm[b] = self._ss[w], self._sh[w], self._sa[w], self._sm[w]
@@ -627,9 +670,21 @@ class CascadeCorrector:
                 self._searching[int(p)][self._sb[found][fp == p]] = False
             self._keep(~found)
             # Bob's block parities in every started pass follow the flips
+            if self._plan.split_ids:
+                self._btot ^= int(flips.shape[0]) & 1
+                self._bw1 ^= int(np.bitwise_xor.reduce(self._plan.side_words()[flips]))
             blocks_of: dict[int, np.ndarray] = {}
+            quiet: list[int] = []          # split passes with no search and no record
             for p in range(self._plan.n_passes):
-                if self._started[p]:
+                if not self._started[p]:
+                    continue
+                if self._plan.is_split(p):
+                    self._bobpar[p] = self._split_bob(p)
+                    if self._rec[p] is None and not self._searching[p].any():
+                        quiet.append(p)
+                        continue
+                    blocks_of[p] = self._plan.block_of(p, flips)
+                else:
                     blocks_of[p] = self._plan.block_of(p, flips)
                     np.bitwise_xor.at(self._bobpar[p], blocks_of[p], 1)
             # cancel searches whose current range holds a flipped bit
@@ -649,6 +704,12 @@ class CascadeCorrector:
                 self._keep(~hit)
             # back-track: in every started pass, re-check the smallest known node holding
             # each flipped bit, else its whole block
+            for p in quiet:                # back-track into them at block level, cheaply
+                odd = np.flatnonzero(self._bobpar[p] != self._alice_block[p])
+                if odd.shape[0]:
+                    bs, be = self._plan.block_ranges(p)
+                    self._push(p, odd, bs[odd], be[odd], _bitlen(be[odd] - bs[odd] - 1),
+                               self._alice_block[p][odd])
             for p, blk_all in blocks_of.items():
                 free = ~self._searching[p][blk_all]
                 if not free.any():
