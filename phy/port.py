@@ -36,7 +36,7 @@ from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord
 from qkdnet.phy.channel import BobDetector, Detections, apply_loss
 from qkdnet.phy.params import PhyParams
-from qkdnet.phy.source import AliceSource, PulseBatch, derive_key
+from qkdnet.phy.source import MAX_SLOT, AliceSource, PulseBatch, derive_key
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class PortDecoder:
             raise RemoteProtocolError(
                 f"PULSES frame of {len(body)} bytes cannot hold {count} pulses",
                 ErrorCode.MALFORMED_FRAME)
-        if n_slots == 0 or count > n_slots or start + n_slots > 2**63:
+        if n_slots == 0 or count > n_slots or start + n_slots > MAX_SLOT:
             raise RemoteProtocolError("PULSES frame with a bad slot range",
                                       ErrorCode.MALFORMED_FRAME)
         if not 0.0 < trans <= 1.0:

@@ -38,6 +38,9 @@ _U64 = np.uint64
 
 #: Largest photon number a pulse record carries (uint8); Poisson(μ ≤ 10) never gets near.
 MAX_PHOTONS = 255
+#: Slots are below 2^60 (Bob packs gate·4 + detector into an int64); at 2.5 GHz
+#: that is about 14 years of pulses.
+MAX_SLOT = 2**60
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -266,9 +269,9 @@ class AliceSource:
         if not 0.0 < transmittance <= 1.0:
             raise ConfigError(f"{transmittance!r}", source="parameters", key="transmittance",
                               expected="a value in (0, 1]")
-        if start_slot < 0 or n_slots < 0 or start_slot + n_slots > 2**63:
+        if start_slot < 0 or n_slots < 0 or start_slot + n_slots > MAX_SLOT:
             raise ConfigError("slot range out of bounds", source="parameters", key="slots",
-                              expected="0 <= start and start + n < 2**63")
+                              expected="0 <= start and start + n <= 2**60")
         if rng is None:
             rng = np.random.default_rng([self._photon_seed, start_slot])
         mu = np.asarray(self.params.mu, dtype=np.float64)
