@@ -131,7 +131,12 @@ def dead_time_afterpulse(raw: np.ndarray, d: int, p_ap: float, last: int,
 
 
 class BobDetector:
-    """Bob's passive-basis receiver with four detectors; stateful across chunks."""
+    """Bob's passive-basis receiver with four detectors; stateful across chunks.
+
+    ``efficiency`` is the probability that a photon of an arriving batch is detected:
+    ``params.eta_bob`` for photons at Bob's input, 1.0 when the emission already
+    fused the whole line's loss. :meth:`detect` must see consecutive slot ranges.
+    """
 
     def __init__(self, params: PhyParams, efficiency: float, seed: int) -> None:
         if not 0.0 < efficiency <= 1.0:
