@@ -411,6 +411,9 @@ class CascadeCorrector:
         # two-block passes: Bob's block parities for all of them as words, kept current
         # from the start (bit j: split pass split_ids[j]); see CascadePlan.side_words
         self._btot, self._bw1 = plan.split_parities(self._bits) if plan.split_ids else (0, 0)
+        self._aw0 = self._aw1 = 0        # Alice's block parities of fetched split passes
+        self._started_split = 0          # bit j: split pass split_ids[j] started
+        self._busy = 0                   # bit j: that pass has had a search (not quiet)
         # the step being exchanged: its ranges, and how far they were sent/answered
         self._step_ranges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._step_top: list[int] = []       # passes whose block parities are in the step
@@ -530,6 +533,10 @@ class CascadeCorrector:
             nb = self._plan.n_blocks(p)
             self._alice_block[p] = ans[off:off + nb]
             self._fetched[p] = True
+            if self._plan.is_split(p):
+                j = self._plan.split_bit(p)
+                self._aw0 |= int(ans[off]) << j
+                self._aw1 |= int(ans[off + 1]) << j
             off += nb
         self._step_ranges = None
         self.steps += 1
@@ -552,6 +559,8 @@ class CascadeCorrector:
 
     def _start_pass(self, p: int) -> None:
         self._started[p] = True
+        if self._plan.is_split(p):
+            self._started_split |= 1 << self._plan.split_bit(p)
         bob = self._split_bob(p) if self._plan.is_split(p) else \
             self._plan.block_parities(p, self._bits)
         self._bobpar[p] = bob
@@ -566,6 +575,8 @@ class CascadeCorrector:
         parity a; ``mask`` bit j is the known parity of the path's sibling at height j."""
         if blocks.shape[0] == 0:
             return
+        if self._plan.is_split(p):
+            self._busy |= 1 << self._plan.split_bit(p)
         self._searching[p][blocks] = True
         self._sp = np.concatenate([self._sp, np.full(blocks.shape[0], p, dtype=np.int64)])
         self._sb = np.concatenate([self._sb, blocks.astype(np.int64)])
@@ -674,15 +685,13 @@ class CascadeCorrector:
                 self._btot ^= int(flips.shape[0]) & 1
                 self._bw1 ^= int(np.bitwise_xor.reduce(self._plan.side_words()[flips]))
             blocks_of: dict[int, np.ndarray] = {}
-            quiet: list[int] = []          # split passes with no search and no record
             for p in range(self._plan.n_passes):
                 if not self._started[p]:
                     continue
                 if self._plan.is_split(p):
+                    if not (self._busy >> self._plan.split_bit(p)) & 1:
+                        continue           # quiet split pass: handled by words below
                     self._bobpar[p] = self._split_bob(p)
-                    if self._rec[p] is None and not self._searching[p].any():
-                        quiet.append(p)
-                        continue
                     blocks_of[p] = self._plan.block_of(p, flips)
                 else:
                     blocks_of[p] = self._plan.block_of(p, flips)
@@ -704,9 +713,17 @@ class CascadeCorrector:
                 self._keep(~hit)
             # back-track: in every started pass, re-check the smallest known node holding
             # each flipped bit, else its whole block
-            for p in quiet:                # back-track into them at block level, cheaply
-                odd = np.flatnonzero(self._bobpar[p] != self._alice_block[p])
-                if odd.shape[0]:
+            # quiet split passes (no search yet): odd blocks straight from the words
+            quiet = self._started_split & ~self._busy
+            if quiet:
+                full = (1 << 64) - 1 if self._btot else 0
+                odd_w = ((self._bw1 ^ self._aw1) | (full ^ self._bw1 ^ self._aw0)) & quiet
+                while odd_w:
+                    j = (odd_w & -odd_w).bit_length() - 1
+                    odd_w &= odd_w - 1
+                    p = self._plan.split_ids[j]
+                    self._bobpar[p] = self._split_bob(p)
+                    odd = np.flatnonzero(self._bobpar[p] != self._alice_block[p])
                     bs, be = self._plan.block_ranges(p)
                     self._push(p, odd, bs[odd], be[odd], _bitlen(be[odd] - bs[odd] - 1),
                                self._alice_block[p][odd])

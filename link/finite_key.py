@@ -24,7 +24,8 @@ estimated from basis X (basis 1); Lim 2014 uses the opposite letters, so their
    key-basis counts; ``s1`` again from the estimation-basis counts; single-photon
    errors ``v1`` (upper bound) from the estimation-basis errors.
 3. Phase error ``φ <= v1/s1_x + γ(ε_sec, v1/s1_x, s1_x, s1_z)`` (random sampling
-   without replacement; γ as in Lim 2014 Eq. (A?) with 21, Rusca with 19).
+   without replacement; γ(a, b, c, d) as in Lim 2014, with 21 in the logarithm;
+   Rusca 2018 with 19).
 4. ``ℓ = ⌊s0 + s1 (1 − h(φ)) − λ_EC − 6 log2(c/ε_sec) − log2(2/ε_cor)⌋``.
 
 The one-decoy vacuum upper bound needed for ``s1`` follows Rusca 2018: vacuum

@@ -62,7 +62,8 @@ def test_efficiency_at_1e5() -> None:
     alice, bob = _keys(100_000, 0.02, 7)
     corr, sent, _ = _run(alice, bob, 0.02, 7)
     assert np.array_equal(corr.corrected_bits(), alice)
-    assert sent / (100_000 * _h(0.02)) < 1.12
+    # target (issue 5): f <= 1.06 at QBER 1-5 % for n >= 1e5; this seed measures ~1.05
+    assert sent / (100_000 * _h(0.02)) < 1.06
 
 
 def test_small_max_ranges_splits_steps_without_changing_the_result() -> None:
