@@ -35,17 +35,24 @@ def _max_km(model: ChannelModel, n: float, kms: range, **kw: object) -> int:
     return last
 
 
-@pytest.mark.slow
-def test_lim2014_small_block_reaches_long_distance() -> None:
-    # Lim et al. 2014 (Fig. 1, their simulation parameters = ChannelModel defaults):
-    # with n_X = 1e4 key-basis detections a positive key reaches about 135 km.
-    # Our coarse-grid optimisation reaches ~110-115 km (see report), so the test pins
-    # the shape: a key well beyond 100 km, none at 170 km, and longer reach for larger n.
-    model = ChannelModel()
-    km_1e4 = _max_km(model, 1e4, range(90, 175, 10))
-    assert 100 <= km_1e4 < 170
-    km_1e6 = _max_km(model, 1e6, range(90, 230, 10))
-    assert km_1e6 > km_1e4
+def test_lim2014_small_block_reaches_about_135_km() -> None:
+    # Lim et al. 2014, Fig. 1: with n_X = 1e4 key-basis detections a positive key still
+    # reaches about 135 km (eta_Bob 10 %, p_dc 6e-7, e_mis 0.5 %, 0.2 dB/km, f 1.16,
+    # eps_sec 1e-10, eps_cor 1e-15; parameters optimised). Our coarse-grid optimisation
+    # reproduces 135 km (last positive point on a 5 km grid) when afterpulses add no
+    # errors; counting afterpulse errors as p_ap·D/2 with p_ap = 4 % shortens it to
+    # ~110 km (see test below) -- which of the two the figure used is not checked here.
+    model = ChannelModel(p_ap=0.0)
+    km = _max_km(model, 1e4, range(115, 160, 5))
+    assert 130 <= km <= 140
+
+
+def test_lim2014_reach_grows_with_block_size_and_shrinks_with_afterpulses() -> None:
+    with_ap = ChannelModel()
+    km_1e4 = _max_km(with_ap, 1e4, range(90, 175, 10))
+    assert 100 <= km_1e4 < 135
+    km_1e6 = _max_km(with_ap, 1e6, range(130, 230, 10))
+    assert km_1e6 > km_1e4 + 30
 
 
 def test_rusca2018_one_decoy_beats_two_for_practical_blocks() -> None:
