@@ -197,7 +197,7 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
 
 def _cmd_alice(args: argparse.Namespace) -> int:
     from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
-    from qkdnet.link.driver import LinkEndpoint, new_session_id
+    from qkdnet.link.driver import LinkEndpoint, new_session_id, time_slot_base
     from qkdnet.link.session import LinkConfig
     from qkdnet.phy.source import AliceSource
     from qkdnet.sideband import FrameRouter, connect_sideband
@@ -221,7 +221,7 @@ def _cmd_alice(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as n:
             n.start_soon(chan.run, router)
             await n.start(end.run)
-            await end.run_blocks(args.blocks, slots)
+            await end.run_blocks(args.blocks, slots, slot_base=time_slot_base())
             await end.stop()
             n.cancel_scope.cancel()
         await chan.aclose()
@@ -266,7 +266,8 @@ def _cmd_bob(args: argparse.Namespace) -> int:
                 ends.append(end)
                 if args.exit_after:
                     def check(_st: BlockStats) -> None:
-                        if end.stats.stored + end.stats.aborted >= args.exit_after:
+                        done = sum(e.stats.stored + e.stats.aborted for e in ends)
+                        if done >= args.exit_after:      # over every connection so far
                             nursery.cancel_scope.cancel()
                     end.add_callback(check)
                 await serve_link_channel(chan, end)
@@ -287,7 +288,13 @@ def _cmd_bob(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if ends:
-        _report(args, ends[-1].stats, "bob")
+        from qkdnet.link.driver import LinkStats
+
+        total = LinkStats()
+        for e in ends:
+            for st in e.stats.blocks:
+                total.record(st)
+        _report(args, total, "bob")
     return 0
 
 

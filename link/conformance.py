@@ -23,6 +23,18 @@ from qkdnet.wire import MsgType, Ping
 
 #: Slots per probe block: small, so the target's PHY answers at once.
 PROBE_SLOTS = 200_000
+_last_start = [0]
+
+
+def _probe_start() -> int:
+    """A slot range after every earlier probe's (a target's PHY never replays slots).
+
+    Time-based so that separate kit runs against one target also move forward:
+    256 slots per microsecond stays below the PHY's 2^60 slot bound for centuries.
+    """
+    start = max(_last_start[0] + PROBE_SLOTS, (time.time_ns() // 1000) << 8)
+    _last_start[0] = start
+    return start
 
 
 def _session() -> int:
@@ -33,10 +45,9 @@ async def _start_block(peer: Peer, session: int, n_intensities: int = 2
                        ) -> tuple[np.ndarray, np.ndarray]:
     """BLOCK_START for block 0; returns the reported (offsets, bases), validated.
 
-    The slot range starts at the current time in ns: a target's PHY never replays
-    slots, so every probe must use slots after the previous probe's.
+    The slot range comes from :func:`_probe_start`.
     """
-    body = w.encode_block_start(0, time.time_ns(), PROBE_SLOTS, n_intensities, 1e-10, 1e-15,
+    body = w.encode_block_start(0, _probe_start(), PROBE_SLOTS, n_intensities, 1e-10, 1e-15,
                                 0.11)
     await peer.send(body, session=session)
     offsets, bases, received, last = [], [], 0, -1

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from qkdnet.errors import LinkAborted, QkdnetError, RemoteProtocolError
+from qkdnet.errors import ErrorCode, KeyExhausted, LinkAborted, QkdnetError, RemoteProtocolError
 from qkdnet.link import wire as w
 from qkdnet.link.session import (
     BlockAborted,
@@ -220,7 +220,19 @@ class LinkEndpoint:
 
     async def stop(self) -> None:
         """Abandon blocks in flight (ABORT sent) and end :meth:`run`."""
-        await self._inbox_send.send(("stop",))
+        if not self._finished.is_set():
+            await self._inbox_send.send(("stop",))
+
+    async def link_down(self, reason: str) -> None:
+        """The channel is gone: abandon blocks in flight (no frames sent), end :meth:`run`."""
+        if not self._finished.is_set():
+            await self._inbox_send.send(("down", reason))
+            await self._finished.wait()
+
+    @property
+    def finished(self) -> trio.Event:
+        """Set once :meth:`run`'s core has ended (stopped, link down, fatal error)."""
+        return self._finished
 
     async def run_blocks(self, n_blocks: int | None, block_slots: int, *,
                          first_index: int = 0, slot_base: int = 0, max_in_flight: int = 2,
@@ -271,7 +283,9 @@ class LinkEndpoint:
             log.warning("link endpoint stops: %s", down)
             now = trio.current_time()
             for sess in self._sessions.values():
-                sess.abort_all(AbortReason.LOCAL, "link down", now)
+                for out in sess.abort_all(AbortReason.LOCAL, f"link down: {down}", now):
+                    if isinstance(out, BlockAborted):   # its ABORT frame cannot be sent
+                        self._publish(out.stats)
         finally:
             self._finished.set()
             self._kick()
@@ -295,6 +309,8 @@ class LinkEndpoint:
                     await self._execute(sid, await self._call(sess.handle_timer, now))
                 continue
             kind = item[0]
+            if kind == "down":
+                raise _LinkDown(item[1])
             if kind == "stop":
                 for sid, sess in list(self._sessions.items()):
                     await self._execute(sid, sess.abort_all(AbortReason.CANCELLED,
@@ -422,14 +438,18 @@ class LinkEndpoint:
         return self._levels
 
 
-async def serve_link_channel(channel: Any, endpoint: LinkEndpoint,
-                             router: Any = None) -> None:
+async def serve_link_channel(channel: Any, endpoint: LinkEndpoint, router: Any = None, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
     """Run ``endpoint`` on ``channel`` until the connection ends, then stop it.
 
     Owns the channel's receive loop (``channel.run(router)``, link types routed to
-    the endpoint).  The channel's ending error (a peer that hung up, an ERROR frame,
-    bad input) is re-raised as itself, not wrapped in an ExceptionGroup, so servers
-    such as :func:`qkdnet.sideband.serve_sideband` can handle it.
+    the endpoint).  If the connection ends, blocks in flight are abandoned
+    (:meth:`LinkEndpoint.link_down`); if the endpoint stops on its own (out of
+    authentication key, an unattributable frame) the connection is closed so the
+    peer learns at once.  The channel's ending error is re-raised as itself, not
+    wrapped in an ExceptionGroup, so servers such as
+    :func:`qkdnet.sideband.serve_sideband` can handle it.
     """
     from qkdnet.sideband import FrameRouter
 
@@ -437,15 +457,41 @@ async def serve_link_channel(channel: Any, endpoint: LinkEndpoint,
         router = FrameRouter()
     endpoint.register(router)
     failure: BaseException | None = None
+
+    async def close_when_endpoint_fails() -> None:
+        await endpoint.finished.wait()
+        if endpoint.fatal_error is not None:
+            code = ErrorCode.KEY_EXHAUSTED if isinstance(endpoint.fatal_error, KeyExhausted) \
+                else ErrorCode.LINK_ABORTED
+            try:
+                await channel.abort(code, "link endpoint stopped")
+            except QkdnetError:     # not even a tag key for ERROR: just hang up
+                await channel.stream.aclose()
+
     async with trio.open_nursery() as n:
         await n.start(endpoint.run)
+        n.start_soon(close_when_endpoint_fails)
+        task_status.started()
         try:
             await channel.run(router)
         except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
             failure = err
+        await endpoint.link_down("sideband connection ended"
+                                 + (f": {type(failure).__name__}" if failure else ""))
         n.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+def time_slot_base() -> int:
+    """A first slot for a new link session that lies after every earlier session's.
+
+    The emulated source is a pure function of (seed, slot), so a session that
+    restarted at slot 0 would repeat Alice's choices (and key bits); the PHY also
+    refuses slots it has already emulated.  256 slots per microsecond of wall time
+    stays below the PHY's 2^60 bound for centuries.
+    """
+    return (time.time_ns() // 1000) << 8
 
 
 def new_session_id() -> int:
@@ -542,7 +588,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              tamper_bob: Callable[[Any], Any] | None = None,
                              keep_eve: bool = False, compare: bool = True,
                              use_threads: bool = True, session_id: int | None = None,
-                             tracer: Any = None,
+                             tracer: Any = None, secret_bytes: int = 1 << 20,
                              inspect: Callable[[Any, Any], Any] | None = None
                              ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
@@ -558,11 +604,11 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
 
     from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
     from qkdnet.keystore import KeyStore
-    from qkdnet.sideband import FrameRouter, connect_sideband, serve_sideband
+    from qkdnet.sideband import connect_sideband, serve_sideband
 
     workdir = Path(workdir)
     secret_path = workdir / "bootstrap.secret"
-    write_bootstrap_secret(secret_path)
+    write_bootstrap_secret(secret_path, secret_bytes)
     secret = secret_path.read_bytes()
     store_a = KeyStore(workdir / "alice.db")
     store_b = KeyStore(workdir / "bob.db")
@@ -601,21 +647,27 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
             alice = LinkEndpoint("transmitter", ch, cfg, peer="bob", store=store_a,
                                  source=phy.source, on_block=on_block,
                                  use_threads=use_threads, tracer=tracer)
-            router = FrameRouter()
-            alice.register(router)
+            async def alice_side(task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    await serve_link_channel(chan, alice, task_status=task_status)
+                except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                    log.info("transmitter's sideband ended: %s", type(err).__name__)
+
             async with trio.open_nursery() as inner:
-                inner.start_soon(chan.run, router)
-                await inner.start(alice.run)
+                await inner.start(alice_side)
                 await bob_ready.wait()
                 await alice.run_blocks(n_blocks, block_slots, max_in_flight=max_in_flight)
                 # Let the receiver finish its last CONFIRM before closing.
                 bob = bob_box[0]
-                with trio.move_on_after(10):
+                with trio.move_on_after(10 if alice.fatal_error is None else 0.5):
                     while bob.stats.stored + bob.stats.aborted < len(alice.stats.blocks):
                         await trio.sleep(0.01)
                 await alice.stop()
                 inner.cancel_scope.cancel()
-            await chan.aclose()
+            try:
+                await chan.aclose()
+            except QkdnetError:     # e.g. no auth key left even for CLOSE
+                await chan.abort(ErrorCode.KEY_EXHAUSTED, "out of authentication key")
             nursery.cancel_scope.cancel()
         inspected = inspect(store_a, store_b) if inspect is not None else None
         comparison = compare_data_pools(store_a, store_b, "bob", "alice") if compare else {}

@@ -111,3 +111,16 @@ async def test_contradiction_aborts_block_with_protocol_error(case: str, tmp_pat
     assert {st.block for st in checker.blocks if st.abort_reason is None} == {1}
     assert result.alice.stored == result.bob.stored == 1
     assert result.identical and result.comparison["bits_compared"] > 0
+
+
+@pytest.mark.slow
+async def test_running_out_of_auth_key_stops_the_link_without_partial_key(tmp_path) -> None:
+    """A 4 KiB bootstrap secret carries ~127 tags each way, fewer than one block needs."""
+    result = await run_point_to_point(presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path,
+                                      seed=21, secret_bytes=4096)
+    assert result.alice.stored == result.bob.stored == 0
+    assert result.alice.aborted >= 1 and result.bob.aborted >= 1
+    blocks = result.alice.blocks + result.bob.blocks
+    assert all(st.abort_reason == "local" and "link down" in st.abort_detail for st in blocks)
+    assert any("KeyExhausted" in st.abort_detail for st in blocks)
+    assert result.comparison["bits_compared"] == 0
