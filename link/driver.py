@@ -39,8 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import trio
-from qkdnet.errors import ErrorCode, KeyExhausted, LinkAborted, QkdnetError, RemoteProtocolError
+from qkdnet.errors import (
+    ErrorCode,
+    KeyExhausted,
+    LinkAborted,
+    LocalProtocolError,
+    QkdnetError,
+    RemoteProtocolError,
+)
 from qkdnet.link import wire as w
 from qkdnet.link.session import (
     BlockAborted,
@@ -100,6 +108,88 @@ class EmulatedPhy:
         return det
 
 
+class PortEmitter:
+    """Transmitter's side of a quantum port (:mod:`qkdnet.phy.port`): emits each
+    block's pulses, in block order, as batches of at most ``batch_slots`` slots.
+
+    ``transmittance`` is loss fused into the emission (leave 1.0 when a fibre
+    process or an eavesdropper sits downstream and applies it).
+    """
+
+    def __init__(self, source: Any, port: Any, *, transmittance: float = 1.0,
+                 batch_slots: int = 1 << 22) -> None:
+        self.source = source
+        self.port = port
+        self.transmittance = transmittance
+        self.batch_slots = batch_slots
+
+    def __repr__(self) -> str:
+        return f"PortEmitter({self.port.name})"
+
+    async def emit(self, start_slot: int, n_slots: int) -> None:
+        pos, end = start_slot, start_slot + n_slots
+        while pos < end:
+            k = min(self.batch_slots, end - pos)
+            batch = await trio.to_thread.run_sync(self.source.emit, pos, k, self.transmittance)
+            await self.port.send_batch(batch)
+            pos += k
+
+
+class PortPhy:
+    """Receiver's PHY fed by a quantum port: Bob's detectors on the batches that arrive.
+
+    :meth:`arun` collects the batches of ``[start_slot, start_slot + n_slots)`` (in
+    order; batches of earlier, abandoned ranges are dropped, later ones kept) and
+    returns the squashed detections, as :meth:`QuantumChannel.run` does in process.
+    """
+
+    def __init__(self, params: Any, port: Any, *, seed: int = 0) -> None:
+        from qkdnet.phy.channel import BobDetector
+        from qkdnet.phy.source import derive_key
+
+        self.params = params
+        self.port = port
+        self.detector = BobDetector(params, params.eta_bob, seed)
+        self._rng = np.random.default_rng([int(derive_key(seed, 6))])
+        self._early: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"PortPhy({self.port.name})"
+
+    async def _next_batch(self) -> Any:
+        if self._early:
+            return self._early.pop(0)
+        batch = await self.port.receive()
+        if batch is None:
+            raise LocalProtocolError("quantum port ended")
+        return batch
+
+    async def arun(self, start_slot: int, n_slots: int) -> Any:
+        from qkdnet.phy.channel import Detections
+
+        end = start_slot + n_slots
+        parts = []
+        pos = start_slot
+        while pos < end:
+            batch = await self._next_batch()
+            b_end = batch.start_slot + batch.n_slots
+            if b_end <= start_slot:
+                continue                     # pulses of a block abandoned earlier
+            if batch.start_slot >= end:
+                self._early.insert(0, batch)  # the next block's pulses
+                break
+            if batch.start_slot != pos or b_end > end:
+                raise LocalProtocolError("quantum port batches do not tile the block")
+            parts.append(await trio.to_thread.run_sync(self.detector.detect, batch,
+                                                       self._rng))
+            pos = b_end
+        if pos < end:
+            raise LocalProtocolError("quantum port skipped part of the block")
+        return Detections(np.concatenate([x[0] for x in parts]),
+                          np.concatenate([x[1] for x in parts]),
+                          np.concatenate([x[2] for x in parts]), None, start_slot, n_slots)
+
+
 @dataclass
 class LinkStats:
     """What an endpoint has done so far (public numbers only)."""
@@ -146,7 +236,7 @@ class LinkEndpoint:
     def __init__(self, role: str, channel: Any, config: LinkConfig, *, peer: str,
                  store: Any = None, source: Any = None, phy: Any = None,
                  on_block: BlockCallback | None = None, use_threads: bool = True,
-                 max_inbox: int = 256, tracer: Any = None) -> None:
+                 max_inbox: int = 256, tracer: Any = None, emitter: Any = None) -> None:
         if role not in ("transmitter", "receiver"):
             raise ValueError("role must be 'transmitter' or 'receiver'")
         if role == "transmitter" and source is None:
@@ -168,6 +258,9 @@ class LinkEndpoint:
         self._callbacks: list[BlockCallback] = [on_block] if on_block else []
         self._threads = use_threads
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[Any, ...]](max_inbox)
+        #: Transmitter over a quantum port: emits each started block's pulses.
+        self.emitter = emitter
+        self._emit_send, self._emit_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
         self._phy_send, self._phy_recv = trio.open_memory_channel[
             tuple[int, DetectionsNeeded]](math.inf)
         self._sessions: dict[int, LinkSession] = {}
@@ -214,6 +307,8 @@ class LinkEndpoint:
         async with trio.open_nursery() as nursery:
             if self.role == "receiver":
                 nursery.start_soon(self._phy_task)
+            if self.emitter is not None:
+                nursery.start_soon(self._emit_task)
             task_status.started()
             await self._core()
             nursery.cancel_scope.cancel()
@@ -266,10 +361,23 @@ class LinkEndpoint:
             await self._changed.wait()
         return self.stats
 
+    async def _emit_task(self) -> None:
+        async for start, n in self._emit_recv:
+            try:
+                await self.emitter.emit(start, n)
+            except (QkdnetError, OSError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as err:
+                # Without pulses the receiver's blocks time out; say why here.
+                log.warning("quantum port emission failed: %s", type(err).__name__)
+                return
+
     async def _phy_task(self) -> None:
         async for sid, need in self._phy_recv:
             try:
-                det = await self._call(self.phy.run, need.start_slot, need.n_slots)
+                if hasattr(self.phy, "arun"):
+                    det = await self.phy.arun(need.start_slot, need.n_slots)
+                else:
+                    det = await self._call(self.phy.run, need.start_slot, need.n_slots)
             except Exception as err:  # any PHY failure abandons just that block
                 log.warning("PHY failed for block %d: %s", need.block, type(err).__name__)
                 await self._inbox_send.send(("phy_error", sid, need, type(err).__name__))
@@ -334,6 +442,8 @@ class LinkEndpoint:
                 _, index, start, n = item
                 await self._execute(self.config.session_id,
                                     await self._call(sess.start_block, index, start, n, now))
+                if self.emitter is not None:
+                    self._emit_send.send_nowait((start, n))
             elif kind == "phy":
                 _, sid, need, det = item
                 rsess = self._sessions.get(sid)
@@ -589,6 +699,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              keep_eve: bool = False, compare: bool = True,
                              use_threads: bool = True, session_id: int | None = None,
                              tracer: Any = None, secret_bytes: int = 1 << 20,
+                             quantum_port: bool = False,
                              inspect: Callable[[Any, Any], Any] | None = None
                              ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
@@ -598,7 +709,9 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
     the data pools are compared bit for bit (which consumes them) unless
     ``compare`` is false.  ``on_block(stats)`` sees the transmitter's blocks;
     ``inspect(store_a, store_b)`` runs before the comparison and its result is kept
-    in ``result.inspected``.
+    in ``result.inspected``.  With ``quantum_port`` the pulses travel over TCP too:
+    Alice's quantum port → a fibre element (loss, Eve) → Bob's quantum port
+    (:mod:`qkdnet.phy.port`), instead of the in-process channel.
     """
     from pathlib import Path
 
@@ -618,6 +731,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
         del secret
         seed = secrets.randbits(62) if seed is None else seed
         phy = EmulatedPhy(params, km, attack=attack, seed=seed, keep_eve=keep_eve)
+        receiver_phy: Any = phy
+        emitter: Any = None
         sid = new_session_id() if session_id is None else session_id
         cfg = LinkConfig.from_phy(params, sid, **(config_overrides or {}))
         bob_ready = trio.Event()
@@ -625,8 +740,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
 
         async def bob_handler(chan: Any) -> None:
             ch = TamperingChannel(chan, tamper_bob) if tamper_bob else chan
-            bob = LinkEndpoint("receiver", ch, cfg, peer="alice", store=store_b, phy=phy,
-                               use_threads=use_threads, tracer=tracer)
+            bob = LinkEndpoint("receiver", ch, cfg, peer="alice", store=store_b,
+                               phy=receiver_phy, use_threads=use_threads, tracer=tracer)
             bob_box.append(bob)
             bob_ready.set()
             await serve_link_channel(chan, bob)
@@ -636,6 +751,9 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                 else None
 
         async with trio.open_nursery() as nursery:
+            if quantum_port:
+                receiver_phy, emitter = await _quantum_link(nursery, params, km, attack, seed,
+                                                            phy.source)
             listeners = await nursery.start(lambda task_status: serve_sideband(
                 bob_handler, 0, local_name="bob", auth_for_peer=auth_for, host="127.0.0.1",
                 task_status=task_status))
@@ -646,7 +764,7 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
             ch = TamperingChannel(chan, tamper_alice) if tamper_alice else chan
             alice = LinkEndpoint("transmitter", ch, cfg, peer="bob", store=store_a,
                                  source=phy.source, on_block=on_block,
-                                 use_threads=use_threads, tracer=tracer)
+                                 use_threads=use_threads, tracer=tracer, emitter=emitter)
             async def alice_side(task_status: trio.TaskStatus[None]) -> None:
                 try:
                     await serve_link_channel(chan, alice, task_status=task_status)
@@ -676,3 +794,25 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
     finally:
         store_a.close()
         store_b.close()
+
+
+async def _quantum_link(nursery: trio.Nursery, params: Any, km: float, attack: Any, seed: int,
+                        source: Any) -> tuple[PortPhy, PortEmitter]:
+    """Alice's quantum port → fibre element → Bob's quantum port, all on 127.0.0.1."""
+    from qkdnet.phy.attacks import parse_attack
+    from qkdnet.phy.port import FibreElement, QuantumPort, run_fiber
+
+    eve = parse_attack(attack) if isinstance(attack, str) or attack is None else attack
+    bob_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    bob_port = bob_listeners[0].socket.getsockname()[1]
+    element = FibreElement(params, km, eve, seed=seed + 2)
+    fibre_port = await nursery.start(lambda task_status: run_fiber(
+        element, "127.0.0.1", 0, "127.0.0.1", bob_port, task_status=task_status))
+    alice_stream = await trio.open_tcp_stream("127.0.0.1", fibre_port)
+    bob_stream = await bob_listeners[0].accept()
+    await bob_listeners[0].aclose()
+    # Without Eve, Alice fuses the fibre's loss into the emission (fewer pulses on the
+    # wire); the fibre element then applies only what remains (nothing).
+    fused = params.fibre_transmittance(km) if eve is None else 1.0
+    emitter = PortEmitter(source, QuantumPort(alice_stream, name="alice"), transmittance=fused)
+    return PortPhy(params, QuantumPort(bob_stream, name="bob"), seed=seed + 3), emitter

@@ -93,3 +93,21 @@ async def test_apd_presets_abandon_small_blocks_consistently(preset: str, tmp_pa
     assert result.bob.aborted == 2
     assert all(b.aborted_by_peer for b in result.bob.blocks)
     assert result.identical and result.comparison["bits_compared"] == 0
+
+
+@pytest.mark.slow
+async def test_identical_keys_with_pulses_over_the_quantum_port(tmp_path) -> None:
+    """Pulses over TCP too: Alice's quantum port → fibre element → Bob's quantum port."""
+    result = await run_point_to_point(presets.get("ull-longhaul"), KM, 2, 10_000_000,
+                                      workdir=tmp_path, seed=12, quantum_port=True)
+    assert result.alice.stored == result.bob.stored == 2, result.alice.abort_reasons
+    assert result.identical and result.comparison["bits_compared"] > 0
+
+
+@pytest.mark.slow
+async def test_intercept_resend_on_the_quantum_port_is_caught(tmp_path) -> None:
+    result = await run_point_to_point(presets.get("snspd-metro"), KM, 1, 3_000_000,
+                                      workdir=tmp_path, seed=13, quantum_port=True,
+                                      attack="intercept-resend")
+    assert result.alice.abort_reasons == {"qber_too_high": 1}
+    assert result.bob.stored == 0
