@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
-from qkdnet.errors import ConfigError, ErrorCode, RemoteProtocolError
+from qkdnet.errors import ConfigError, ErrorCode, QkdnetError, RemoteProtocolError
 from qkdnet.hub import wire as w
 from qkdnet.hub.router import Disconnect, HubRouter, Send
 from qkdnet.keystore import KeyStore
@@ -84,8 +84,8 @@ class HubSettings:
 class _Session:
     spoke: str
     chan: SidebandChannel
-    send_q: trio.MemorySendChannel[Packet]
-    recv_q: trio.MemoryReceiveChannel[Packet]
+    send_q: trio.MemorySendChannel[Packet | None]
+    recv_q: trio.MemoryReceiveChannel[Packet | None]
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     queued: int = 0
     connected_at: float = 0.0
@@ -177,7 +177,7 @@ class HubDaemon:
         spoke = chan.peer_name
         if spoke is None:  # the handshake guarantees a name; be defensive
             return
-        send_q, recv_q = trio.open_memory_channel[Packet](math.inf)
+        send_q, recv_q = trio.open_memory_channel[Packet | None](math.inf)
         sess = _Session(spoke, chan, send_q, recv_q, connected_at=time.time())
         old = self.sessions.get(spoke)
         if old is not None:  # a reconnect: the old connection is dead or a duplicate
@@ -201,6 +201,14 @@ class HubDaemon:
                         await nursery.start(self.link_runner, self, spoke, chan, frames)
                     await chan.run(frames)
                     nursery.cancel_scope.cancel()
+        except* (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError,
+                 trio.EndOfChannel) as group:
+            # One spoke's connection failing must never take the hub down.
+            log.info("hub %s: connection of %s ended: %s", self.settings.name, spoke,
+                     "; ".join(str(e) for e in group.exceptions))
+        except* Exception as group:  # a bug: log it, keep serving the other spokes
+            log.error("hub %s: internal error on %s's connection: %r", self.settings.name,
+                      spoke, group.exceptions)
         finally:
             sess.closed = True
             if self.sessions.get(spoke) is sess:
@@ -215,7 +223,14 @@ class HubDaemon:
         assert self.router is not None
         async for body in sess.recv_q:
             sess.queued -= 1
-            await sess.chan.send(body)
+            if body is None:  # _drop: everything queued before the verdict is out
+                sess.cancel.cancel()
+                return
+            try:
+                await sess.chan.send(body)
+            except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError):
+                sess.cancel.cancel()  # the connection is closing or gone
+                return
             if isinstance(body, w.HubData | w.HubKeyRelay):
                 self.router.sent(sess.spoke)
                 if self.router.blocked():
@@ -226,6 +241,8 @@ class HubDaemon:
             if isinstance(act, Send):
                 sess = self.sessions.get(act.to)
                 if sess is None or sess.closed:
+                    continue
+                if sess.abort is not None:
                     continue
                 if sess.queued >= MAX_OUTBOUND:
                     self._drop(sess, ErrorCode.THROTTLED,
@@ -241,9 +258,11 @@ class HubDaemon:
                     self._drop(sess, act.code, act.reason)
 
     def _drop(self, sess: _Session, code: ErrorCode, reason: str) -> None:
+        """Close a spoke's connection with ERROR after what is queued for it (<= 1 s)."""
         if sess.abort is None:
             sess.abort = (code, reason)
-        sess.cancel.cancel()
+            sess.send_q.send_nowait(None)  # the writer stops here and cancels
+            sess.cancel.deadline = min(sess.cancel.deadline, trio.current_time() + 1.0)
 
     # -- status -------------------------------------------------------------------
 

@@ -453,9 +453,10 @@ class SpokeNode:
             self.counters["connects"] += 1
             try:
                 await self._serve(chan)
-            except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.EndOfChannel) as err:
-                self.last_error = f"hub connection lost: {err}"
+            except* (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     trio.EndOfChannel) as group:
+                self.last_error = "hub connection lost: " + "; ".join(
+                    str(e) for e in group.exceptions)
                 log.info("%s: %s", self.name, self.last_error)
             finally:
                 self._fail_connection("connection to the hub was lost; delivery of "
@@ -516,7 +517,12 @@ class SpokeNode:
             raise ChannelError("not connected to the hub (the channel belongs to a "
                                "connection that is gone)", w.HubReason.PEER_DISCONNECTED,
                                f"{self.name}->hub")
-        await chan.send(body)
+        try:
+            await chan.send(body)
+        except (LocalProtocolError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as err:  # the connection broke under us
+            raise ChannelError(f"connection to the hub is broken ({err})",
+                               w.HubReason.PEER_DISCONNECTED, f"{self.name}->hub") from None
 
     async def _send_quietly(self, body: Packet, epoch: int) -> None:
         with contextlib.suppress(QkdnetError, trio.BrokenResourceError,
@@ -873,8 +879,9 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            key_wait: float = 5.0, window: int = 32,
                            queue_frames: int = 64, link: bool = False,
                            preset: str | None = None, km: float | None = None,
-                           control_sockets: bool = False,
-                           wait: bool = True) -> AsyncIterator[EmbeddedNetwork]:
+                           control_sockets: bool = False, wait: bool = True,
+                           extra_spokes: Sequence[str] = ()
+                           ) -> AsyncIterator[EmbeddedNetwork]:
     """A hub and spokes ``names`` on loopback, key stores in ``folder``.
 
     ``prefill_key`` bits per direction per spoke are seeded (TEST-ONLY deterministic
@@ -882,6 +889,8 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
     (default: enough for ~8000 frames each way), so routing can be exercised without
     QKD. ``link=True`` runs the QKD link layer on each spoke link (``preset``, ``km``)
     once the link layer provides its driver; it raises until then.
+    ``extra_spokes`` are known to the hub (bootstrap secret, key store, prefill in
+    ``net.stores``) but get no running node: tests connect them by hand.
     """
     from qkdnet.hub.daemon import HubSettings, open_hub
 
@@ -895,24 +904,25 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
     if auth_bits is None:
         auth_bits = 1 << 20 if prefill_key else 0
     import os
+    all_names = [*names, *extra_spokes]
     secrets_: dict[str, Path] = {}
-    for name in names:
+    for name in all_names:
         path = folder / f"{name}.bootstrap"
         if not path.exists():
             path.write_bytes(os.urandom(4096))
             path.chmod(0o600)
         secrets_[name] = path
     hub_store = KeyStore(folder / f"{hub_name}.keys")
-    stores = {name: KeyStore(folder / f"{name}.keys") for name in names}
+    stores = {name: KeyStore(folder / f"{name}.keys") for name in all_names}
     try:
-        for name in names:
+        for name in all_names:
             hub_store.import_bootstrap(name, secrets_[name].read_bytes(), initiator=False)
             stores[name].import_bootstrap(hub_name, secrets_[name].read_bytes(),
                                           initiator=True)
         net_seed = seed
         hub_settings = HubSettings(
             name=hub_name, keystore=folder / f"{hub_name}.keys", port=0,
-            spokes={n: None for n in names}, key_wait=key_wait, queue_frames=queue_frames,
+            spokes={n: None for n in all_names}, key_wait=key_wait, queue_frames=queue_frames,
             control_socket=(folder / f"{hub_name}.sock") if control_sockets else None)
         async with open_hub(hub_settings, store=hub_store) as hub:
             net = EmbeddedNetwork(folder, hub, {}, hub_store, stores, net_seed)
