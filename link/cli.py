@@ -8,10 +8,12 @@ correction, the final length ℓ, the authentication key spent and the wall time
 then whether both ends hold identical keys (checked bit for bit, which consumes the
 temporary key).
 
-``alice`` / ``bob`` run the two ends as separate processes.  In emulation the
-fibre needs Alice's pulses, which are a pure function of (seed, slot): both
-processes take the same ``--preset``, ``--seed`` (and Bob ``--km`` / ``--attack``),
-and Bob's process emulates the fibre and detectors.  Both need the same bootstrap
+``alice`` / ``bob`` run the two ends as separate processes.  The pulses either
+travel over a quantum port (``alice --quantum HOST:PORT`` to ``bob
+--quantum-listen HOST:PORT``, optionally through ``qkdnet fiber`` with its own
+``--km``/``--attack``), or, by default, Bob's process emulates the fibre itself: Alice's
+pulses are a pure function of (seed, slot), so both processes then take the same
+``--preset`` and ``--seed`` (and Bob ``--km`` / ``--attack``).  Both need the same bootstrap
 secret file (``--secret``); a new one is written by ``bob --new-secret``.
 """
 
@@ -43,12 +45,18 @@ def register(commands: CommandSet) -> None:
                    help="pulse slots per block (default: about 1.5e6 clicks per block)")
     r.add_argument("--in-flight", type=int, default=2,
                    help="blocks processed concurrently (pipelining; default 2)")
+    r.add_argument("--quantum-port", action="store_true",
+                   help="send the pulses over TCP too: alice's quantum port -> fibre -> "
+                        "bob's quantum port (default: in-process channel)")
 
     a = link.add("alice", _cmd_alice, help="run the transmitter end (connects to bob)")
     _phy_args(a)
     _end_args(a, default_name="alice", default_peer="bob")
     a.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
                    help="bob's sideband address")
+    a.add_argument("--quantum", default=None, metavar="HOST:PORT",
+                   help="send pulses to this quantum port (a `qkdnet fiber` or bob's "
+                        "--quantum-listen); default: bob emulates the fibre from --seed")
     a.add_argument("--blocks", type=int, default=3, help="number of blocks (default 3)")
     a.add_argument("--block-slots", type=float, default=None,
                    help="pulse slots per block (default: about 1.5e6 clicks per block)")
@@ -58,6 +66,9 @@ def register(commands: CommandSet) -> None:
     _end_args(b, default_name="bob", default_peer="alice")
     b.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
                    help="sideband address to listen on")
+    b.add_argument("--quantum-listen", default=None, metavar="HOST:PORT",
+                   help="receive pulses on this quantum port (from alice or a `qkdnet "
+                        "fiber`); default: emulate the fibre in process from --seed")
     b.add_argument("--new-secret", action="store_true",
                    help="write a fresh bootstrap secret to --secret first")
     b.add_argument("--exit-after", type=int, default=None, metavar="N",
@@ -153,7 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return await run_point_to_point(
                 params, args.km, args.blocks, slots, workdir=tmp, attack=args.attack,
                 seed=args.seed, config_overrides=_overrides(args),
-                max_in_flight=args.in_flight, on_block=show)
+                max_in_flight=args.in_flight, on_block=show, quantum_port=args.quantum_port)
 
     result = trio.run(main)
     if args.json:
@@ -203,6 +214,10 @@ def _cmd_alice(args: argparse.Namespace) -> int:
     from qkdnet.sideband import FrameRouter, connect_sideband
 
     params = _params(args)
+    if args.seed is None and args.quantum:
+        import secrets as _secrets
+
+        args.seed = _secrets.randbits(62)     # only alice needs it: pulses go on the port
     if args.seed is None:
         raise ConfigError("needed by the emulated fibre", key="--seed",
                           expected="the same --seed as bob")
@@ -214,8 +229,17 @@ def _cmd_alice(args: argparse.Namespace) -> int:
         chan = await connect_sideband(host, port, local_name=args.name,
                                       auth=FrameAuthenticator(KeyStoreTagKeys(store, args.peer)))
         cfg = LinkConfig.from_phy(params, new_session_id(), **_overrides(args))
+        source = AliceSource(params, args.seed)
+        emitter = None
+        if args.quantum:
+            from qkdnet.link.driver import PortEmitter
+            from qkdnet.phy.port import QuantumPort
+
+            qhost, qport = _hostport(args.quantum, "--quantum")
+            qstream = await trio.open_tcp_stream(qhost, qport)
+            emitter = PortEmitter(source, QuantumPort(qstream, name=args.name))
         end = LinkEndpoint("transmitter", chan, cfg, peer=args.peer, store=store,
-                           source=AliceSource(params, args.seed))
+                           source=source, emitter=emitter)
         router = FrameRouter()
         end.register(router)
         async with trio.open_nursery() as n:
@@ -223,6 +247,8 @@ def _cmd_alice(args: argparse.Namespace) -> int:
             await n.start(end.run)
             await end.run_blocks(args.blocks, slots, slot_base=time_slot_base())
             await end.stop()
+            if emitter is not None:
+                await emitter.aclose()
             n.cancel_scope.cancel()
         await chan.aclose()
         return end.stats
@@ -247,19 +273,40 @@ def _cmd_bob(args: argparse.Namespace) -> int:
     from qkdnet.sideband import serve_sideband
 
     params = _params(args)
-    if args.seed is None:
+    if args.seed is None and not args.quantum_listen:
         raise ConfigError("needed by the emulated fibre", key="--seed",
                           expected="the same --seed as alice")
+    if args.seed is None:
+        args.seed = 0
     host, port = _hostport(args.listen, "--listen")
     if args.new_secret:
         write_bootstrap_secret(args.secret)
     store = _open_store(args, initiator=False)
-    phy = EmulatedPhy(params, args.km, attack=args.attack, seed=args.seed)
     cfg = LinkConfig.from_phy(params, 0, **_overrides(args))
     ends: list[Any] = []
 
     async def main() -> None:
+        phy: Any
         async with trio.open_nursery() as nursery:
+            if args.quantum_listen:
+                from qkdnet.link.driver import PortPhy
+                from qkdnet.phy.port import QuantumPort
+
+                qhost, qport = _hostport(args.quantum_listen, "--quantum-listen")
+                listeners = await trio.open_tcp_listeners(qport, host=qhost)
+                port_phy = PortPhy(params, seed=args.seed)
+                phy = port_phy
+
+                async def accept_pulses() -> None:
+                    qstream = await listeners[0].accept()
+                    for listener in listeners:
+                        await listener.aclose()
+                    port_phy.attach(QuantumPort(qstream, name=args.name))
+
+                nursery.start_soon(accept_pulses)
+                print(f"bob waiting for pulses on {qhost}:{qport}", file=sys.stderr)
+            else:
+                phy = EmulatedPhy(params, args.km, attack=args.attack, seed=args.seed)
 
             async def handler(chan: Any) -> None:
                 end = LinkEndpoint("receiver", chan, cfg, peer=args.peer, store=store, phy=phy)

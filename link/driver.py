@@ -30,6 +30,7 @@ CONFIRM exchange.  Every finished or aborted block is appended to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -126,6 +127,12 @@ class PortEmitter:
     def __repr__(self) -> str:
         return f"PortEmitter({self.port.name})"
 
+    async def aclose(self) -> None:
+        """Send END (no more pulses) and close the port."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.port.send_end()
+        await self.port.aclose()
+
     async def emit(self, start_slot: int, n_slots: int) -> None:
         pos, end = start_slot, start_slot + n_slots
         while pos < end:
@@ -143,22 +150,32 @@ class PortPhy:
     returns the squashed detections, as :meth:`QuantumChannel.run` does in process.
     """
 
-    def __init__(self, params: Any, port: Any, *, seed: int = 0) -> None:
+    def __init__(self, params: Any, port: Any = None, *, seed: int = 0) -> None:
         from qkdnet.phy.channel import BobDetector
         from qkdnet.phy.source import derive_key
 
         self.params = params
         self.port = port
+        #: Set once a port is attached (the port may connect after the sideband).
+        self.connected = trio.Event()
+        if port is not None:
+            self.connected.set()
         self.detector = BobDetector(params, params.eta_bob, seed)
         self._rng = np.random.default_rng([int(derive_key(seed, 6))])
         self._early: list[Any] = []
 
     def __repr__(self) -> str:
-        return f"PortPhy({self.port.name})"
+        return f"PortPhy({self.port.name if self.port is not None else 'not connected'})"
+
+    def attach(self, port: Any) -> None:
+        """Use ``port`` (a :class:`qkdnet.phy.port.QuantumPort`) from now on."""
+        self.port = port
+        self.connected.set()
 
     async def _next_batch(self) -> Any:
         if self._early:
             return self._early.pop(0)
+        await self.connected.wait()
         batch = await self.port.receive()
         if batch is None:
             raise LocalProtocolError("quantum port ended")
@@ -781,6 +798,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                     while bob.stats.stored + bob.stats.aborted < len(alice.stats.blocks):
                         await trio.sleep(0.01)
                 await alice.stop()
+                if emitter is not None:
+                    await emitter.aclose()
                 inner.cancel_scope.cancel()
             try:
                 await chan.aclose()
