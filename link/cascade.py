@@ -156,6 +156,7 @@ class CascadePlan:
         self.split_ids = tuple(p for p in range(self.n_passes) if self.is_split(p))
         self._split_bit = {p: j for j, p in enumerate(self.split_ids)}
         self._words: np.ndarray | None = None
+        self._ones: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"CascadePlan(n_bits={self.n_bits}, passes={self.n_passes}, seed=<public>)"
@@ -185,6 +186,21 @@ class CascadePlan:
         """Bit index of split pass ``p`` in the side words."""
         return self._split_bit[p]
 
+    def split_ones(self, p: int) -> int:
+        """How many key bits are on side 1 of split pass ``p`` (all passes counted at once:
+        a byte histogram per lane of the side words, then bit sums over the histogram)."""
+        if self._ones is None:
+            w = self.side_words()
+            w = w.astype(w.dtype.newbyteorder("<"), copy=False)   # lane 0 = bits 0..7
+            lanes = w.view(np.uint8).reshape(w.shape[0], w.dtype.itemsize)
+            bitsof = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)[:, ::-1]
+            counts = []
+            for lane in range(lanes.shape[1]):
+                hist = np.bincount(lanes[:, lane], minlength=256).astype(np.int64)
+                counts.append(hist @ bitsof.astype(np.int64))
+            self._ones = np.concatenate(counts)
+        return int(self._ones[self.split_bit(p)])
+
     def split_parities(self, bits: np.ndarray) -> tuple[int, int]:
         """(parity of the whole key, side-1 parities as a word) for one uint8 per bit:
         bit j of the word is the parity of block 1 of split pass ``split_ids[j]``."""
@@ -211,7 +227,7 @@ class CascadePlan:
 
     def _block_ranges(self, p: int) -> tuple[np.ndarray, np.ndarray]:
         if self.is_split(p):
-            n0 = self.n_bits - int(np.count_nonzero(self.side(p)))
+            n0 = self.n_bits - self.split_ones(p)
             return np.array([0, n0], dtype=np.int64), np.array([n0, self.n_bits], np.int64)
         k = self.block_sizes[p]
         starts = np.arange(0, self.n_bits, k, dtype=np.int64)
