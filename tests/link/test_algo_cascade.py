@@ -137,3 +137,18 @@ def test_tiny_and_odd_sizes_terminate_and_count() -> None:
             assert corr.done and corr.leaked_bits == sent
             if qber == 0.0:
                 assert corr.bits_flipped == 0
+
+
+def test_split_passes_are_consistent_partitions() -> None:
+    plan = CascadePlan(100_003, 0.02, 5)
+    assert len(plan.split_ids) == 20
+    bits = np.random.default_rng(3).integers(0, 2, 100_003, dtype=np.uint8)
+    for p in plan.split_ids[:4]:
+        side = plan.side(p)
+        assert plan.split_ones(p) == int(side.sum())
+        perm = plan.perm(p)
+        assert np.array_equal(np.sort(perm), np.arange(100_003))
+        s, e = plan.block_ranges(p)
+        assert (side[perm[s[0]:e[0]]] == 0).all() and (side[perm[s[1]:e[1]]] == 1).all()
+        par = plan.block_parities(p, bits)
+        assert par[1] == bits[side == 1].sum() % 2 and par[0] == bits[side == 0].sum() % 2
