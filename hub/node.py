@@ -430,6 +430,7 @@ class SpokeNode:
 
     async def _connection_loop(self) -> None:
         delay = self.settings.reconnect_initial
+        assert self.store is not None
         while not self._stopping:
             try:
                 chan = await connect_sideband(

@@ -97,9 +97,14 @@ MAX_STATUS = 64 * 1024
 
 
 def _name(field: str) -> list[Any]:
+    length_field = f"{field}_len"
+
+    def length_of(p: Any) -> int:
+        return int(getattr(p, length_field))
+
     return [
-        FieldLenField(f"{field}_len", None, length_of=field, fmt="B"),
-        StrLenField(field, b"", length_from=lambda p, f=field: getattr(p, f"{f}_len")),
+        FieldLenField(length_field, None, length_of=field, fmt="B"),
+        StrLenField(field, b"", length_from=length_of),
     ]
 
 

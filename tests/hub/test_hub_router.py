@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from qkdnet.errors import ErrorCode
 from qkdnet.hub import wire as w
 from qkdnet.hub.node import prefill_pair

@@ -4,7 +4,6 @@ validation of counts and lengths."""
 from __future__ import annotations
 
 import pytest
-
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.hub import wire as w
 from qkdnet.wire import QkdHeader, body_class_for
