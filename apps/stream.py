@@ -444,6 +444,8 @@ class KeyPolicy:
     timeout: float = 30.0
 
 
+#: The default policy (wait up to 30 s) and the fail-fast one.
+WAIT_FOR_KEY = KeyPolicy()
 FAIL_FAST = KeyPolicy(wait=False)
 
 
@@ -481,7 +483,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, transport: trio.abc.Stream, keys: StreamKeys | None, *,
-                 session: int = 0, policy: KeyPolicy = KeyPolicy(),
+                 session: int = 0, policy: KeyPolicy = WAIT_FOR_KEY,
                  max_frame_payload: int = DEFAULT_FRAME_PAYLOAD) -> None:
         self.transport = transport
         self.keys = keys
