@@ -34,7 +34,8 @@ Example (every key is optional except ``node.name``, ``node.role`` and, for a sp
     eta_det = 0.1
 
     [link]
-    block_size = 10000000       # pulse slots per link block
+    enabled = true
+    block_slots = 10000000      # pulse slots per link block
     eps_sec = 1e-10
     eps_cor = 1e-15
     qber_threshold = 0.11
@@ -42,8 +43,10 @@ Example (every key is optional except ``node.name``, ``node.role`` and, for a sp
 
     [auth]
     bootstrap_secret = "alice-hub.secret"   # spoke: the secret shared with the hub
-    [auth.peers]                            # hub: one secret file per spoke
-    # bob = "bob-hub.secret"
+
+    [routing]                   # hub/spoke message routing
+    key_wait = 5.0              # seconds to wait for key before failing a send
+    # window, open_timeout, queue_frames, queue_bytes: see RoutingConfig
 
     [trace]
     enabled = false
@@ -51,6 +54,15 @@ Example (every key is optional except ``node.name``, ``node.role`` and, for a sp
 
     [pcap]
     path = "alice.pcap"
+
+A hub lists its spokes, one table each, with the secret shared with that spoke and
+optional per-link ``[phy]`` overrides (each spoke has its own fibre)::
+
+    [spokes.alice]
+    bootstrap_secret = "alice-hub.secret"
+    km = 25.0
+    seed = 1
+    # preset, attack: as in [phy]
 
 The ``[phy]`` section is checked by a hook (:data:`phy_validator`): by default it
 imports :mod:`qkdnet.phy` lazily (only while validating) and checks the preset, the
@@ -83,6 +95,8 @@ __all__ = [
     "NodeSection",
     "PcapConfig",
     "PhyConfig",
+    "RoutingConfig",
+    "SpokeEntry",
     "TraceConfig",
     "config_from_dict",
     "load_config",
@@ -201,8 +215,10 @@ class PhyConfig:
 class LinkConfig:
     """``[link]``: parameters of the QKD post-processing both ends must agree on."""
 
+    #: Run QKD on the link (false: route with key already in the store only).
+    enabled: bool = True
     #: Pulse slots per link block.
-    block_size: int = field(default=10_000_000,
+    block_slots: int = field(default=10_000_000,
                             metadata=_meta(_block_size, "an integer >= 1000"))
     eps_sec: float = field(default=1e-10, metadata=_meta(_open_unit, "a number in (0, 1)"))
     eps_cor: float = field(default=1e-15, metadata=_meta(_open_unit, "a number in (0, 1)"))
@@ -218,16 +234,43 @@ class LinkConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """``[auth]``: pre-shared bootstrap secrets (>= 4 KiB of random bytes each)."""
+    """``[auth]``: a spoke's pre-shared bootstrap secret (>= 4 KiB of random bytes).
 
-    #: Spoke: the secret file shared with its hub.
+    A hub names one secret per spoke in ``[spokes.NAME]`` instead.
+    """
+
+    #: Spoke: the secret file shared with its hub (None: already in the key store).
     bootstrap_secret: Path | None = None
-    #: Hub: spoke name -> secret file shared with that spoke (also the spokes allowed).
-    peers: dict[str, Path] = field(default_factory=dict)
 
-    def secret_for(self, peer: str) -> Path | None:
-        """The secret file for the link to ``peer`` (a hub's per-spoke file, else ours)."""
-        return self.peers.get(peer, self.bootstrap_secret)
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """``[routing]``: message routing between spokes through the hub."""
+
+    #: Seconds a send may wait for one-time-pad key before failing.
+    key_wait: float = field(default=5.0, metadata=_meta(_positive, "seconds > 0"))
+    #: Frames in flight per channel (None: the role's default, hub 64 / spoke 32).
+    window: int | None = field(default=None, metadata=_meta(_positive, "a positive integer"))
+    #: Spoke: seconds to wait for a channel to open.
+    open_timeout: float = field(default=10.0, metadata=_meta(_positive, "seconds > 0"))
+    #: Hub: queued frames / bytes per spoke before it throttles.
+    queue_frames: int = field(default=64, metadata=_meta(_positive, "a positive integer"))
+    queue_bytes: int = field(default=2 << 20, metadata=_meta(_positive, "a positive integer"))
+
+
+@dataclass(frozen=True)
+class SpokeEntry:
+    """``[spokes.NAME]`` on a hub: the link to one spoke.
+
+    ``preset``, ``km``, ``seed`` and ``attack`` override ``[phy]`` for this link.
+    """
+
+    bootstrap_secret: Path | None = None
+    preset: str | None = None
+    km: float | None = field(default=None, metadata=_meta(
+        lambda v: None if v >= 0 else f"{v!r} km is negative", "a fibre length >= 0 km"))
+    seed: int | None = None
+    attack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,9 +297,12 @@ class NodeConfig:
     keystore: KeystoreConfig = KeystoreConfig()
     phy: PhyConfig = field(default_factory=PhyConfig)
     link: LinkConfig = LinkConfig()
-    auth: AuthConfig = field(default_factory=AuthConfig)
+    auth: AuthConfig = AuthConfig()
+    routing: RoutingConfig = RoutingConfig()
     trace: TraceConfig = TraceConfig()
     pcap: PcapConfig = PcapConfig()
+    #: Hub only: spoke name -> its link settings (also the set of spokes admitted).
+    spokes: dict[str, SpokeEntry] = field(default_factory=dict)
     source: str = "<config>"
     base_dir: Path = Path(".")
 
@@ -269,6 +315,25 @@ class NodeConfig:
     def role(self) -> Literal["hub", "spoke"]:
         """``"hub"`` or ``"spoke"``."""
         return self.node.role
+
+    def secret_for(self, peer: str) -> Path | None:
+        """The bootstrap secret file for the link to ``peer``.
+
+        On a hub, the one in ``[spokes.PEER]``; on a spoke, ``[auth] bootstrap_secret``.
+        """
+        if self.role == "hub":
+            entry = self.spokes.get(peer)
+            return entry.bootstrap_secret if entry else None
+        return self.auth.bootstrap_secret
+
+    def phy_for(self, peer: str | None = None) -> PhyConfig:
+        """``[phy]`` with ``[spokes.PEER]``'s overrides applied (hub), else ``[phy]``."""
+        entry = self.spokes.get(peer) if peer is not None else None
+        if entry is None:
+            return self.phy
+        changes = {k: getattr(entry, k) for k in ("preset", "km", "seed", "attack")
+                   if getattr(entry, k) is not None}
+        return dataclasses.replace(self.phy, **changes)
 
     def with_trace(self, enabled: bool, folder: str | os.PathLike[str] | None = None
                    ) -> NodeConfig:
@@ -292,9 +357,11 @@ class NodeConfig:
 
 _SECTIONS: dict[str, type] = {
     "node": NodeSection, "network": NetworkConfig, "keystore": KeystoreConfig,
-    "phy": PhyConfig, "link": LinkConfig, "auth": AuthConfig, "trace": TraceConfig,
-    "pcap": PcapConfig,
+    "phy": PhyConfig, "link": LinkConfig, "auth": AuthConfig, "routing": RoutingConfig,
+    "trace": TraceConfig, "pcap": PcapConfig,
 }
+#: Top-level tables whose keys are names, each holding a table of this type.
+_NAMED_SECTIONS: dict[str, type] = {"spokes": SpokeEntry}
 
 
 # ------------------------------------------------------------------ the loader
@@ -415,8 +482,8 @@ def config_from_dict(data: Mapping[str, object], *, source: str = "<config>",
     """Build a :class:`NodeConfig` from already-parsed TOML data (tests, embedding)."""
     ctx = _Ctx(source, Path(base_dir))
     for key in data:
-        if key not in _SECTIONS:
-            raise _unknown(key, list(_SECTIONS), "the file", source)
+        if key not in _SECTIONS and key not in _NAMED_SECTIONS:
+            raise _unknown(key, [*_SECTIONS, *_NAMED_SECTIONS], "the file", source)
     if "node" not in data:
         raise ctx.error("node", "section is missing", "a [node] table with name and role")
     sections: dict[str, Any] = {}
@@ -425,10 +492,23 @@ def config_from_dict(data: Mapping[str, object], *, source: str = "<config>",
             sections[name] = _section(cls, data[name], name, ctx)
         elif name != "node":
             sections[name] = _relocate(cls(), ctx.base_dir)
+    for name, cls in _NAMED_SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ctx.error(name, f"got {_type_name(table)}", f"[{name}.NAME] tables")
+        entries = {}
+        for entry_name, body in table.items():
+            problem = _name(entry_name)
+            if problem:
+                raise ctx.error(f"{name}.{entry_name}", problem, _NAME_EXPECTED)
+            entries[entry_name] = _section(cls, body, f"{name}.{entry_name}", ctx)
+        sections[name] = entries
     cfg = NodeConfig(**sections, source=source, base_dir=ctx.base_dir)
     _cross_checks(cfg, ctx)
     if validate_phy_section and phy_validator is not None:
-        phy_validator(cfg.phy, source)
+        phy_validator(cfg.phy, source, "phy")
+        for spoke in cfg.spokes:
+            phy_validator(cfg.phy_for(spoke), source, f"spokes.{spoke}")
     return cfg
 
 
@@ -439,18 +519,20 @@ def _cross_checks(cfg: NodeConfig, ctx: _Ctx) -> None:
         if cfg.network.hub_host is None:
             raise ctx.error("network.hub_host", "a spoke must say where its hub listens",
                             "a host name or IP")
-        if cfg.auth.peers:
-            raise ctx.error("auth.peers", "per-peer secrets are for hubs",
-                            "[auth] bootstrap_secret on a spoke")
+        if cfg.spokes:
+            raise ctx.error("spokes", "only a hub lists spokes",
+                            "[auth] bootstrap_secret and [phy] on a spoke")
         if cfg.node.hub == cfg.node.name:
             raise ctx.error("node.hub", "a spoke cannot be its own hub", "another node's name")
     else:
         if cfg.node.hub is not None:
             raise ctx.error("node.hub", "only a spoke names a hub", "no node.hub on a hub")
-        for peer in cfg.auth.peers:
-            problem = _name(peer)
-            if problem:
-                raise ctx.error(f"auth.peers.{peer}", problem, _NAME_EXPECTED)
+        if cfg.auth.bootstrap_secret is not None:
+            raise ctx.error("auth.bootstrap_secret", "a hub has one secret per spoke",
+                            "bootstrap_secret in each [spokes.NAME] table")
+        if cfg.name in cfg.spokes:
+            raise ctx.error(f"spokes.{cfg.name}", "a hub cannot be its own spoke",
+                            "the names of the spokes")
 
 
 def load_config(path: str | os.PathLike[str]) -> NodeConfig:
@@ -476,9 +558,10 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 # ------------------------------------------------------------------ PHY hook
 
 
-def validate_phy(phy: PhyConfig, source: str) -> None:
+def validate_phy(phy: PhyConfig, source: str, where: str = "phy") -> None:
     """Default ``[phy]`` check: the PHY layer's own validation, imported lazily.
 
+    ``where`` is the table the preset/attack came from (``phy`` or ``spokes.NAME``).
     Skipped silently when ``qkdnet.phy`` is not importable (the spine stands alone).
     """
     try:
@@ -490,7 +573,7 @@ def validate_phy(phy: PhyConfig, source: str) -> None:
         params = presets.get(phy.preset)
     except ConfigError as err:
         raise ConfigError(f"unknown PHY preset {phy.preset!r}", source=source,
-                          key="phy.preset", expected=err.expected) from None
+                          key=f"{where}.preset", expected=err.expected) from None
     names = [f.name for f in dataclasses.fields(params)]
     for key in phy.params:
         if key not in names:
@@ -513,7 +596,7 @@ def validate_phy(phy: PhyConfig, source: str) -> None:
         attacks.parse_attack(phy.attack)
     except ConfigError as err:
         raise ConfigError(f"unknown or malformed attack {phy.attack!r}", source=source,
-                          key="phy.attack", expected=err.expected) from None
+                          key=f"{where}.attack", expected=err.expected) from None
 
 
 def _bare_message(err: ConfigError) -> str:
@@ -529,4 +612,5 @@ def _bare_message(err: ConfigError) -> str:
 
 
 #: The hook that checks ``[phy]``; replace it (or set ``None``) to change or skip that.
-phy_validator: Callable[[PhyConfig, str], None] | None = validate_phy
+#: It is called as ``phy_validator(phy, source, where)``.
+phy_validator: Callable[[PhyConfig, str, str], None] | None = validate_phy

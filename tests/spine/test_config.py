@@ -51,7 +51,8 @@ eta_det = 0.2
 mu = [0.6, 0.2, 0.0]
 
 [link]
-block_size = 2000000
+enabled = false
+block_slots = 2000000
 eps_sec = 1e-9
 eps_cor = 1e-14
 qber_threshold = 0.09
@@ -59,10 +60,21 @@ decoy = "one"
 auth_reserve_bits = 8192
 step_timeout = 5
 
-[auth]
-[auth.peers]
-alice = "secrets/alice.bin"
-bob = "/abs/bob.bin"
+[routing]
+key_wait = 2
+window = 16
+queue_frames = 10
+queue_bytes = 65536
+
+[spokes.alice]
+bootstrap_secret = "secrets/alice.bin"
+km = 80.0
+seed = 3
+
+[spokes.bob]
+bootstrap_secret = "/abs/bob.bin"
+preset = "lim2014-apd"
+attack = "pns"
 
 [trace]
 enabled = true
@@ -106,6 +118,8 @@ def test_minimal_spoke_gets_defaults_resolved_beside_the_file(tmp_path: Path) ->
     assert cfg.link.decoy == "two"
     assert cfg.phy.preset == "gys2004" and cfg.phy.attack == "none"
     assert cfg.auth.bootstrap_secret is None and cfg.pcap.path is None
+    assert cfg.secret_for("hub") is None and cfg.spokes == {}
+    assert cfg.routing.window is None and cfg.link.enabled is True
     assert cfg.source == str(tmp_path / "node.toml")
 
 
@@ -119,17 +133,26 @@ def test_full_hub_file_round_trips_every_key(tmp_path: Path) -> None:
     assert cfg.phy == PhyConfig(preset="gys2004", km=42.5, attack="intercept-resend:0.3",
                                 seed=7, params={"eta_det": 0.2, "mu": [0.6, 0.2, 0.0]})
     assert cfg.phy.phy_params().eta_det == 0.2
-    assert cfg.link.block_size == 2_000_000 and cfg.link.decoy == "one"
+    assert cfg.link.block_slots == 2_000_000 and cfg.link.decoy == "one"
+    assert cfg.link.enabled is False
     assert cfg.link.step_timeout == 5.0 and isinstance(cfg.link.step_timeout, float)
-    assert cfg.auth.peers == {"alice": tmp_path / "secrets" / "alice.bin",
-                              "bob": Path("/abs/bob.bin")}
-    assert cfg.auth.secret_for("alice") == tmp_path / "secrets" / "alice.bin"
-    assert cfg.auth.secret_for("carol") is None
+    assert sorted(cfg.spokes) == ["alice", "bob"]
+    assert cfg.secret_for("alice") == tmp_path / "secrets" / "alice.bin"
+    assert cfg.secret_for("bob") == Path("/abs/bob.bin")
+    assert cfg.secret_for("carol") is None
+    assert cfg.phy_for("alice") == PhyConfig(preset="gys2004", km=80.0,
+                                             attack="intercept-resend:0.3", seed=3,
+                                             params=cfg.phy.params)
+    assert cfg.phy_for("bob").preset == "lim2014-apd" and cfg.phy_for("bob").km == 42.5
+    assert cfg.phy_for("bob").attack == "pns"
+    assert cfg.phy_for(None) == cfg.phy == cfg.phy_for("carol")
+    assert (cfg.routing.key_wait, cfg.routing.window) == (2.0, 16)
+    assert (cfg.routing.queue_frames, cfg.routing.queue_bytes) == (10, 65536)
     assert cfg.trace.enabled and cfg.trace.folder == tmp_path / "tr"
     assert cfg.pcap.path == tmp_path / "hub.pcap"
     data = cfg.as_dict()
     assert data["network"]["sideband_port"] == 9001
-    assert data["auth"]["peers"]["bob"] == "/abs/bob.bin"
+    assert data["spokes"]["bob"]["bootstrap_secret"] == "/abs/bob.bin"
 
 
 def test_with_trace_overrides_the_file(tmp_path: Path) -> None:
@@ -180,16 +203,29 @@ def test_config_from_dict_uses_base_dir(tmp_path: Path) -> None:
     (SPOKE + "[link]\neps_sec = nan\n", "link.eps_sec", "finite"),
     (SPOKE + "[link]\nqber_threshold = 0.6\n", "link.qber_threshold", "QBER"),
     (SPOKE + '[link]\ndecoy = "three"\n', "link.decoy", "not allowed"),
-    (SPOKE + "[link]\nblock_size = 10\n", "link.block_size", "too small"),
+    (SPOKE + "[link]\nblock_slots = 10\n", "link.block_slots", "too small"),
+    (SPOKE + "[link]\nblock_size = 10\n", "link.block_size", "did you mean 'block_slots'"),
+    (SPOKE + "[routing]\nwindow = 0\n", "routing.window", "not positive"),
+    (SPOKE + "[routing]\nkey_wait = -1\n", "routing.key_wait", "not positive"),
     (SPOKE + "[link]\nstep_timeout = -1\n", "link.step_timeout", "not positive"),
     (SPOKE + '[trace]\nenabled = "yes"\n', "trace.enabled", "got a string"),
     (SPOKE + "[pcap]\npath = 1\n", "pcap.path", "got an integer"),
-    (SPOKE + "[auth]\npeers = 1\n", "auth.peers", "got an integer"),
-    (SPOKE + '[auth.peers]\nbob = "b.bin"\n', "auth.peers", "for hubs"),
-    ('[node]\nname = "h"\nrole = "hub"\n[auth.peers]\n"b c" = "x"\n', "auth.peers.b c",
+    (SPOKE + "[auth]\npeers = 1\n", "auth.peers", "unknown key"),
+    (SPOKE + '[spokes.bob]\nbootstrap_secret = "b.bin"\n', "spokes", "only a hub"),
+    (SPOKE + "spokes = 1\n", "network.spokes", "unknown key"),
+    ('[node]\nname = "h"\nrole = "hub"\nspokes = 1\n', "node.spokes", "unknown key"),
+    ('spokes = 1\n[node]\nname = "h"\nrole = "hub"\n', "spokes", "got an integer"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes."b c"]\n', "spokes.b c",
      "not a valid node name"),
-    ('[node]\nname = "h"\nrole = "hub"\n[auth.peers]\nb = 1\n', "auth.peers.b",
-     "got an integer"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes]\nb = 1\n', "spokes.b", "got an integer"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes.b]\nbootstrap_secret = 1\n',
+     "spokes.b.bootstrap_secret", "got an integer"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes.b]\nkm = -1\n', "spokes.b.km", "negative"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes.b]\nkmm = 1\n', "spokes.b.kmm",
+     "did you mean 'km'"),
+    ('[node]\nname = "h"\nrole = "hub"\n[spokes.h]\n', "spokes.h", "its own spoke"),
+    ('[node]\nname = "h"\nrole = "hub"\n[auth]\nbootstrap_secret = "s"\n',
+     "auth.bootstrap_secret", "one secret per spoke"),
     ('node = 3\n', "node", "got an integer"),
     (SPOKE + "[phy]\nkm = -3\n", "phy.km", "negative"),
     (SPOKE + "[phy]\nparams = 3\n", "phy.params", "got an integer"),
@@ -227,12 +263,15 @@ def test_phy_section_is_checked_by_the_phy_layer(tmp_path: Path) -> None:
     assert "parameters:" not in str(err)  # re-labelled with the file, not the PHY's source
     err = error_of(tmp_path, SPOKE + '[phy]\nattack = "teleport"\n')
     assert err.key == "phy.attack"
+    hub = '[node]\nname = "h"\nrole = "hub"\n[spokes.b]\npreset = "nope"\n'
+    assert error_of(tmp_path, hub).key == "spokes.b.preset"
 
 
 def test_phy_hook_can_be_replaced_or_skipped(tmp_path: Path, monkeypatch) -> None:
-    seen: list[tuple[PhyConfig, str]] = []
-    monkeypatch.setattr(config_module, "phy_validator", lambda phy, src: seen.append((phy, src)))
+    seen: list[tuple[PhyConfig, str, str]] = []
+    monkeypatch.setattr(config_module, "phy_validator",
+                        lambda phy, src, where: seen.append((phy, src, where)))
     cfg = load_config(write(tmp_path, SPOKE + '[phy]\npreset = "anything"\n'))
-    assert seen == [(cfg.phy, cfg.source)]
+    assert seen == [(cfg.phy, cfg.source, "phy")]
     monkeypatch.setattr(config_module, "phy_validator", None)
     assert load_config(write(tmp_path, SPOKE + '[phy]\npreset = "x"\n')).phy.preset == "x"
