@@ -427,6 +427,8 @@ class CascadeCorrector:
         # two-block passes: Bob's block parities for all of them as words, kept current
         # from the start (bit j: split pass split_ids[j]); see CascadePlan.side_words
         self._btot, self._bw1 = plan.split_parities(self._bits) if plan.split_ids else (0, 0)
+        self._flipped = np.zeros(n_bits, dtype=bool)
+        self._resolving = False
         self._aw0 = self._aw1 = 0        # Alice's block parities of fetched split passes
         self._started_split = 0          # bit j: split pass split_ids[j] started
         self._busy = 0                   # bit j: that pass has had a search (not quiet)
@@ -602,7 +604,7 @@ class CascadeCorrector:
         self._sa = np.concatenate([self._sa, a.astype(np.uint8)])
         self._sm = np.concatenate([self._sm, np.zeros(blocks.shape[0], np.int64)
                                    if mask is None else mask.astype(np.int64)])
-        if ((e - s) == 1).any():          # a one-bit range with odd mismatch is located
+        if ((e - s) == 1).any() and not self._resolving:   # a one-bit range is located
             self._resolve()
 
     def _keep(self, keep: np.ndarray) -> None:
@@ -680,6 +682,13 @@ class CascadeCorrector:
 
     def _resolve(self) -> None:
         """Flip every located error, cancel hit searches, back-track into earlier passes."""
+        self._resolving = True
+        try:
+            self._resolve_loop()
+        finally:
+            self._resolving = False
+
+    def _resolve_loop(self) -> None:
         while True:
             found = (self._se - self._ss) == 1
             if not found.any():
@@ -690,6 +699,12 @@ class CascadeCorrector:
                 sel = fp == p
                 pos[sel] = self._plan.perm(int(p))[fs[sel]]
             flips = np.unique(pos)
+            # With honest answers every search ends on a wrong bit, so no bit is ever
+            # flipped twice; a second flip means the peer's parities contradict each other
+            # (and could otherwise make Bob flip one bit back and forth forever).
+            if self._flipped[flips].any():
+                raise RemoteProtocolError("parity answers contradict each other")
+            self._flipped[flips] = True
             self._bits[flips] ^= 1
             self.bits_flipped += int(flips.shape[0])
             self._remember(found)

@@ -57,7 +57,6 @@ def test_corrects_exactly_and_counts_every_parity(qber: float) -> None:
         assert requests < 1000
 
 
-@pytest.mark.slow
 def test_efficiency_at_1e5() -> None:
     alice, bob = _keys(100_000, 0.02, 7)
     corr, sent, _ = _run(alice, bob, 0.02, 7)
@@ -152,3 +151,18 @@ def test_split_passes_are_consistent_partitions() -> None:
         assert (side[perm[s[0]:e[0]]] == 0).all() and (side[perm[s[1]:e[1]]] == 1).all()
         par = plan.block_parities(p, bits)
         assert par[1] == bits[side == 1].sum() % 2 and par[0] == bits[side == 0].sum() % 2
+
+
+def test_random_parity_answers_end_in_a_remote_error_not_a_hang() -> None:
+    # A peer answering at random contradicts itself sooner or later; Bob must stop with
+    # RemoteProtocolError (or finish / hit the step limit), never recurse or loop.
+    rng = np.random.default_rng(12)
+    for n in (1_000, 20_000):
+        bits = rng.integers(0, 2, n, dtype=np.uint8)
+        corr = CascadeCorrector(np.packbits(bits), n, CascadePlan(n, 0.03, 1), max_steps=3_000)
+        try:
+            while (req := corr.next_request()) is not None:
+                corr.receive(rng.integers(0, 2, len(req), dtype=np.uint8))
+        except (RemoteProtocolError, LocalProtocolError):
+            pass
+        assert corr.steps <= 3_001
