@@ -59,6 +59,8 @@ from scapy.packet import Packet
 log = logging.getLogger(__name__)
 
 HUB_TYPES = range(0x40, 0x60)
+#: A receiver acknowledges at least every ACK_EVERY messages (acks are cumulative).
+ACK_EVERY = 8
 
 #: Hook that runs the link layer on the spoke's hub connection (the spoke transmits):
 #: ``await nursery.start(link_runner, node, channel, frame_router)``: registers the
@@ -160,6 +162,7 @@ class Channel:
         self.opener = node.name if end == 0 else peer
         self._tx_seq = 0
         self._rx_next = 0
+        self._last_acked = -1
         self._unacked: set[int] = set()
         self._window = trio.Semaphore(node.settings.window)
         self._send_lock = trio.Lock()
@@ -234,9 +237,15 @@ class Channel:
             await self._inbox_event.wait()
         seq, data = self._inbox.popleft()
         self.messages_received += 1
-        await self.node._send_quietly(w.HubDeliveryAck(
-            kind=int(w.NackKind.DATA), src=self.node.name.encode(), dst=self.peer.encode(),
-            channel_id=self.channel_id, end=self.end ^ 1, msg_seq=seq), self.epoch)
+        # Acks are cumulative: one acknowledges every message up to ``seq``. Ack when
+        # the application has caught up (inbox empty) or every ACK_EVERY messages,
+        # which keeps a pipelined sender's window open at a fraction of the frames.
+        if not self._inbox or seq - self._last_acked >= ACK_EVERY:
+            self._last_acked = seq
+            await self.node._send_quietly(w.HubDeliveryAck(
+                kind=int(w.NackKind.DATA), src=self.node.name.encode(),
+                dst=self.peer.encode(), channel_id=self.channel_id, end=self.end ^ 1,
+                msg_seq=seq), self.epoch)
         return data
 
     def __aiter__(self) -> Channel:
@@ -300,9 +309,12 @@ class Channel:
         return True
 
     def _ack(self, seq: int) -> None:
-        if seq in self._unacked:
-            self._unacked.discard(seq)
+        """Cumulative ack: every message up to ``seq`` was read by the peer."""
+        done = [s for s in self._unacked if s <= seq]
+        for s in done:
+            self._unacked.discard(s)
             self._window.release()
+        if done:
             self._acked_event.set()
 
 

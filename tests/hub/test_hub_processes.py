@@ -106,7 +106,7 @@ def test_hub_and_three_spoke_processes_on_loopback(tmp_path: Path) -> None:
                  str(COUNT), f"{name}.json"], cwd=tmp_path,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         for proc in spokes:
-            out, err = proc.communicate(timeout=90)
+            _out, err = proc.communicate(timeout=90)
             assert proc.returncode == 0, err.decode()[-3000:]
         _check_results(tmp_path)
         status = subprocess.run([*QKDNET, "hub", "status", "--json", "--config", "hub.toml"],
