@@ -24,7 +24,7 @@ from qkdnet.errors import ConfigError
 _HUB_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "node": {"name": str, "role": str},
     "listen": {"host": str, "port": int},
-    "keystore": {"path": str},
+    "keystore": {"path": str, "lease_bits": int},
     "control": {"socket": str},
     "routing": {"key_wait": (int, float), "queue_frames": int, "queue_bytes": int,
                 "window": int},
@@ -37,7 +37,7 @@ _SPOKE_ENTRY: dict[str, type | tuple[type, ...]] = {
 _NODE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "node": {"name": str, "role": str},
     "hub": {"name": str, "host": str, "port": int},
-    "keystore": {"path": str},
+    "keystore": {"path": str, "lease_bits": int},
     "auth": {"bootstrap_secret": str},
     "control": {"socket": str},
     "routing": {"key_wait": (int, float), "window": int, "open_timeout": (int, float)},
@@ -130,7 +130,8 @@ def hub_settings_from_file(path: str | Path) -> Any:
         key_wait=float(routing.get("key_wait", 5.0)),
         queue_frames=routing.get("queue_frames", 64),
         queue_bytes=routing.get("queue_bytes", 2 << 20), window=routing.get("window", 64),
-        pcap=(base / pcap) if pcap else None, link=link)
+        pcap=(base / pcap) if pcap else None, link=link,
+        lease_bits=data.get("keystore", {}).get("lease_bits", 1 << 16))
 
 
 def spoke_settings_from_file(path: str | Path) -> Any:
@@ -158,7 +159,8 @@ def spoke_settings_from_file(path: str | Path) -> Any:
         control_socket=(base / control) if control else None,
         key_wait=float(routing.get("key_wait", 5.0)), window=routing.get("window", 32),
         open_timeout=float(routing.get("open_timeout", 10.0)),
-        pcap=(base / pcap) if pcap else None, link=dict(data.get("link", {})))
+        pcap=(base / pcap) if pcap else None, link=dict(data.get("link", {})),
+        lease_bits=data.get("keystore", {}).get("lease_bits", 1 << 16))
 
 
 def spoke_settings_from_config(config: Any) -> Any:

@@ -78,6 +78,9 @@ class HubSettings:
     window: int = 64
     pcap: Path | None = None
     link: dict[str, Any] = field(default_factory=dict)
+    #: Key-store lease per pool: bigger is faster for big messages, and burns up to
+    #: this many bits per pool when the process stops (see qkdnet.keystore).
+    lease_bits: int = 1 << 16
 
 
 @dataclass
@@ -119,7 +122,8 @@ class HubDaemon:
 
     def _open(self) -> KeyStore:
         if self.store is None:
-            self.store = KeyStore(self.settings.keystore)
+            self.store = KeyStore(self.settings.keystore,
+                                  lease_bits=self.settings.lease_bits)
         for spoke, secret_file in self.settings.spokes.items():
             if secret_file is not None:
                 try:

@@ -97,6 +97,8 @@ class SpokeSettings:
     reconnect_max: float = 2.0
     pcap: Path | None = None
     link: dict[str, Any] = field(default_factory=dict)
+    #: Key-store lease per pool (see HubSettings.lease_bits).
+    lease_bits: int = 1 << 16
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -384,7 +386,8 @@ class SpokeNode:
 
     def _open_store(self) -> KeyStore:
         if self.store is None:
-            self.store = KeyStore(self.settings.keystore)
+            self.store = KeyStore(self.settings.keystore,
+                                  lease_bits=self.settings.lease_bits)
         secret_file = self.settings.bootstrap_secret
         if secret_file is not None:
             try:
@@ -893,7 +896,7 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            queue_frames: int = 64, link: bool = False,
                            preset: str | None = None, km: float | None = None,
                            control_sockets: bool = False, wait: bool = True,
-                           extra_spokes: Sequence[str] = ()
+                           extra_spokes: Sequence[str] = (), lease_bits: int = 1 << 16
                            ) -> AsyncIterator[EmbeddedNetwork]:
     """A hub and spokes ``names`` on loopback, key stores in ``folder``.
 
@@ -925,8 +928,9 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
             path.write_bytes(os.urandom(4096))
             path.chmod(0o600)
         secrets_[name] = path
-    hub_store = KeyStore(folder / f"{hub_name}.keys")
-    stores = {name: KeyStore(folder / f"{name}.keys") for name in all_names}
+    hub_store = KeyStore(folder / f"{hub_name}.keys", lease_bits=lease_bits)
+    stores = {name: KeyStore(folder / f"{name}.keys", lease_bits=lease_bits)
+              for name in all_names}
     try:
         for name in all_names:
             hub_store.import_bootstrap(name, secrets_[name].read_bytes(), initiator=False)
