@@ -82,9 +82,12 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qkdnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qkdnet.tracing import TraceFolder
 
 __all__ = [
     "AuthConfig",
@@ -340,6 +343,19 @@ class NodeConfig:
         """A copy with tracing switched (the CLI's ``--trace`` flag)."""
         trace = TraceConfig(enabled, Path(folder) if folder is not None else self.trace.folder)
         return dataclasses.replace(self, trace=trace)
+
+    def trace_folder(self, clock: Callable[[], float] | None = None) -> TraceFolder:
+        """The :class:`~qkdnet.tracing.TraceFolder` this config asks for (disabled if off).
+
+        Pass ``clock=trio.current_time`` from trio adapters so event times match ``now``.
+        """
+        from qkdnet.tracing import TraceFolder
+
+        if not self.trace.enabled:
+            return TraceFolder.disabled()
+        if clock is None:
+            return TraceFolder(self.trace.folder, node=self.name)
+        return TraceFolder(self.trace.folder, node=self.name, clock=clock)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (paths as strings) for ``--json`` output."""

@@ -155,9 +155,17 @@ def test_full_hub_file_round_trips_every_key(tmp_path: Path) -> None:
     assert data["spokes"]["bob"]["bootstrap_secret"] == "/abs/bob.bin"
 
 
-def test_with_trace_overrides_the_file(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, SPOKE)).with_trace(True, tmp_path / "t2")
+def test_with_trace_overrides_the_file_and_builds_the_folder(tmp_path: Path) -> None:
+    off = load_config(write(tmp_path, SPOKE))
+    assert not off.trace_folder().enabled
+    cfg = off.with_trace(True, tmp_path / "t2")
     assert cfg.trace.enabled and cfg.trace.folder == tmp_path / "t2"
+    folder = cfg.trace_folder(clock=lambda: 5.0)
+    folder.session(3).event("test", "hello")
+    folder.close()
+    (path,) = folder.files()
+    assert path == tmp_path / "t2" / "alice_3.jsonl"
+    assert '"time":5.0' in path.read_text()
 
 
 def test_config_from_dict_uses_base_dir(tmp_path: Path) -> None:
