@@ -2,18 +2,16 @@
 
 ``qkdnet hub --config hub.toml`` runs the hub until SIGINT/SIGTERM;
 ``qkdnet hub status [--json] (--config F | --socket S)`` asks a running hub through
-its control socket. ``qkdnet node …`` is the same for a spoke.
+its control socket (``<key store>.ctl``). ``qkdnet node …`` is the same for a spoke.
 
-Config files are TOML (``tomllib``); relative paths are relative to the file. Unknown
-sections or keys are errors naming the file and the key (typos should not pass
-silently). The layout is documented in spec/hub.md, "Configuration".
+Config files are the project's node configuration (:mod:`qkdnet.config`): TOML,
+validated, unknown keys are errors naming the file and the key.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,154 +19,72 @@ from typing import Any
 from qkdnet.cli import CommandSet, emit_json
 from qkdnet.errors import ConfigError
 
-_HUB_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "node": {"name": str, "role": str},
-    "listen": {"host": str, "port": int},
-    "keystore": {"path": str, "lease_bits": int},
-    "control": {"socket": str},
-    "routing": {"key_wait": (int, float), "queue_frames": int, "queue_bytes": int,
-                "window": int},
-    "capture": {"pcap": str},
-    "link": {"preset": str, "km": (int, float), "seed": int, "block_slots": int,
-             "enabled": bool},
-}
-_SPOKE_ENTRY: dict[str, type | tuple[type, ...]] = {
-    "bootstrap_secret": str, "km": (int, float), "seed": int, "preset": str}
-_NODE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "node": {"name": str, "role": str},
-    "hub": {"name": str, "host": str, "port": int},
-    "keystore": {"path": str, "lease_bits": int},
-    "auth": {"bootstrap_secret": str},
-    "control": {"socket": str},
-    "routing": {"key_wait": (int, float), "window": int, "open_timeout": (int, float)},
-    "capture": {"pcap": str},
-    "link": {"preset": str, "km": (int, float), "seed": int, "block_slots": int,
-             "enabled": bool},
-}
+
+def control_socket_for(keystore: Path) -> Path:
+    """Where a daemon's status socket lives: next to its key store, ``<store>.ctl``."""
+    return keystore.with_name(keystore.name + ".ctl")
 
 
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError(f"cannot read config: {err.strerror}", source=str(path)) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"not valid TOML: {err}", source=str(path)) from None
+def _link_dict(cfg: Any) -> dict[str, Any]:
+    phy = cfg.phy_for(None)
+    link: dict[str, Any] = {
+        "enabled": cfg.link.enabled, "block_slots": cfg.link.block_slots,
+        "preset": phy.preset, "km": phy.km, "seed": phy.seed or 0,
+    }
+    link["spokes"] = {name: {"preset": cfg.phy_for(name).preset, "km": cfg.phy_for(name).km,
+                             "seed": cfg.phy_for(name).seed or 0} for name in cfg.spokes}
+    return link
 
 
-def _check(data: dict[str, Any], schema: dict[str, dict[str, Any]], src: str,
-           extra: tuple[str, ...] = ()) -> None:
-    for section, body in data.items():
-        if section in extra:
-            continue
-        if section not in schema:
-            raise ConfigError("unknown section", source=src, key=f"[{section}]",
-                              expected="one of " + ", ".join(
-                                  f"[{s}]" for s in (*schema, *extra)))
-        if not isinstance(body, dict):
-            raise ConfigError("must be a table", source=src, key=section)
-        _check_keys(body, schema[section], src, section)
-
-
-def _check_keys(body: dict[str, Any], schema: dict[str, Any], src: str, section: str) -> None:
-    for key, value in body.items():
-        if key not in schema:
-            raise ConfigError("unknown key", source=src, key=f"{section}.{key}",
-                              expected="one of " + ", ".join(schema))
-        want = schema[key]
-        # bool is an int subclass: `true` must not pass as a port number.
-        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
-            names = want.__name__ if isinstance(want, type) else " or ".join(
-                t.__name__ for t in want)
-            raise ConfigError(f"has the wrong type ({type(value).__name__})", source=src,
-                              key=f"{section}.{key}", expected=names)
-
-
-def _need(data: dict[str, Any], section: str, key: str, src: str) -> Any:
-    try:
-        return data[section][key]
-    except KeyError:
-        raise ConfigError("missing", source=src, key=f"{section}.{key}") from None
-
-
-def hub_settings_from_file(path: str | Path) -> Any:
-    """Read a hub config file into :class:`qkdnet.hub.daemon.HubSettings`."""
+def hub_settings_from_config(cfg: Any) -> Any:
+    """:class:`~qkdnet.hub.daemon.HubSettings` from a ``qkdnet.config.NodeConfig``."""
     from qkdnet.hub.daemon import HubSettings
 
-    path = Path(path)
-    src, base = str(path), path.resolve().parent
-    data = _load(path)
-    _check(data, _HUB_SCHEMA, src, extra=("spokes",))
-    spokes_raw = data.get("spokes", {})
-    if not isinstance(spokes_raw, dict) or not spokes_raw:
-        raise ConfigError("no spokes configured", source=src, key="[spokes.NAME]",
+    if cfg.role != "hub":
+        raise ConfigError(f"role is {cfg.role!r}", source=cfg.source, key="node.role",
+                          expected='"hub" for qkdnet hub')
+    if not cfg.spokes:
+        raise ConfigError("no spokes configured", source=cfg.source, key="[spokes.NAME]",
                           expected="one table per spoke with bootstrap_secret")
-    role = data.get("node", {}).get("role", "hub")
-    if role != "hub":
-        raise ConfigError(f"role is {role!r}", source=src, key="node.role", expected="'hub'")
-    spokes: dict[str, Path | None] = {}
-    link_per_spoke: dict[str, dict[str, Any]] = {}
-    for name, entry in spokes_raw.items():
-        if not isinstance(entry, dict):
-            raise ConfigError("must be a table", source=src, key=f"spokes.{name}")
-        _check_keys(entry, _SPOKE_ENTRY, src, f"spokes.{name}")
-        secret = entry.get("bootstrap_secret")
-        spokes[name] = (base / secret) if secret else None
-        link_per_spoke[name] = {k: v for k, v in entry.items() if k != "bootstrap_secret"}
-    control = data.get("control", {}).get("socket")
-    routing = data.get("routing", {})
-    listen = data.get("listen", {})
-    pcap = data.get("capture", {}).get("pcap")
-    link = dict(data.get("link", {}))
-    link["spokes"] = link_per_spoke
+    r = cfg.routing
     return HubSettings(
-        name=_need(data, "node", "name", src),
-        keystore=base / _need(data, "keystore", "path", src),
-        host=listen.get("host", "127.0.0.1"), port=listen.get("port", 7787),
-        spokes=spokes, control_socket=(base / control) if control else None,
-        key_wait=float(routing.get("key_wait", 5.0)),
-        queue_frames=routing.get("queue_frames", 64),
-        queue_bytes=routing.get("queue_bytes", 2 << 20), window=routing.get("window", 64),
-        pcap=(base / pcap) if pcap else None, link=link,
-        lease_bits=data.get("keystore", {}).get("lease_bits", 1 << 16))
-
-
-def spoke_settings_from_file(path: str | Path) -> Any:
-    """Read a spoke config file into :class:`qkdnet.hub.node.SpokeSettings`."""
-    from qkdnet.hub.node import SpokeSettings
-
-    path = Path(path)
-    src, base = str(path), path.resolve().parent
-    data = _load(path)
-    _check(data, _NODE_SCHEMA, src)
-    role = data.get("node", {}).get("role", "spoke")
-    if role != "spoke":
-        raise ConfigError(f"role is {role!r}", source=src, key="node.role",
-                          expected="'spoke'")
-    hub = data.get("hub", {})
-    secret = data.get("auth", {}).get("bootstrap_secret")
-    control = data.get("control", {}).get("socket")
-    routing = data.get("routing", {})
-    pcap = data.get("capture", {}).get("pcap")
-    return SpokeSettings(
-        name=_need(data, "node", "name", src), hub_name=_need(data, "hub", "name", src),
-        keystore=base / _need(data, "keystore", "path", src),
-        hub_host=hub.get("host", "127.0.0.1"), hub_port=hub.get("port", 7787),
-        bootstrap_secret=(base / secret) if secret else None,
-        control_socket=(base / control) if control else None,
-        key_wait=float(routing.get("key_wait", 5.0)), window=routing.get("window", 32),
-        open_timeout=float(routing.get("open_timeout", 10.0)),
-        pcap=(base / pcap) if pcap else None, link=dict(data.get("link", {})),
-        lease_bits=data.get("keystore", {}).get("lease_bits", 1 << 16))
+        name=cfg.name, keystore=Path(cfg.keystore.path), host=cfg.network.listen_host,
+        port=cfg.network.sideband_port,
+        spokes={n: e.bootstrap_secret for n, e in cfg.spokes.items()},
+        control_socket=control_socket_for(Path(cfg.keystore.path)),
+        key_wait=r.key_wait, queue_frames=r.queue_frames, queue_bytes=r.queue_bytes,
+        window=r.window or 64, pcap=cfg.pcap.path, link=_link_dict(cfg),
+        lease_bits=cfg.keystore.lease_bits)
 
 
 def spoke_settings_from_config(config: Any) -> Any:
-    """``SpokeNode(config)`` with a path (str/Path) to a spoke config file."""
-    if isinstance(config, str | Path):
-        return spoke_settings_from_file(config)
-    raise ConfigError(f"SpokeNode needs SpokeSettings or a config file path, not "
-                      f"{type(config).__name__}")
+    """:class:`~qkdnet.hub.node.SpokeSettings` from a ``NodeConfig`` or a config path."""
+    from qkdnet.config import NodeConfig, load_config
+    from qkdnet.hub.node import SpokeSettings
+
+    cfg = config if isinstance(config, NodeConfig) else load_config(config)
+    if cfg.role != "spoke":
+        raise ConfigError(f"role is {cfg.role!r}", source=cfg.source, key="node.role",
+                          expected='"spoke" for qkdnet node')
+    r = cfg.routing
+    return SpokeSettings(
+        name=cfg.name, hub_name=cfg.node.hub, keystore=Path(cfg.keystore.path),
+        hub_host=cfg.network.hub_host, hub_port=cfg.network.hub_sideband_port,
+        bootstrap_secret=cfg.auth.bootstrap_secret,
+        control_socket=control_socket_for(Path(cfg.keystore.path)),
+        key_wait=r.key_wait, window=r.window or 32, open_timeout=r.open_timeout,
+        pcap=cfg.pcap.path, link=_link_dict(cfg), lease_bits=cfg.keystore.lease_bits)
+
+
+def hub_settings_from_file(path: str | Path) -> Any:
+    """Read a hub config file (``qkdnet.config`` format) into HubSettings."""
+    from qkdnet.config import load_config
+    return hub_settings_from_config(load_config(path))
+
+
+def spoke_settings_from_file(path: str | Path) -> Any:
+    """Read a spoke config file (``qkdnet.config`` format) into SpokeSettings."""
+    return spoke_settings_from_config(path)
 
 
 # -- commands ------------------------------------------------------------------------

@@ -102,6 +102,85 @@ async def bench_paths(n: int, size: int) -> dict[str, Any]:
     }
 
 
+async def bench_paths_split(n: int, size: int) -> dict[str, Any]:
+    """The same measurement with the hub in its own OS process (``qkdnet hub``)."""
+    import signal
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    from qkdnet.hub.cli import spoke_settings_from_file
+    from qkdnet.hub.node import SpokeNode, prefill_pair
+    from qkdnet.keystore import KeyStore
+
+    folder = Path(_tmpdir())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    need = 8 * size * (3 * n + n // 10 + 10) + (1 << 20)
+    hub_store = KeyStore(folder / "hub.keys")
+    lines = ['[node]\nname = "hub"\nrole = "hub"\n',
+             f'[network]\nsideband_port = {port}\n',
+             '[keystore]\npath = "hub.keys"\n[link]\nenabled = false\n']
+    for name in ("alice", "bob"):
+        secret = os.urandom(4096)
+        (folder / f"{name}.bootstrap").write_bytes(secret)
+        store = KeyStore(folder / f"{name}.keys")
+        hub_store.import_bootstrap(name, secret, initiator=False)
+        store.import_bootstrap("hub", secret, initiator=True)
+        prefill_pair(hub_store, "hub", store, name, need, auth_bits=1 << 22)
+        store.close()
+        lines.append(f'[spokes.{name}]\nbootstrap_secret = "{name}.bootstrap"\n')
+        (folder / f"{name}.toml").write_text(
+            f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
+            f'[network]\nhub_host = "127.0.0.1"\nhub_sideband_port = {port}\n'
+            f'[keystore]\npath = "{name}.keys"\n[routing]\nwindow = 64\n'
+            '[link]\nenabled = false\n')
+    hub_store.close()
+    (folder / "hub.toml").write_text("".join(lines))
+    hub = subprocess.Popen([sys.executable, "-m", "qkdnet", "hub", "--config", "hub.toml"],
+                           cwd=folder, stderr=subprocess.DEVNULL)
+    try:
+        while not (folder / "hub.keys.ctl").exists():
+            await trio.sleep(0.05)
+        alice = SpokeNode(spoke_settings_from_file(folder / "alice.toml"))
+        bob = SpokeNode(spoke_settings_from_file(folder / "bob.toml"))
+        async with alice.running(), bob.running():
+            await alice.wait_connected()
+            await bob.wait_connected()
+            net = {"alice": alice, "bob": bob}
+            listener = bob.listen("sink")
+
+            async def drain() -> None:
+                async with trio.open_nursery() as nursery:
+                    async for ch in listener:
+                        async def read(ch: Any = ch) -> None:
+                            async for _ in ch:
+                                pass
+                        nursery.start_soon(read, ch)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await _throughput(net, "bob", max(4, n // 10), size)
+                hop = await _throughput(net, "hub", n, size)
+                relay = await _throughput(net, "bob", n, size)
+                hop2 = await _throughput(net, "hub", n, size)
+                lat_hop = await _latency(net, "hub", 200)
+                lat_relay = await _latency(net, "bob", 200)
+                nursery.cancel_scope.cancel()
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(10)
+    single = (hop + hop2) / 2
+    return {
+        "message_bytes": size, "messages": n,
+        "single_hop_MBps": single / 1e6, "relayed_MBps": relay / 1e6,
+        "relayed_over_single_hop": relay / single,
+        "single_hop_rtt_ms": lat_hop * 1e3, "relayed_rtt_ms": lat_relay * 1e3,
+        "added_latency_ms": (lat_relay - lat_hop) * 1e3,
+    }
+
+
 async def bench_spokes(n_spokes: int) -> dict[str, Any]:
     folder = _tmpdir()
     names = [f"s{i:03d}" for i in range(n_spokes)]
@@ -154,22 +233,25 @@ def main() -> int:
     ap.add_argument("--spokes", type=int, default=200)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    spokes = trio.run(bench_spokes, args.spokes)  # first: max-RSS only grows
     paths = trio.run(bench_paths, args.messages, args.size)
-    spokes = trio.run(bench_spokes, args.spokes)
-    result = {"paths": paths, "spokes": spokes}
+    split = trio.run(bench_paths_split, args.messages, args.size)
+    result = {"paths_one_process": paths, "paths_hub_process": split, "spokes": spokes}
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
-    p, s = paths, spokes
-    print(f"throughput, {p['messages']} x {p['message_bytes']} B messages, acked:")
-    print(f"  single hop (alice->hub)     {p['single_hop_MBps']:8.2f} MB/s   (baseline)")
-    print(f"  relayed (alice->hub->bob)   {p['relayed_MBps']:8.2f} MB/s")
-    print(f"  ratio relayed / single hop  {p['relayed_over_single_hop']:8.2f}      "
-          f"(target >= 0.8)")
-    print(f"latency, 64 B message to ack: single hop {p['single_hop_rtt_ms']:.3f} ms, "
-          f"relayed {p['relayed_rtt_ms']:.3f} ms, added by the relay "
-          f"{p['added_latency_ms']:.3f} ms")
+    s = spokes
+    for label, p in (("hub, alice and bob in one process", paths),
+                     ("hub in its own process (alice and bob in another)", split)):
+        print(f"{label}: {p['messages']} x {p['message_bytes']} B messages, acked")
+        print(f"  single hop (alice->hub)     {p['single_hop_MBps']:8.2f} MB/s   (baseline)")
+        print(f"  relayed (alice->hub->bob)   {p['relayed_MBps']:8.2f} MB/s")
+        print(f"  ratio relayed / single hop  {p['relayed_over_single_hop']:8.2f}      "
+              f"(target >= 0.8)")
+        print(f"  latency, 64 B message to ack: single hop {p['single_hop_rtt_ms']:.3f} ms, "
+              f"relayed {p['relayed_rtt_ms']:.3f} ms, added by the relay "
+              f"{p['added_latency_ms']:.3f} ms")
     print(f"spokes per hub: {s['connected']}/{s['spokes']} connected, "
           f"{s['delivered']}/{s['spokes']} messages delivered (target >= 200); "
           f"setup {s['setup_s']:.1f} s, exchange {s['exchange_s']:.2f} s")

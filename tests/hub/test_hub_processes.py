@@ -36,9 +36,8 @@ def _setup(folder: Path, hub_host: str, listen_host: str, port: int,
     """Config files, bootstrap secrets and prefilled (test-only) key stores."""
     hub = KeyStore(folder / "hub.keys")
     lines = ['[node]\nname = "hub"\nrole = "hub"\n',
-             f'[listen]\nhost = "{listen_host}"\nport = {port}\n',
-             '[keystore]\npath = "hub.keys"\n', '[control]\nsocket = "hub.sock"\n',
-             '[link]\nenabled = false\n']
+             f'[network]\nlisten_host = "{listen_host}"\nsideband_port = {port}\n',
+             '[keystore]\npath = "hub.keys"\n', '[link]\nenabled = false\n']
     for name in SPOKES:
         secret = os.urandom(4096)
         (folder / f"{name}.bootstrap").write_bytes(secret)
@@ -49,11 +48,10 @@ def _setup(folder: Path, hub_host: str, listen_host: str, port: int,
         store.close()
         lines.append(f'[spokes.{name}]\nbootstrap_secret = "{name}.bootstrap"\n')
         (folder / f"{name}.toml").write_text(
-            f'[node]\nname = "{name}"\nrole = "spoke"\n'
-            f'[hub]\nname = "hub"\nhost = "{hub_host}"\nport = {port}\n'
+            f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
+            f'[network]\nhub_host = "{hub_host}"\nhub_sideband_port = {port}\n'
             f'[keystore]\npath = "{name}.keys"\n'
-            f'[auth]\nbootstrap_secret = "{name}.bootstrap"\n'
-            f'[control]\nsocket = "{name}.sock"\n[link]\nenabled = false\n')
+            f'[auth]\nbootstrap_secret = "{name}.bootstrap"\n[link]\nenabled = false\n')
     hub.close()
     (folder / "hub.toml").write_text("".join(lines))
 
@@ -98,7 +96,7 @@ def test_hub_and_three_spoke_processes_on_loopback(tmp_path: Path) -> None:
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     spokes: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_socket(tmp_path / "hub.sock", hub)
+        _wait_socket(tmp_path / "hub.keys.ctl", hub)
         for name in SPOKES:
             peers = ",".join(p for p in SPOKES if p != name)
             spokes.append(subprocess.Popen(
@@ -209,7 +207,7 @@ def test_hub_and_spokes_across_network_namespaces(tmp_path: Path) -> None:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         spokes: list[subprocess.Popen[bytes]] = []
         try:
-            _wait_socket(tmp_path / "hub.sock", hub)
+            _wait_socket(tmp_path / "hub.keys.ctl", hub)
             time.sleep(0.5)  # tcpdump is listening by now (it prints when it starts)
             for name in SPOKES:
                 ns, _ = hosts[name]
