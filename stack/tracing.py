@@ -32,6 +32,7 @@ import enum
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -138,12 +139,13 @@ def check_traceable(value: object, path: str = "data") -> object:
     if isinstance(value, enum.Enum):
         inner = value.value
         return inner if isinstance(inner, int | str) else value.name
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return value
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
+    if isinstance(value, float | np.floating):
+        # JSON has no NaN/Infinity: keep the line parseable by strict readers.
+        return float(value) if math.isfinite(value) else str(float(value))
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, Public):

@@ -33,8 +33,12 @@ class Color(enum.IntEnum):
     RED = 1
 
 
+def strict(token: str) -> object:
+    raise AssertionError(f"non-standard JSON token {token}")
+
+
 def read_lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------ format
@@ -46,7 +50,8 @@ def test_file_tracer_writes_header_and_qlog_style_events(tmp_path: Path) -> None
         tr.event("link", "block_started", {"index": 3, "qber": 0.02, "ok": True,
                                            "code": Color.RED, "n": np.int64(5),
                                            "tag": Public(b"\x01\xff"), "xs": (1, 2)})
-        tr.event("link", "block_done", now=250.25)
+        tr.event("link", "block_done", {"bound": float("nan"), "lim": np.float64("inf")},
+                 now=250.25)
     header, first, second = read_lines(path)
     assert header["node"] == "alice" and header["session"] == "7"
     assert header["reference_time"] == 100.0
@@ -54,7 +59,7 @@ def test_file_tracer_writes_header_and_qlog_style_events(tmp_path: Path) -> None
                      "data": {"index": 3, "qber": 0.02, "ok": True, "code": 1, "n": 5,
                               "tag": "01ff", "xs": [1, 2]}}
     assert set(second) == {"time", "category", "event", "data"}
-    assert second["time"] == 250.25 and second["data"] == {}
+    assert second["time"] == 250.25 and second["data"] == {"bound": "nan", "lim": "inf"}
     assert tr.written == 2
 
 
