@@ -75,6 +75,8 @@ __all__ = [
     "KeySegment",
     "KeyStore",
     "PoolStatus",
+    "concat_bits",
+    "extract_bits",
 ]
 
 
