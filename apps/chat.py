@@ -135,23 +135,20 @@ async def chat_exchange(stream: SecureStream, lines: list[str],
     return session
 
 
-def _status_line(node: Any, peer: str) -> str:
-    """"key left / hop QBER" for the status line, from whatever the node reports."""
+async def status_line(node: Any, peer: str) -> str:
+    """The chat status line: key left on our hop to the hub and that hop's QBER."""
     try:
-        status = node.status()
+        fetch = getattr(node, "fetch_status", None)
+        status = await fetch() if fetch is not None else node.status()
     except Exception:  # a status failure must not end the chat
-        return "status unavailable"
+        return "[status unavailable]"
     if not isinstance(status, dict):
-        return "status unavailable"
-    key = status.get("key_bits") or status.get("keys") or {}
-    tx = None
-    if isinstance(key, dict):
-        for name, value in key.items():
-            if "data-tx" in str(name) and isinstance(value, int | float):
-                tx = int(value)
-    link = status.get("link") or status.get("link_stats") or {}
+        return "[status unavailable]"
+    keys = status.get("key_bits") or {}
+    tx = keys.get("to_hub") if isinstance(keys, dict) else None
+    link = status.get("link") or {}
     qber = link.get("qber") if isinstance(link, dict) else None
-    key_txt = f"{tx / 8 / 1024:.1f} KiB" if tx is not None else "?"
+    key_txt = f"{tx / 8192:.1f} KiB" if isinstance(tx, int | float) else "?"
     qber_txt = f"{100 * float(qber):.2f} %" if isinstance(qber, int | float) else "n/a"
     return f"[to {peer}] key left (hop to hub): {key_txt} | hop QBER: {qber_txt}"
 
@@ -194,7 +191,7 @@ async def run_chat_cli(node: Any, peer: str, *, service: str = SERVICE,
     assert stream is not None
     session = ChatSession(stream)
     say(f"* connected to {peer}. Type lines; Ctrl-D to leave.")
-    say(_status_line(node, peer))
+    say(await status_line(node, peer))
     pending: dict[int, str] = {}
 
     async def reader(cancel: trio.CancelScope) -> None:
@@ -204,7 +201,7 @@ async def run_chat_cli(node: Any, peer: str, *, service: str = SERVICE,
             elif ev.kind == "receipt":
                 text = pending.pop(ev.id, "")
                 say(f"* delivered #{ev.id} ({text[:20]})")
-                say(_status_line(node, peer))
+                say(await status_line(node, peer))
             elif ev.kind == "closed":
                 say(f"* {peer} left the chat")
                 cancel.cancel()

@@ -104,20 +104,16 @@ def key_budget(node: Any, n_bytes: int) -> KeyBudget:
     needed = int(8 * n_bytes * KEY_PER_BIT) + 1024
     available = 0
     rate = None
-    store, hub = getattr(node, "store", None), getattr(node, "hub", None)
-    if store is not None and hub is not None:
-        available = int(store.available(hub, "data-tx"))
-    else:
-        try:
-            status = node.status()
-        except Exception:
-            status = {}
-        if isinstance(status, dict):
-            available = int(status.get("key_available_bits", 0) or 0)
-            rate = status.get("key_rate_bps")
-    stats = getattr(node, "link_stats", None)
-    if isinstance(stats, dict):
-        rate = stats.get("key_rate_bps", stats.get("key_rate", rate))
+    try:
+        status = node.status()  # a NodeClient returns what fetch_status() cached
+    except Exception:
+        status = {}
+    if isinstance(status, dict):
+        keys = status.get("key_bits") or {}
+        link = status.get("link") or {}
+        available = int(keys.get("to_hub", 0) or 0) if isinstance(keys, dict) else 0
+        if isinstance(link, dict):
+            rate = link.get("key_rate_bps")
     return KeyBudget(needed, available, float(rate) if rate else None)
 
 
@@ -242,6 +238,97 @@ async def receive_file(stream: SecureStream, into: Path, *,
     await stream.send_eof()
     return TransferResult(name, size, digest, offset, done - offset, ok,
                           str(final) if ok else "")
+
+
+def _progress_bar(console: Any, quiet: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                    disable=quiet)
+
+
+async def run_send_cli(node: Any, path: Path, peer: str, *, service: str = SERVICE,
+                       force: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """``qkdnet send``: budget check, progress bar, verified result (as a dict)."""
+    from qkdnet.apps.api import open_secure_stream
+    from rich.console import Console
+    console = Console(stderr=True)
+    fetch = getattr(node, "fetch_status", None)
+    if fetch is not None:
+        await fetch()
+    size = path.stat().st_size
+    budget = key_budget(node, size)
+    if not quiet:
+        console.print(f"key budget: {budget.message()}")
+    if not budget.enough and not force:
+        raise KeyExhausted(budget.needed_bits, budget.available_bits,
+                           hop="this spoke -> hub (use --force to start anyway and wait "
+                               "for key)")
+    progress = _progress_bar(console, quiet)
+    with progress:
+        task = progress.add_task(f"{path.name} -> {peer}", total=size)
+        stream = await open_secure_stream(peer, service, node=node)
+        try:
+            result = await send_file(stream, path, progress=lambda d, t: progress.update(
+                task, completed=d))
+        finally:
+            await stream.aclose()
+    out = {"file": str(path), "to": peer, "bytes": size, "sha256": result.sha256,
+           "resumed_from": result.resumed_from, "sent_bytes": result.sent_bytes,
+           "verified": result.verified, "budget": budget.message()}
+    if not quiet:
+        console.print(f"{'verified' if result.verified else 'NOT verified'}: {path.name} "
+                      f"({size} bytes, SHA-256 {result.sha256[:16]}…"
+                      + (f", resumed at {result.resumed_from}" if result.resumed_from else "")
+                      + ")")
+    return out
+
+
+async def run_receive_cli(node: Any, into: Path, *, service: str = SERVICE, count: int = 0,
+                          quiet: bool = False) -> dict[str, Any]:
+    """``qkdnet receive``: serve the files service, one progress bar per file."""
+    from functools import partial
+
+    from qkdnet.apps.api import serve_secure
+    from rich.console import Console
+    console = Console(stderr=True)
+    files: list[dict[str, Any]] = []
+    done = trio.Event()
+    progress = _progress_bar(console, quiet)
+
+    async def handle(stream: SecureStream) -> None:
+        task = progress.add_task("receiving", total=None)
+        try:
+            res = await receive_file(stream, into, progress=lambda d, t: progress.update(
+                task, completed=d, total=t, description=f"<- {into.name}/"))
+        except (trio.BrokenResourceError, RemoteProtocolError) as err:
+            if not quiet:
+                console.print(f"transfer interrupted: {err} (the .part file is kept; "
+                              f"send again to resume)")
+            return
+        files.append({"name": res.name, "bytes": res.size, "sha256": res.sha256,
+                      "verified": res.verified, "resumed_from": res.resumed_from,
+                      "path": res.path})
+        if not quiet:
+            console.print(f"{'verified' if res.verified else 'REJECTED (hash mismatch)'}: "
+                          f"{res.name} ({res.size} bytes)")
+        if count and len(files) >= count:
+            done.set()
+
+    with progress:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_secure, handle, service, node=node))
+            if not quiet:
+                console.print(f"receiving files into {into} (service {service!r})")
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    return {"into": str(into), "files": files}
 
 
 __all__ = ["KeyBudget", "KeyExhausted", "TransferResult", "key_budget", "receive_file",
