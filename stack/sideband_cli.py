@@ -72,7 +72,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"[bold]{s['file']}[/]: {s['frames']} frames in "
                   f"{len(s['sessions'])} sessions")
     sessions = Table(title="sessions")
@@ -167,7 +167,7 @@ def _conformance(args: argparse.Namespace) -> int:
         for r in results:
             table.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]",
                           r.detail or r.description)
-        console = Console(file=sys.stdout)
+        console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
         console.print(table)
         console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
