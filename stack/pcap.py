@@ -192,6 +192,7 @@ class _Session:
     first: float = 0.0
     last: float = 0.0
     end: str = "open"
+    link_sessions: set[int] = field(default_factory=set)
 
 
 def _frames_of(pkt: Packet) -> list[Packet]:
@@ -271,6 +272,8 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
             entry["bytes"] += size
             sess.frames += 1
             sess.bytes += size
+            if int(frame.session):
+                sess.link_sessions.add(int(frame.session))
             sess.last = now
             body = frame.payload
             info: dict[str, Any] = {}
@@ -308,7 +311,8 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
         "sessions": [
             {"client": s.client, "server": s.server, "names": s.names, "frames": s.frames,
              "bytes": s.bytes, "start": round(s.first - base, 6),
-             "duration": round(s.last - s.first, 6), "end": s.end}
+             "duration": round(s.last - s.first, 6), "end": s.end,
+             "link_sessions": [f"{x:08x}" for x in sorted(s.link_sessions)]}
             for s in sessions.values()],
         "per_type": per_type,
         "frames": sum(v["frames"] for v in per_type.values()),

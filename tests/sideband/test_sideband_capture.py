@@ -209,6 +209,7 @@ async def test_tcpdump_capture_of_a_real_link_run(tmp_path: Path) -> None:
     s = summarize(pcap)
     ours = [x for x in s["sessions"] if set(x["names"].values()) == {"alice", "bob"}]
     assert ours and ours[0]["end"] == "closed"
+    assert ours[0]["link_sessions"] == [f"{result.session_id:08x}"]
     # Other tests may share lo; with one link run in this capture these are ours.
     assert s["final_key_bits"] >= block.ell
     assert block.qber_est in s["qber"]
