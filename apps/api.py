@@ -28,7 +28,7 @@ import contextlib
 import logging
 import os
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,7 +61,7 @@ class Node(Protocol):
     """What apps need from a node (SpokeNode in-process, NodeClient over the socket)."""
 
     async def open_channel(self, peer: str, service: str) -> Any: ...
-    def listen(self, service: str) -> AsyncIterator[Any]: ...
+    def listen(self, service: str) -> Any: ...  # async iterable of channels, .close()
     async def relay_key(self, peer: str, n_bits: int) -> Any: ...
     def status(self) -> Any: ...
 

@@ -140,17 +140,17 @@ async def serve_local(node: Any, path: str | os.PathLike[str], *,
     listener = trio.SocketListener(sock)
     pending: dict[str, Any] = {}  # token -> incoming channel not yet attached
     try:
-        async with trio.open_nursery() as nursery:
-            task_status.started(path)
-            await trio.serve_listeners(
-                lambda stream: _serve_one(node, stream, pending, nursery), [listener])
+        async def handle(stream: trio.SocketStream) -> None:
+            await _serve_one(node, stream, pending)
+
+        task_status.started(path)
+        await trio.serve_listeners(handle, [listener])
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
 
 
-async def _serve_one(node: Any, stream: trio.abc.Stream, pending: dict[str, Any],
-                     nursery: trio.Nursery) -> None:
+async def _serve_one(node: Any, stream: trio.abc.Stream, pending: dict[str, Any]) -> None:
     conn = _Framed(stream)
     try:
         req = await conn.receive_json()

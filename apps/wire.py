@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.wire import QkdBody, QkdHeader
@@ -197,7 +197,7 @@ class HopEof(QkdBody):
     """Body of HOP_EOF (0x63): empty."""
 
     name = "HopEof"
-    fields_desc: list = []  # noqa: RUF012
+    fields_desc: ClassVar[list[Any]] = []
 
 
 class LocalMessage(QkdBody):

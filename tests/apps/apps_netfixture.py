@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import trio
-
 from qkdnet.apps.local import serve_local
 from qkdnet.hub.node import embedded_network
 
