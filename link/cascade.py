@@ -35,10 +35,10 @@ then
 A step is one round trip: a pass costs about ``log2 k`` steps plus the back-tracking
 depth (a few hundred steps per frame in all, measured in docs/cascade.md), where a
 serial Cascade that asks one parity per message needs one round trip per parity
-(~1e5 for 1e6 bits). The top-level block parities of pass ``i + 1``
-ride along with the first search step of pass ``i`` (Alice's parities do not depend
-on Bob's corrections, and every pass discloses all its block parities anyway), which
-saves one round trip per pass without changing what is disclosed.
+(~1e5 for 1e6 bits). The block parities of every pass are asked for in the first
+step (Alice's parities do not depend on Bob's corrections, and every pass discloses
+all its block parities anyway), which saves one round trip per pass without changing
+what is disclosed; Bob still compares each pass only when he reaches it.
 
 Alice computes any range parity in O(1) from a prefix-XOR array of her permuted key
 per pass (built once per pass and cached in :class:`CascadeResponder`).
@@ -515,16 +515,18 @@ class CascadeCorrector:
                 if self._fetched[self._cur]:
                     self._start_pass(self._cur)
                     continue
-                else:
-                    self._set_step([], [self._cur])
-                    return True
+                self._set_step([], self._unfetched())
+                return True
             if self.steps >= self._max_steps:
                 raise LocalProtocolError("Cascade did not converge within its step limit")
-            # searches advance; prefetch the next pass's block parities alongside
-            nxt = self._cur + 1
-            top = [nxt] if nxt < self._plan.n_passes and not self._fetched[nxt] else []
-            self._set_step([True], top)
+            self._set_step([True], self._unfetched())
             return True
+
+    def _unfetched(self) -> list[int]:
+        """Passes whose block parities are still to be asked for: all of them at once.
+        Every pass discloses all its block parities whatever happens, so asking early
+        changes nothing in what leaks and saves one round trip per pass."""
+        return [p for p in range(self._cur, self._plan.n_passes) if not self._fetched[p]]
 
     def _set_step(self, with_search: list[bool], top: list[int]) -> None:
         ps, ss, es = [], [], []
