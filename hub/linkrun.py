@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "gys2004"
 DEFAULT_KM = 10.0
-DEFAULT_BLOCK_SLOTS = 1 << 22
 
 
 def _stats_sink(target: dict[str, Any]) -> Any:
@@ -45,6 +44,13 @@ def _stats_sink(target: dict[str, Any]) -> Any:
         target["key_rate_bps"] = round(target.get("key_bits", 0) / elapsed, 1)
         target["auth_bits"] = target.get("auth_bits", 0) + int(st.auth_bits)
     return on_block
+
+
+def _default_slots(preset: str, km: float) -> int:
+    from qkdnet.link.cli import default_block_slots
+    from qkdnet.phy import presets
+
+    return int(default_block_slots(presets.get(preset), km))
 
 
 def _phy(preset: str, km: float, seed: int) -> Any:
@@ -97,7 +103,7 @@ def spoke_link_runner(settings: Any) -> Any:
         preset = link.get("preset", DEFAULT_PRESET)
         km = float(link.get("km", DEFAULT_KM))
         seed = int(link.get("seed", 0))
-        block_slots = int(link.get("block_slots", DEFAULT_BLOCK_SLOTS))
+        block_slots = int(link.get("block_slots") or _default_slots(preset, km))
         node.link_stats.update({"preset": preset, "km": km, "role": "transmitter"})
         sid = new_session_id()
         config = LinkConfig.from_phy(presets.get(preset), sid)
@@ -108,8 +114,9 @@ def spoke_link_runner(settings: Any) -> Any:
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.run)
-            # Fresh slots per session: the emulated source is a function of (seed, slot).
-            await endpoint.run_blocks(None, block_slots, slot_base=sid << 30)
+            # Fresh slots per session: the emulated source is a function of (seed, slot),
+            # so each session starts at its own multiple of 2**38 (the PHY allows 2**60).
+            await endpoint.run_blocks(None, block_slots, slot_base=(sid & 0xFFFFF) << 38)
             nursery.cancel_scope.cancel()
 
     return run

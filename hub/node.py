@@ -896,27 +896,29 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            queue_frames: int = 64, link: bool = False,
                            preset: str | None = None, km: float | None = None,
                            control_sockets: bool = False, wait: bool = True,
-                           extra_spokes: Sequence[str] = (), lease_bits: int = 1 << 16
+                           extra_spokes: Sequence[str] = (), lease_bits: int = 1 << 16,
+                           block_slots: int | None = None
                            ) -> AsyncIterator[EmbeddedNetwork]:
     """A hub and spokes ``names`` on loopback, key stores in ``folder``.
 
     ``prefill_key`` bits per direction per spoke are seeded (TEST-ONLY deterministic
     key, see :func:`prefill_pair`) together with ``auth_bits`` of authentication key
     (default: enough for ~8000 frames each way), so routing can be exercised without
-    QKD. ``link=True`` runs the QKD link layer on each spoke link (``preset``, ``km``)
-    once the link layer provides its driver; it raises until then.
+    QKD. ``link=True`` runs the QKD link layer (emulated PHY ``preset`` at ``km``,
+    ``block_slots`` pulse slots per block, default sized for ~1.5e6 clicks) on every
+    spoke link, so real distilled key flows into the pools.
     ``extra_spokes`` are known to the hub (bootstrap secret, key store, prefill in
     ``net.stores``) but get no running node: tests connect them by hand.
     """
     from qkdnet.hub.daemon import HubSettings, open_hub
+    from qkdnet.hub.linkrun import hub_link_runner, spoke_link_runner
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if link:
-        raise LocalProtocolError("embedded_network(link=True) needs the link layer's "
-                                 "driver, which this tree does not provide yet; use "
-                                 "prefill_key for now")
-    _ = (preset, km)
+    link_cfg: dict[str, Any] = {"enabled": link, "preset": preset or "gys2004",
+                                "km": 10.0 if km is None else float(km), "seed": seed}
+    if block_slots:
+        link_cfg["block_slots"] = block_slots
     if auth_bits is None:
         auth_bits = 1 << 20 if prefill_key else 0
     import os
@@ -925,7 +927,10 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
     for name in all_names:
         path = folder / f"{name}.bootstrap"
         if not path.exists():
-            path.write_bytes(os.urandom(4096))
+            # The link's first blocks authenticate with bootstrap key only, and a block
+            # takes a few hundred frames: give the link a secret that lasts until the
+            # link's own key tops the auth pools up.
+            path.write_bytes(os.urandom(1 << 18 if link else 4096))
             path.chmod(0o600)
         secrets_[name] = path
     hub_store = KeyStore(folder / f"{hub_name}.keys", lease_bits=lease_bits)
@@ -940,18 +945,22 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
         hub_settings = HubSettings(
             name=hub_name, keystore=folder / f"{hub_name}.keys", port=0,
             spokes={n: None for n in all_names}, key_wait=key_wait, queue_frames=queue_frames,
-            control_socket=(folder / f"{hub_name}.sock") if control_sockets else None)
-        async with open_hub(hub_settings, store=hub_store) as hub:
+            control_socket=(folder / f"{hub_name}.sock") if control_sockets else None,
+            link=dict(link_cfg))
+        async with open_hub(hub_settings, store=hub_store,
+                            link_runner=hub_link_runner(hub_settings)) as hub:
             net = EmbeddedNetwork(folder, hub, {}, hub_store, stores, net_seed)
             if prefill_key or auth_bits:
                 net.prefill(prefill_key, auth_bits=auth_bits)
             async with contextlib.AsyncExitStack() as stack:
                 for name in names:
-                    node = SpokeNode(SpokeSettings(
+                    spoke_settings = SpokeSettings(
                         name=name, hub_name=hub_name, keystore=folder / f"{name}.keys",
                         hub_port=hub.port, key_wait=key_wait, window=window,
                         control_socket=(folder / f"{name}.sock") if control_sockets
-                        else None), store=stores[name])
+                        else None, link=dict(link_cfg))
+                    node = SpokeNode(spoke_settings, store=stores[name],
+                                     link_runner=spoke_link_runner(spoke_settings))
                     net.nodes[name] = await stack.enter_async_context(node.running())
                 if wait:
                     for node in net.nodes.values():
