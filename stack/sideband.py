@@ -258,7 +258,8 @@ class SidebandConnection:
         return data
 
     def error_frame(self, err: RemoteProtocolError | ErrorCode, reason: str = "") -> bytes:
-        """The ERROR frame to send before closing (``b""`` if it cannot be signed).
+        """The ERROR frame to send before closing; ``b""`` (just hang up) if it cannot
+        be signed or the peer has not yet sent a single authentic frame.
 
         Moves the machine to ERROR. ``reason`` defaults to the error's message, which
         by the rules of :mod:`qkdnet.errors` holds no key material.
@@ -268,7 +269,9 @@ class SidebandConnection:
         else:
             code, text = err, reason
         self.state = ConnState.ERROR
-        if self.auth is None:
+        if self.auth is None or self._rx_seq == 0:
+            # Until the peer has sent one authentic frame we spend no key on it: a
+            # stranger forging HELLOs must not drain our auth-tx pool with ERRORs.
             return b""
         body = Error(code=int(code), reason=text.encode("utf-8", "replace")[:200])
         try:

@@ -93,6 +93,9 @@ def test_forged_hello_is_not_acted_on() -> None:
     frame[-1] ^= 1
     rejects(server, bytes(frame), ErrorCode.AUTHENTICATION_FAILED)
     assert server.peer_name is None and server.frames_received == 0
+    # No key is spent answering a stranger: the server just hangs up.
+    assert server.error_frame(server.error) == b""  # type: ignore[arg-type]
+    assert server.auth is not None and server.auth.bits_spent_tx == 0
 
 
 @pytest.mark.parametrize("mutate,code", [
