@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class MemoryGrant:
     """Key handed to a sender: its references and the bytes (repr hides the bytes)."""
 
     segments: tuple[KeyRef, ...]
-    data: bytes
+    data: bytes | memoryview
 
     def __repr__(self) -> str:
         return f"MemoryGrant(segments={len(self.segments)}, n_bits={8 * len(self.data)})"
@@ -46,7 +47,7 @@ class MemoryKeyPool:
     def __init__(self, *, seed: int = 0, capacity_bits: int | None = None,
                  name: str = "memory") -> None:
         self._rng = np.random.default_rng(seed)
-        self._blocks: dict[int, tuple[bytes, np.ndarray]] = {}
+        self._blocks: dict[int, tuple[bytes, list[tuple[int, int]]]] = {}
         self._order: list[int] = []  # block ids with unreserved bytes, oldest first
         self._next_free: dict[int, int] = {}
         self._next_id = 1
@@ -67,7 +68,7 @@ class MemoryKeyPool:
             size = min(n, self.BLOCK_BYTES)
             bid = self._next_id
             self._next_id += 1
-            self._blocks[bid] = (self._rng.bytes(size), np.zeros(size, dtype=bool))
+            self._blocks[bid] = (self._rng.bytes(size), [])
             self._next_free[bid] = 0
             self._order.append(bid)
             n -= size
@@ -95,13 +96,13 @@ class MemoryKeyPool:
             pos = self._next_free[bid]
             k = min(need, len(data) - pos)
             segs.append(KeyRef(bid, 8 * pos, 8 * k))
-            parts.append(data[pos:pos + k])
+            parts.append(memoryview(data)[pos:pos + k])
             self._next_free[bid] = pos + k
             need -= k
             if pos + k == len(data):
                 self._order.pop(0)
         self.reserved_bits += n_bits
-        return MemoryGrant(tuple(segs), b"".join(parts))
+        return MemoryGrant(tuple(segs), parts[0] if len(parts) == 1 else b"".join(parts))
 
     async def wait_reserve(self, n_bits: int, deadline: float) -> MemoryGrant:
         """:meth:`reserve`, waiting for :meth:`add_key` until ``deadline``."""
@@ -117,26 +118,48 @@ class MemoryKeyPool:
             await trio.lowlevel.checkpoint()
             return grant
 
-    def take(self, refs: Sequence[Any]) -> bytes:
-        """The bytes ``refs`` name; KeyReuseError if any was taken, KeyExhausted if unknown."""
-        parts = []
-        checked = []
+    def take(self, refs: Sequence[Any]) -> bytes | memoryview:
+        """The bytes ``refs`` name; KeyReuseError if any was taken, KeyExhausted if unknown.
+
+        Taken ranges are kept per block as sorted, merged intervals (receivers take
+        in order, so this stays a handful of entries).
+        """
+        ranges = []
         for r in refs:
-            if r.offset % 8 or r.n_bits % 8:
+            if r.offset % 8 or r.n_bits % 8 or r.n_bits <= 0:
                 raise KeyExhausted(r.n_bits, 0, pool=self.name)
             entry = self._blocks.get(r.block_id)
             lo, hi = r.offset // 8, (r.offset + r.n_bits) // 8
-            if entry is None or hi > len(entry[0]) or hi > self._next_free[r.block_id]:
+            if entry is None or hi > self._next_free[r.block_id]:
                 raise KeyExhausted(r.n_bits, 0, pool=self.name)
-            if entry[1][lo:hi].any():
+            ranges.append((r.block_id, lo, hi))
+        for i, (bid, lo, hi) in enumerate(ranges):
+            if self._overlaps(bid, lo, hi) or any(
+                    b == bid and lo < h and l2 < hi for b, l2, h in ranges[:i]):
                 raise KeyReuseError("key bits were already taken")
-            checked.append((entry, lo, hi))
-        for entry, lo, hi in checked:
-            if entry[1][lo:hi].any():  # overlapping references within one frame
-                raise KeyReuseError("key bits were already taken")
-            entry[1][lo:hi] = True
-            parts.append(entry[0][lo:hi])
-        return b"".join(parts)
+        parts = []
+        for bid, lo, hi in ranges:
+            self._mark(bid, lo, hi)
+            parts.append(memoryview(self._blocks[bid][0])[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _overlaps(self, bid: int, lo: int, hi: int) -> bool:
+        taken = self._blocks[bid][1]
+        i = bisect.bisect_right(taken, (lo, math.inf)) - 1
+        if i >= 0 and taken[i][1] > lo:
+            return True
+        return i + 1 < len(taken) and taken[i + 1][0] < hi
+
+    def _mark(self, bid: int, lo: int, hi: int) -> None:
+        taken = self._blocks[bid][1]
+        bisect.insort(taken, (lo, hi))
+        merged: list[tuple[int, int]] = []
+        for a, b in taken:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        taken[:] = merged
 
 
 class MemoryStreamKeys:

@@ -39,6 +39,7 @@ transfer spends 1.00006 key bits per payload bit.
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 import operator
@@ -68,7 +69,7 @@ MAX_FRAME_SIZE = (1 << 20) + 8192
 #: One reservation covers at most this many key bits (bigger sends take several).
 MAX_GRANT_BITS = 1 << 25
 #: Bytes asked of the transport per read.
-RECEIVE_SIZE = 1 << 18
+RECEIVE_SIZE = 1 << 20
 
 TAG_KEY_BYTES = 16
 HASH_KEY_BYTES = 16
@@ -133,7 +134,7 @@ class KeyCursor:
         """Whole bytes not yet carved."""
         return sum(s[2] for s in self._segs) // 8
 
-    def carve(self, n_bytes: int) -> tuple[list[KeyRef], bytes]:
+    def carve(self, n_bytes: int) -> tuple[list[KeyRef], memoryview]:
         """The next ``n_bytes`` of key and the references naming exactly those bits."""
         need = 8 * n_bytes
         refs: list[KeyRef] = []
@@ -148,7 +149,7 @@ class KeyCursor:
             need -= take
             if seg[2] == 0:
                 self._segs.pop(0)
-        chunk = bytes(self._data[self._pos:self._pos + n_bytes])
+        chunk = self._data[self._pos:self._pos + n_bytes]
         self._pos += n_bytes
         return refs, chunk
 
@@ -157,6 +158,78 @@ def _xor(data: bytes | memoryview, pad: bytes) -> bytes:
     if not data:
         return b""
     return (np.frombuffer(data, np.uint8) ^ np.frombuffer(pad, np.uint8)).tobytes()
+
+
+class FrameAssembler:
+    """Cuts a byte stream into whole frames with as few copies as possible.
+
+    Frames wholly inside one read are handed on as memoryviews of that read (no
+    copy); a frame split across reads is gathered into one preallocated buffer of
+    its announced size (one copy). The size is checked before anything is buffered.
+    """
+
+    __slots__ = ("_fill", "_hdr", "_partial", "max_frame_size")
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+        self._hdr = bytearray()
+        self._partial: bytearray | None = None
+        self._fill = 0
+
+    def _check(self, size: int) -> None:
+        if size > self.max_frame_size:
+            raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
+                                      ErrorCode.FRAME_TOO_LARGE)
+        if size < wire.HEADER_SIZE + wire.TAG_SIZE:
+            raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
+                                      ErrorCode.MALFORMED_FRAME)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        """Whole frames completed by ``data``, in order."""
+        view = memoryview(data).cast("B")
+        out: list[memoryview] = []
+        while view:
+            if self._partial is not None:
+                k = min(len(self._partial) - self._fill, len(view))
+                self._partial[self._fill:self._fill + k] = view[:k]
+                self._fill += k
+                view = view[k:]
+                if self._fill == len(self._partial):
+                    out.append(memoryview(self._partial))
+                    self._partial = None
+                continue
+            if self._hdr or len(view) < 4:
+                k = min(4 - len(self._hdr), len(view))
+                self._hdr += view[:k]
+                view = view[k:]
+                if len(self._hdr) < 4:
+                    break
+                size = int.from_bytes(self._hdr, "big") + 4
+                self._check(size)
+                self._partial = bytearray(size)
+                self._partial[:4] = self._hdr
+                self._fill = 4
+                self._hdr = bytearray()
+                continue
+            size = int.from_bytes(view[:4], "big") + 4
+            self._check(size)
+            if len(view) >= size:
+                out.append(view[:size])
+                view = view[size:]
+            else:
+                self._partial = bytearray(size)
+                self._partial[:len(view)] = view
+                self._fill = len(view)
+                view = view[len(view):]
+        return out
+
+
+def _xor_into(out: bytearray | memoryview, data: bytes | memoryview, pad: bytes | memoryview
+              ) -> None:
+    """out[:] = data XOR pad, without intermediate copies."""
+    if len(data):
+        np.bitwise_xor(np.frombuffer(data, np.uint8), np.frombuffer(pad, np.uint8),
+                       out=np.frombuffer(out, np.uint8))
 
 
 # ---- sans-I/O core ---------------------------------------------------------------------
@@ -198,9 +271,12 @@ class SecureStreamCore:
     _rx_seq: int = 0
     _tx_r: bytes | None = field(default=None, repr=False)
     _rx_r: bytes | None = field(default=None, repr=False)
-    _rx_buf: bytearray = field(default_factory=bytearray, repr=False)
+    _assembler: FrameAssembler = field(init=False, repr=False)
     eof_sent: bool = False
     eof_received: bool = False
+
+    def __post_init__(self) -> None:
+        self._assembler = FrameAssembler(self.max_frame_size)
 
     def __repr__(self) -> str:
         return (f"SecureStreamCore(session={self.session:#x}, tx_seq={self._tx_seq}, "
@@ -241,39 +317,40 @@ class SecureStreamCore:
         n_key = len(payload) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
         refs, key = cursor.carve(n_key)
         if first:
-            self._tx_r, key = key[:HASH_KEY_BYTES], key[HASH_KEY_BYTES:]
+            self._tx_r, key = bytes(key[:HASH_KEY_BYTES]), key[HASH_KEY_BYTES:]
         assert self._tx_r is not None
-        s, pad = key[:TAG_KEY_BYTES], key[TAG_KEY_BYTES:]
-        body = wire.encode_frame(mtype, self.session, self._tx_seq, refs, _xor(payload, pad))
-        tag = Poly1305.generate_tag(self._tx_r + s, body)
+        s, pad = bytes(key[:TAG_KEY_BYTES]), key[TAG_KEY_BYTES:]
+        head = wire.encode_frame(mtype, self.session, self._tx_seq, refs, b"",
+                                 payload_len=len(payload))
+        frame = bytearray(len(head) + len(payload) + wire.TAG_SIZE)
+        frame[:len(head)] = head
+        body = memoryview(frame)
+        _xor_into(body[len(head):len(head) + len(payload)], payload, pad)
+        body[-wire.TAG_SIZE:] = Poly1305.generate_tag(self._tx_r + s, body[:-wire.TAG_SIZE])
         self._tx_seq += 1
         self.stats.frames_tx += 1
         self.stats.payload_bytes_tx += len(payload)
         self.stats.key_bits_tx += 8 * n_key
-        return body + tag
+        return frame
 
     # -- receiving
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
-        """Feed transport bytes; returns (plaintext now available, end-of-stream seen)."""
-        buf = self._rx_buf
-        buf += data
-        out: list[bytes] = []
-        while True:
-            size = wire.peek_length(buf)
-            if size is None:
-                break
-            if size > self.max_frame_size:
-                raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
-                                          ErrorCode.FRAME_TOO_LARGE)
-            if len(buf) < size:
-                break
-            frame = bytes(buf[:size])
-            del buf[:size]
-            out.append(self._open(frame))
-        return b"".join(out), self.eof_received
+    def receive_chunks(self, data: bytes | bytearray | memoryview
+                       ) -> tuple[list[bytearray], bool]:
+        """Feed transport bytes; returns (plaintext chunks now available, EOF seen)."""
+        out = []
+        for frame in self._assembler.feed(data):
+            plain = self._open(frame)
+            if plain:
+                out.append(plain)
+        return out, self.eof_received
 
-    def _open(self, frame: bytes) -> bytes:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+        """Like :meth:`receive_chunks`, joined into one bytes object."""
+        chunks, eof = self.receive_chunks(data)
+        return b"".join(chunks), eof
+
+    def _open(self, frame: memoryview) -> bytearray:
         head = wire.decode_header(frame)
         if head.type not in (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF):
             raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
@@ -306,13 +383,14 @@ class SecureStreamCore:
         if len(key) != n_key:
             raise AuthenticationError("key source returned the wrong amount of key",
                                       ErrorCode.AUTHENTICATION_FAILED)
-        r = key[:HASH_KEY_BYTES] if first else self._rx_r
+        kview = memoryview(key)
+        r = bytes(kview[:HASH_KEY_BYTES]) if first else self._rx_r
         assert r is not None
         if first:
-            key = key[HASH_KEY_BYTES:]
-        s, pad = key[:TAG_KEY_BYTES], key[TAG_KEY_BYTES:]
+            kview = kview[HASH_KEY_BYTES:]
+        s, pad = bytes(kview[:TAG_KEY_BYTES]), kview[TAG_KEY_BYTES:]
         try:
-            Poly1305.verify_tag(r + s, frame[:-wire.TAG_SIZE], frame[-wire.TAG_SIZE:])
+            Poly1305.verify_tag(r + s, frame[:-wire.TAG_SIZE], bytes(frame[-wire.TAG_SIZE:]))
         except InvalidSignature:
             raise AuthenticationError(f"frame {head.seq} failed its Wegman-Carter tag check",
                                       ErrorCode.AUTHENTICATION_FAILED) from None
@@ -323,8 +401,10 @@ class SecureStreamCore:
         self.stats.key_bits_rx += 8 * n_key
         if head.type == AppMsgType.STREAM_EOF:
             self.eof_received = True
-            return b""
-        return _xor(ct, pad)
+            return bytearray()
+        plain = bytearray(len(ct))
+        _xor_into(plain, ct, pad)
+        return plain
 
 
 @dataclass
@@ -346,9 +426,12 @@ class HopSecuredCore:
     stats: StreamStats = field(default_factory=StreamStats)
     _tx_seq: int = 0
     _rx_seq: int = 0
-    _rx_buf: bytearray = field(default_factory=bytearray, repr=False)
+    _assembler: FrameAssembler = field(init=False, repr=False)
     eof_sent: bool = False
     eof_received: bool = False
+
+    def __post_init__(self) -> None:
+        self._assembler = FrameAssembler(self.max_frame_size)
 
     def key_bytes_for(self, n_payload: int) -> int:
         """No stream key: the channel's hops supply pad and tag."""
@@ -376,22 +459,11 @@ class HopSecuredCore:
         self.eof_sent = True
         return frame
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
-        """Feed channel bytes; returns (payload now available, end-of-stream seen)."""
-        buf = self._rx_buf
-        buf += data
-        out: list[bytes] = []
-        while True:
-            size = wire.peek_length(buf)
-            if size is None:
-                break
-            if size > self.max_frame_size:
-                raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
-                                          ErrorCode.FRAME_TOO_LARGE)
-            if len(buf) < size:
-                break
-            frame = bytes(buf[:size])
-            del buf[:size]
+    def receive_chunks(self, data: bytes | bytearray | memoryview
+                       ) -> tuple[list[bytearray], bool]:
+        """Feed channel bytes; returns (payload chunks now available, EOF seen)."""
+        out: list[bytearray] = []
+        for frame in self._assembler.feed(data):
             head = wire.decode_header(frame)
             if head.type not in (AppMsgType.HOP_DATA, AppMsgType.HOP_EOF):
                 raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
@@ -411,14 +483,19 @@ class HopSecuredCore:
             self._rx_seq += 1
             self.stats.frames_rx += 1
             if head.type == AppMsgType.HOP_EOF:
-                if payload:
+                if len(payload):
                     raise RemoteProtocolError("end-of-stream frame carries data",
                                               ErrorCode.MALFORMED_FRAME)
                 self.eof_received = True
-            else:
+            elif len(payload):
                 self.stats.payload_bytes_rx += len(payload)
-                out.append(payload)
-        return b"".join(out), self.eof_received
+                out.append(bytearray(payload))
+        return out, self.eof_received
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+        """Like :meth:`receive_chunks`, joined into one bytes object."""
+        chunks, eof = self.receive_chunks(data)
+        return b"".join(chunks), eof
 
 
 # ---- trio adapter ----------------------------------------------------------------------
@@ -498,7 +575,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._broken_reason: str | None = None
         self._send = _Conflict("sending on")
         self._recv = _Conflict("receiving from")
-        self._plain = bytearray()
+        self._plain: collections.deque[memoryview] = collections.deque()
 
     def __repr__(self) -> str:
         return f"SecureStream(session={self._core.session:#x}, state={self._state.value})"
@@ -644,18 +721,20 @@ class SecureStream(trio.abc.HalfCloseableStream):
                     raise self._break("truncated: the transport ended without an "
                                       "authenticated end of stream")
                 try:
-                    plain, _eof = self._core.receive_data(data)
+                    chunks, _eof = self._core.receive_chunks(data)
                 except RemoteProtocolError as err:
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(self.transport)
                     raise self._break(f"{err} [{err.code.name}]") from err
-                self._plain += plain
+                self._plain.extend(memoryview(c) for c in chunks)
             else:
                 await trio.lowlevel.checkpoint()
-            n = len(self._plain) if max_bytes is None else min(max_bytes, len(self._plain))
-            out = bytes(self._plain[:n])
-            del self._plain[:n]
-            return out
+            head = self._plain[0]
+            if max_bytes is None or max_bytes >= len(head):
+                self._plain.popleft()
+                return head.obj if len(head) == len(head.obj) else bytes(head)  # type: ignore[return-value]
+            self._plain[0] = head[max_bytes:]
+            return bytes(head[:max_bytes])
 
     # -- AsyncResource
 

@@ -92,10 +92,15 @@ class FrameHeader(NamedTuple):
 
 
 def encode_frame(msg_type: int, session: int, seq: int, refs: list[KeyRef],
-                 payload: bytes, *, flags: int = 0) -> bytes:
-    """Build a frame without its tag (the caller appends the 16-byte tag)."""
+                 payload: bytes, *, flags: int = 0, payload_len: int | None = None) -> bytes:
+    """Build a frame without its tag (the caller appends the 16-byte tag).
+
+    With ``payload_len`` (and ``payload=b""``) only the header and key references
+    are built, for a caller that writes the payload and tag into its own buffer.
+    """
     first = refs[0] if refs else KeyRef(0, 0, 0)
-    body_len = N_REFS.size + KEYREF.size * len(refs) + len(payload)
+    n_payload = len(payload) if payload_len is None else payload_len
+    body_len = N_REFS.size + KEYREF.size * len(refs) + n_payload
     head = HEADER.pack(HEADER_SIZE - 4 + body_len + TAG_SIZE, VERSION, msg_type, flags, 0,
                        session, seq, first.block_id, first.offset)
     parts = [head, N_REFS.pack(len(refs))]
