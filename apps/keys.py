@@ -89,7 +89,7 @@ class MemoryKeyPool:
         if self.available() < n_bits:
             raise KeyExhausted(n_bits, self.available(), pool=self.name)
         segs: list[KeyRef] = []
-        parts: list[bytes] = []
+        parts: list[memoryview] = []
         while need:
             bid = self._order[0]
             data, _ = self._blocks[bid]
@@ -178,7 +178,7 @@ class MemoryStreamKeys:
     async def wait_reserve(self, n_bits: int, deadline: float) -> MemoryGrant:
         return await self.tx.wait_reserve(n_bits, deadline)
 
-    def take(self, refs: Sequence[Any]) -> bytes:
+    def take(self, refs: Sequence[Any]) -> bytes | memoryview:
         return self.rx.take(refs)
 
     def available(self) -> int:

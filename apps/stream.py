@@ -292,25 +292,25 @@ class SecureStreamCore:
         return n_payload + TAG_KEY_BYTES * frames + first
 
     def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor | None
-                  ) -> list[bytes]:
+                  ) -> list[bytes | bytearray]:
         """Frames (one per ``max_frame_payload`` bytes) carrying ``payload``."""
         if self.eof_sent:
             raise LocalProtocolError("data after end of stream")
         view = memoryview(payload)
-        out = []
+        out: list[bytes | bytearray] = []
         for start in range(0, len(view), self.max_frame_payload):
             out.append(self._seal(AppMsgType.STREAM_DATA,
                                   view[start:start + self.max_frame_payload], cursor))
         return out
 
-    def seal_eof(self, cursor: KeyCursor | None) -> bytes:
+    def seal_eof(self, cursor: KeyCursor | None) -> bytes | bytearray:
         """The authenticated end-of-stream frame for this direction."""
         frame = self._seal(AppMsgType.STREAM_EOF, b"", cursor)
         self.eof_sent = True
         return frame
 
     def _seal(self, mtype: int, payload: bytes | memoryview, cursor: KeyCursor | None
-              ) -> bytes:
+              ) -> bytes | bytearray:
         if cursor is None:
             raise LocalProtocolError("a SecureStream frame needs key")
         first = self._tx_r is None
@@ -626,7 +626,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return self._break(f"transport error: {err.strerror or err}")
         return err
 
-    async def _transport_send(self, data: bytes) -> None:
+    async def _transport_send(self, data: bytes | bytearray) -> None:
         try:
             await self.transport.send_all(data)
         except trio.Cancelled:
@@ -699,7 +699,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     # -- ReceiveStream
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Up to ``max_bytes`` authenticated plaintext bytes; b"" after the peer's EOF."""
         if max_bytes is not None:
             max_bytes = operator.index(max_bytes)
@@ -732,7 +732,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
             head = self._plain[0]
             if max_bytes is None or max_bytes >= len(head):
                 self._plain.popleft()
-                return head.obj if len(head) == len(head.obj) else bytes(head)  # type: ignore[return-value]
+                obj = head.obj
+                if isinstance(obj, bytearray) and len(head) == len(obj):
+                    return obj  # the whole decrypted frame: no copy
+                return bytes(head)
             self._plain[0] = head[max_bytes:]
             return bytes(head[:max_bytes])
 
