@@ -98,3 +98,25 @@ def test_send_refuses_when_key_is_short(network: Path) -> None:
     assert sent.returncode == 1
     assert "needs 64.64 MiB of key, 2.00 MiB available" in sent.stderr
     assert "key exhausted" in sent.stderr
+
+
+def test_example_chat_client_talks_to_qkdnet_chat(network: Path) -> None:
+    example = HERE.parent.parent / "examples" / "chat_client.py"
+    env = dict(os.environ, COLUMNS="100", TERM="dumb")
+    bob = pexpect.spawn(QKDNET[0], [*QKDNET[1:], "chat", "alice", "--listen", "--node",
+                                     str(network / "bob.sock")], env=env, timeout=20,
+                        encoding="utf-8")
+    bob.expect("waiting for alice")
+    alice = pexpect.spawn(sys.executable, [str(example), "bob", str(network / "alice.sock")],
+                          env=env, timeout=20, encoding="utf-8")
+    bob.expect("connected to alice")
+    alice.sendline("written in 20 lines")
+    bob.expect("alice> written in 20 lines")
+    alice.expect(r"\(delivered #1\)")
+    bob.sendline("and it works")
+    alice.expect("bob> and it works")
+    alice.sendeof()
+    bob.expect("alice left the chat")
+    bob.sendeof()
+    alice.expect(pexpect.EOF)
+    bob.expect(pexpect.EOF)
