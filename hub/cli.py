@@ -67,6 +67,8 @@ def spoke_settings_from_config(config: Any) -> Any:
         raise ConfigError(f"role is {cfg.role!r}", source=cfg.source, key="node.role",
                           expected='"spoke" for qkdnet node')
     r = cfg.routing
+    # qkdnet.config guarantees both for a spoke; keep the type checker informed.
+    assert cfg.node.hub is not None and cfg.network.hub_host is not None
     return SpokeSettings(
         name=cfg.name, hub_name=cfg.node.hub, keystore=Path(cfg.keystore.path),
         hub_host=cfg.network.hub_host, hub_port=cfg.network.hub_sideband_port,

@@ -204,8 +204,9 @@ async def test_impersonation_is_refused(tmp_path: Path) -> None:
 
 async def test_flooding_spoke_is_throttled_while_others_flow(tmp_path: Path) -> None:
     async with embedded_network(["alice", "bob", "carol", "mallory"], tmp_path,
-                                prefill_key=1 << 16, queue_frames=16, key_wait=2.0) as net:
-        # hub->bob has no key: mallory's frames to bob queue up at the hub.
+                                prefill_key=1 << 16, queue_frames=16, key_wait=60) as net:
+        # hub->bob has no key: mallory's frames to bob queue up at the hub (and wait
+        # there: key_wait is long, so they are throttled, never timed out).
         net.hub_store.reserve("bob", "data-tx", net.hub_store.available("bob", "data-tx"))
         mallory = net["mallory"]
         store = net.stores["mallory"]
