@@ -75,7 +75,8 @@ def spoke_settings_from_config(config: Any) -> Any:
         bootstrap_secret=cfg.auth.bootstrap_secret,
         control_socket=control_socket_for(Path(cfg.keystore.path)),
         key_wait=r.key_wait, window=r.window or 32, open_timeout=r.open_timeout,
-        pcap=cfg.pcap.path, link=_link_dict(cfg), lease_bits=cfg.keystore.lease_bits)
+        pcap=cfg.pcap.path, link=_link_dict(cfg), lease_bits=cfg.keystore.lease_bits,
+        app_socket=cfg.network.app_socket)
 
 
 def hub_settings_from_file(path: str | Path) -> Any:
@@ -125,11 +126,15 @@ def _run_node(args: argparse.Namespace) -> int:
     node = SpokeNode(settings, link_runner=spoke_link_runner(settings))
 
     async def main(task_status: Any) -> None:
-        import trio as _trio
-        async with node.running():
+        async with node.running(), trio.open_nursery() as nursery:
+            app_socket = _app_socket(settings)
+            if app_socket is not None:  # the apps layer's local API for other processes
+                from qkdnet.apps.local import serve_local
+                await nursery.start(serve_local, node, app_socket)
+                print(f"qkdnet node {settings.name}: apps connect at {app_socket}",
+                      file=sys.stderr)
             task_status.started()
-            await _extra_node_services(node)
-            await _trio.sleep_forever()
+            await trio.sleep_forever()
 
     print(f"qkdnet node {settings.name}: hub {settings.hub_name} at "
           f"{settings.hub_host}:{settings.hub_port}", file=sys.stderr)
@@ -138,9 +143,16 @@ def _run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _extra_node_services(node: Any) -> None:
-    """Hook for the apps layer's local API; nothing here when it is absent."""
-    return None
+def _app_socket(settings: Any) -> Path | None:
+    """The local socket apps use: ``[network] app_socket``, else the apps default."""
+    import importlib.util
+
+    if importlib.util.find_spec("qkdnet.apps.local") is None:
+        return None
+    if settings.app_socket is not None:
+        return Path(settings.app_socket)
+    from qkdnet.apps.api import default_socket_path
+    return Path(default_socket_path())
 
 
 def _status(kind: str, loader: Callable[[str], Any]) -> Callable[[argparse.Namespace], int]:

@@ -99,6 +99,8 @@ class SpokeSettings:
     link: dict[str, Any] = field(default_factory=dict)
     #: Key-store lease per pool (see HubSettings.lease_bits).
     lease_bits: int = 1 << 16
+    #: Where ``qkdnet node`` serves the apps layer's local API (None: apps default).
+    app_socket: Path | None = None
 
 
 def _xor(a: bytes, b: bytes) -> bytes:

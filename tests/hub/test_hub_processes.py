@@ -128,6 +128,35 @@ def test_hub_and_three_spoke_processes_on_loopback(tmp_path: Path) -> None:
     assert gone.returncode == 1 and b"is it running?" in gone.stderr
 
 
+@pytest.mark.slow
+def test_node_daemon_cli_runs_reports_and_stops(tmp_path: Path) -> None:
+    port = _free_port()
+    _setup(tmp_path, "127.0.0.1", "127.0.0.1", port)
+    env = {**os.environ, "QKDNET_NODE_SOCKET": str(tmp_path / "alice-app.sock")}
+    hub = subprocess.Popen([*QKDNET, "hub", "--config", "hub.toml"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    node = subprocess.Popen([*QKDNET, "node", "--config", "alice.toml"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_socket(tmp_path / "hub.keys.ctl", hub)
+        _wait_socket(tmp_path / "alice.keys.ctl", node)
+        deadline = time.monotonic() + 20
+        while True:
+            res = subprocess.run([*QKDNET, "node", "status", "--json", "--config",
+                                  "alice.toml"], cwd=tmp_path, capture_output=True,
+                                 timeout=30)
+            st = json.loads(res.stdout)
+            if st["connected"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert st["connected"] and st["hub"] == "hub" and st["key_bits"]["to_hub"] > 0
+    finally:
+        node_code = _stop(node)
+        hub_code = _stop(hub)
+    assert node_code == 0, node.communicate()[1].decode()[-2000:]
+    assert hub_code == 0
+
+
 # -- network namespaces ------------------------------------------------------------
 
 def _netns_unavailable() -> str | None:
