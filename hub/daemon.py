@@ -301,12 +301,16 @@ def _serve_partial(daemon: HubDaemon) -> Any:
                     = trio.TASK_STATUS_IGNORED) -> None:
         pcap = None
         if daemon.settings.pcap is not None:
-            from qkdnet.pcap import PcapRecorder  # type: ignore[attr-defined,unused-ignore]
+            from qkdnet.pcap import PcapRecorder
             pcap = PcapRecorder(daemon.settings.pcap)
-        await serve_sideband(daemon._handle, daemon.settings.port,
-                             local_name=daemon.settings.name,
-                             auth_for_peer=daemon._auth_for, host=daemon.settings.host,
-                             role=Role.HUB, pcap=pcap, task_status=task_status)
+        try:
+            await serve_sideband(daemon._handle, daemon.settings.port,
+                                 local_name=daemon.settings.name,
+                                 auth_for_peer=daemon._auth_for, host=daemon.settings.host,
+                                 role=Role.HUB, pcap=pcap, task_status=task_status)
+        finally:
+            if pcap is not None:
+                pcap.close()
     return serve
 
 

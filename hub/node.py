@@ -380,6 +380,7 @@ class SpokeNode:
         self.last_error: str | None = None
         self._stopping = False
         self._serve_done = trio.Event()
+        self._recorder: Any = None
 
     def __repr__(self) -> str:
         return f"SpokeNode({self.name!r}, hub={self.hub!r})"
@@ -419,6 +420,8 @@ class SpokeNode:
                     nursery.cancel_scope.cancel()
         finally:
             self._fail_connection("node stopped")
+            if self._recorder is not None:
+                self._recorder.close()
             if self._own_store:
                 store.close()
 
@@ -483,10 +486,13 @@ class SpokeNode:
                 await trio.sleep(delay)
 
     def _pcap(self) -> Any:
+        """One recorder for the node's lifetime (every reconnect adds a flow to it)."""
         if self.settings.pcap is None:
             return None
-        from qkdnet.pcap import PcapRecorder  # type: ignore[attr-defined,unused-ignore]
-        return PcapRecorder(self.settings.pcap)
+        if self._recorder is None:
+            from qkdnet.pcap import PcapRecorder
+            self._recorder = PcapRecorder(self.settings.pcap)
+        return self._recorder
 
     async def _serve(self, chan: SidebandChannel) -> None:
         self._epoch += 1
@@ -899,7 +905,7 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            preset: str | None = None, km: float | None = None,
                            control_sockets: bool = False, wait: bool = True,
                            extra_spokes: Sequence[str] = (), lease_bits: int = 1 << 16,
-                           block_slots: int | None = None
+                           block_slots: int | None = None, hub_pcap: Path | None = None
                            ) -> AsyncIterator[EmbeddedNetwork]:
     """A hub and spokes ``names`` on loopback, key stores in ``folder``.
 
@@ -909,6 +915,7 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
     QKD. ``link=True`` runs the QKD link layer (emulated PHY ``preset`` at ``km``,
     ``block_slots`` pulse slots per block, default sized for ~1.5e6 clicks) on every
     spoke link, so real distilled key flows into the pools.
+    ``hub_pcap`` records the hub's sideband (every spoke connection) to a pcap file.
     ``extra_spokes`` are known to the hub (bootstrap secret, key store, prefill in
     ``net.stores``) but get no running node: tests connect them by hand.
     """
@@ -948,7 +955,7 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
             name=hub_name, keystore=folder / f"{hub_name}.keys", port=0,
             spokes={n: None for n in all_names}, key_wait=key_wait, queue_frames=queue_frames,
             control_socket=(folder / f"{hub_name}.sock") if control_sockets else None,
-            link=dict(link_cfg))
+            link=dict(link_cfg), pcap=hub_pcap)
         async with open_hub(hub_settings, store=hub_store,
                             link_runner=hub_link_runner(hub_settings)) as hub:
             net = EmbeddedNetwork(folder, hub, {}, hub_store, stores, net_seed)

@@ -305,3 +305,23 @@ async def test_hub_restart_keeps_pools_and_spokes_reconnect(tmp_path: Path) -> N
         outer.cancel_scope.cancel()
     for st_ in stores.values():
         st_.close()
+
+
+async def test_hub_pcap_records_hub_frames(tmp_path: Path) -> None:
+    from qkdnet.pcap import summarize
+
+    pcap = tmp_path / "hub.pcap"
+    async with embedded_network(["alice", "bob"], tmp_path, prefill_key=1 << 12,
+                                hub_pcap=pcap) as net:
+        lst = net["bob"].listen("s")
+        ch = await net["alice"].open_channel("bob", "s")
+        inc = await lst.accept()
+        await ch.send_message(b"recorded")
+        assert await inc.receive_message() == b"recorded"
+        await ch.wait_delivered()
+    summary = summarize(pcap)
+    assert summary["per_type"]["HubData"]["frames"] == 2      # in from alice, out to bob
+    assert summary["per_type"]["HubRegister"]["frames"] == 2
+    assert {n for s in summary["sessions"] for n in s["names"].values()} == {
+        "alice", "bob", "hub"}
+    assert b"recorded" not in pcap.read_bytes()  # only ciphertext on the wire
