@@ -63,7 +63,8 @@ async def test_every_pair_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_fifty_spokes_random_peers(tmp_path: Path) -> None:
+async def test_fifty_spokes_random_peers(
+        tmp_path: Path, record_property) -> None:  # type: ignore[no-untyped-def]
     names = [f"s{i:02d}" for i in range(50)]
     rng = random.Random(5)
     tracemalloc.start()
@@ -76,6 +77,9 @@ async def test_fifty_spokes_random_peers(tmp_path: Path) -> None:
         rss_per = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024 / 50
         print(f"\nmemory per spoke (hub + node + stores, python heap): "
               f"{per_spoke / 1024:.1f} KiB; max-RSS growth per spoke {rss_per / 1024:.1f} KiB")
+        record_property("heap_KiB_per_spoke", round(per_spoke / 1024, 1))
+        record_property("max_rss_KiB_per_spoke", round(rss_per / 1024, 1))
+        assert per_spoke < 1 << 20, "more than 1 MiB of Python heap per spoke"
         tracemalloc.stop()
         async with trio.open_nursery() as nursery:
             for n in names:
