@@ -38,7 +38,7 @@ from qkdnet.wire import (
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Raw
+from scapy.packet import NoPayload, Packet, Raw
 from scapy.sendrecv import sniff
 from scapy.sessions import TCPSession
 from scapy.utils import PcapReader, PcapWriter
@@ -256,6 +256,7 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
                     tcp.sport in _bound_ports() or tcp.dport in _bound_ports()):
                 undecodable += len(tcp.payload.load)
             continue
+        undecodable += _stray_bytes(frames[0])
         src, dst = _endpoints(pkt)
         now = float(pkt.time)
         t0 = now if t0 is None else min(t0, now)
@@ -325,6 +326,17 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
         "undecodable_bytes": undecodable,
         "timeline": timeline,
     }
+
+
+def _stray_bytes(first: Packet) -> int:
+    """Bytes in a reassembled chain that belong to no frame (a desynchronised stream)."""
+    stray = 0
+    layer = first
+    while layer is not None and not isinstance(layer, NoPayload):
+        if isinstance(layer, Raw) and not isinstance(layer.underlayer, QkdHeader):
+            stray += len(layer.load)
+        layer = layer.payload
+    return stray
 
 
 def _bound_ports() -> set[int]:

@@ -269,3 +269,17 @@ def test_bind_port_makes_other_ports_decodable(tmp_path: Path) -> None:
     assert _frames(path) == []
     wire.bind_port(45123)
     assert [int(f.payload.nonce) for f in _frames(path)] == [9]
+
+
+def test_tcp_reassemble_gives_up_on_a_garbage_length(tmp_path: Path) -> None:
+    from qkdnet.pcap import summarize
+
+    good = bytes(QkdHeader(type=MsgType.PING, tag=b"g" * 16) / Ping(nonce=7))
+    garbage = b"\x00\x00\x00\x05" + b"\xee" * 30
+    path = tmp_path / "desync.pcap"
+    wrpcap(str(path), _flow([good + garbage, good]))
+    # The garbage is given up on; the stream resynchronises at the next segment.
+    assert [int(f.payload.nonce) for f in _frames(path)] == [7, 7]
+    s = summarize(path, detect=False)
+    assert s["per_type"] == {"PING": {"frames": 2, "bytes": 2 * len(good)}}
+    assert s["undecodable_bytes"] == len(garbage)
