@@ -42,10 +42,10 @@ def synth(n_sifted: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     model = ChannelModel(p_ap=0.0, e_mis=0.02)
     _, a = expected_stats(model, 25.0, 1.0, MU, P, 1.0)   # per-pulse rates, Z only
-    rate = a["n_z"][:, ()] if a["n_z"].ndim > 1 else a["n_z"]
+    rate = a["n_z"]                                      # detections per intensity
     frac = rate / rate.sum()
     err = a["m_z"] / a["n_z"]
-    n_det = int(n_sifted / PZ**2 * 1.0)
+    n_det = int(n_sifted / PZ**2)
     inten = rng.choice(3, n_det, p=frac).astype(np.uint8)
     a_basis = (rng.random(n_det) >= PZ).astype(np.uint8)
     b_basis = (rng.random(n_det) >= PZ).astype(np.uint8)
