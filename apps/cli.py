@@ -68,7 +68,7 @@ def register(commands: CommandSet) -> None:
                      description=__import__("qkdnet.apps.demo", fromlist=["x"]).__doc__)
     p.add_argument("--seed", type=int, default=1, help="fixes PHY, chat lines and file")
     p.add_argument("--keep", metavar="DIR", help="keep key stores and files in DIR")
-    p.add_argument("--link-timeout", type=float, default=20.0,
+    p.add_argument("--link-timeout", type=float, default=40.0,
                    help="seconds to wait for QKD key before using TEST-ONLY key")
     p.add_argument("--no-link", action="store_true",
                    help="skip QKD links, use TEST-ONLY prefilled key at once")

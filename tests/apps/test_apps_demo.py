@@ -23,6 +23,6 @@ def test_demo_json_end_to_end() -> None:
     assert summary["hub_status"]["totals"]["relayed"] >= 5 + 1
     # --seed fixes the content: the same seed gives the same file and chat lines
     assert summary["file"]["sha256"] == (
-        "9e3cd74e74e62be04004af675fb4460fd365185fea9e0a9feada0e49dfb99a2a")
+        "e194921946bffa21d29fe6f71e06c895c80299e5740aba34855b238e08cc06ab")
     assert summary["chat"]["transcript"][0] == "alice -> bob: hello bob"
     assert summary["elapsed_s"] < 60
