@@ -15,6 +15,8 @@ from qkdnet.apps.stream import SecureStream
 from qkdnet.apps.transfer import key_budget, receive_file, send_file
 from qkdnet.hub.node import embedded_network
 
+pytestmark = pytest.mark.slow
+
 
 async def test_chat_lines_arrive_with_receipts(tmp_path: Path) -> None:
     async with embedded_network(["alice", "bob"], tmp_path, prefill_key=1 << 20) as net:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 from qkdnet.apps.api import open_secure_stream, serve_secure, wrap_channel
-from qkdnet.apps.stream import SecureStream
+from qkdnet.apps.stream import FAIL_FAST, SecureStream
 from qkdnet.hub.node import embedded_network
 
 pytestmark = pytest.mark.slow
@@ -56,3 +56,21 @@ async def test_open_secure_stream_and_serve_secure_share_a_node(tmp_path: Path) 
                 assert bytes(got) == expect
                 await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_fail_fast_through_the_hub_names_the_shortage(tmp_path: Path) -> None:
+    # 64 kbit of (TEST-ONLY) key per direction: a 100 kB write cannot be padded.
+    async with embedded_network(["alice", "bob"], tmp_path, prefill_key=1 << 16) as net:
+        listener = net["bob"].listen("ff")
+        chan = await net["alice"].open_channel("bob", "ff")
+        await listener.accept()
+        stream = wrap_channel(chan, policy=FAIL_FAST)
+        await stream.send_all(b"small enough")
+        with pytest.raises(trio.BrokenResourceError, match="key exhausted") as info:
+            await stream.send_all(b"x" * 100_000)
+        causes = []
+        err: BaseException | None = info.value
+        while err is not None:
+            causes.append(type(err).__name__)
+            err = err.__cause__
+        assert "KeyExhausted" in causes
