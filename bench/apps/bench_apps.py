@@ -70,26 +70,29 @@ def _provision(a: KeyStore, b: KeyStore, n_bytes: int) -> None:
         b.add_block("a", "e2e-rx", 1 + i, key, 8 * len(key), meta)
 
 
-async def bench(mib: int, hub_mib: int) -> None:
+async def bench(mib: int, hub_mib: int, rounds: int) -> None:
     total = mib * CHUNK
-    # 1. plain TCP
-    c, s = await _tcp_pair()
-    t_tcp = await _pump(c, s, total)
-    await c.aclose()
-    await s.aclose()
-    tcp = total / t_tcp / 1e6
-    print(f"plain trio TCP loopback        : {tcp:8.1f} MB/s  ({mib} MiB)")
-    # 2a. SecureStream, memory key
-    ka, kb = memory_key_pair(seed=1)
-    c, s = await _tcp_pair()
-    a, b = SecureStream(c, ka, session=1), SecureStream(s, kb, session=1)
-    # pre-generate the key so the bench measures the stream, not the test-key generator
-    ka.tx.add_key(int(8 * total * 1.01))
-    t_mem = await _pump(a, b, total)
-    mem = total / t_mem / 1e6
-    ratio_mem = a.stats.key_per_payload_bit()
-    await a.aclose()
-    await b.aclose()
+    # 1 and 2a, interleaved and best of ``rounds`` each: the machine is shared, so
+    # single runs swing by 2x; the best run is the least disturbed one.
+    tcp = mem = 0.0
+    ratio_mem = 0.0
+    for _ in range(rounds):
+        c, s = await _tcp_pair()
+        t_tcp = await _pump(c, s, total)
+        await c.aclose()
+        await s.aclose()
+        tcp = max(tcp, total / t_tcp / 1e6)
+        ka, kb = memory_key_pair(seed=1)
+        c, s = await _tcp_pair()
+        a, b = SecureStream(c, ka, session=1), SecureStream(s, kb, session=1)
+        # pre-generate the key so the bench measures the stream, not the key generator
+        ka.tx.add_key(int(8 * total * 1.01))
+        t_mem = await _pump(a, b, total)
+        mem = max(mem, total / t_mem / 1e6)
+        ratio_mem = a.stats.key_per_payload_bit()
+        await a.aclose()
+        await b.aclose()
+    print(f"plain trio TCP loopback        : {tcp:8.1f} MB/s  ({mib} MiB, best of {rounds})")
     print(f"SecureStream, memory key       : {mem:8.1f} MB/s  ratio to TCP {mem / tcp:.2f}  "
           f"key bits per payload bit {ratio_mem:.5f}")
     # 2b. SecureStream, durable key store (e2e pools)
@@ -151,10 +154,11 @@ async def bench(mib: int, hub_mib: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=128)
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hub-mib", type=int, default=16)
     args = parser.parse_args()
-    trio.run(bench, args.mib, args.hub_mib)
+    trio.run(bench, args.mib, args.hub_mib, args.rounds)
 
 
 if __name__ == "__main__":
