@@ -13,7 +13,7 @@ from qkdnet.hub.node import embedded_network
 @pytest.mark.slow
 async def test_relay_with_key_from_the_link_layer(tmp_path: Path) -> None:
     async with embedded_network(["alice", "bob"], tmp_path, link=True,
-                                preset="rusca2018-snspd", km=10) as net:
+                                preset="snspd-metro", km=5) as net:
         assert net.stores["alice"].available("hub", "data-tx") == 0
         with trio.fail_after(120):
             while (net.stores["alice"].available("hub", "data-tx") < 800
