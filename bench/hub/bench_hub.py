@@ -68,11 +68,11 @@ async def _latency(net: Any, dst: str, n: int) -> float:
     return statistics.median(samples)
 
 
-async def bench_paths(n: int, size: int) -> dict[str, Any]:
+async def bench_paths(n: int, size: int, lease_bits: int) -> dict[str, Any]:
     folder = _tmpdir()
     need = 8 * size * (3 * n + n // 10 + 10) + (1 << 20)
     async with embedded_network(["alice", "bob"], folder, prefill_key=need,
-                                auth_bits=1 << 22, window=64) as net:
+                                auth_bits=1 << 22, window=64, lease_bits=lease_bits) as net:
         listener = net["bob"].listen("sink")
 
         async def drain() -> None:
@@ -102,7 +102,7 @@ async def bench_paths(n: int, size: int) -> dict[str, Any]:
     }
 
 
-async def bench_paths_split(n: int, size: int) -> dict[str, Any]:
+async def bench_paths_split(n: int, size: int, lease_bits: int) -> dict[str, Any]:
     """The same measurement with the hub in its own OS process (``qkdnet hub``)."""
     import signal
     import socket
@@ -121,7 +121,8 @@ async def bench_paths_split(n: int, size: int) -> dict[str, Any]:
     hub_store = KeyStore(folder / "hub.keys")
     lines = ['[node]\nname = "hub"\nrole = "hub"\n',
              f'[network]\nsideband_port = {port}\n',
-             '[keystore]\npath = "hub.keys"\n[link]\nenabled = false\n']
+             f'[keystore]\npath = "hub.keys"\nlease_bits = {lease_bits}\n',
+             '[link]\nenabled = false\n']
     for name in ("alice", "bob"):
         secret = os.urandom(4096)
         (folder / f"{name}.bootstrap").write_bytes(secret)
@@ -134,7 +135,8 @@ async def bench_paths_split(n: int, size: int) -> dict[str, Any]:
         (folder / f"{name}.toml").write_text(
             f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
             f'[network]\nhub_host = "127.0.0.1"\nhub_sideband_port = {port}\n'
-            f'[keystore]\npath = "{name}.keys"\n[routing]\nwindow = 64\n'
+            f'[keystore]\npath = "{name}.keys"\nlease_bits = {lease_bits}\n'
+            '[routing]\nwindow = 64\n'
             '[link]\nenabled = false\n')
     hub_store.close()
     (folder / "hub.toml").write_text("".join(lines))
@@ -231,11 +233,13 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=300)
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--spokes", type=int, default=200)
+    ap.add_argument("--lease-bits", type=int, default=1 << 22,
+                    help="key-store lease per pool (both paths; see [keystore] lease_bits)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     spokes = trio.run(bench_spokes, args.spokes)  # first: max-RSS only grows
-    paths = trio.run(bench_paths, args.messages, args.size)
-    split = trio.run(bench_paths_split, args.messages, args.size)
+    paths = trio.run(bench_paths, args.messages, args.size, args.lease_bits)
+    split = trio.run(bench_paths_split, args.messages, args.size, args.lease_bits)
     result = {"paths_one_process": paths, "paths_hub_process": split, "spokes": spokes}
     if args.json:
         json.dump(result, sys.stdout, indent=2)
@@ -244,7 +248,8 @@ def main() -> int:
     s = spokes
     for label, p in (("hub, alice and bob in one process", paths),
                      ("hub in its own process (alice and bob in another)", split)):
-        print(f"{label}: {p['messages']} x {p['message_bytes']} B messages, acked")
+        print(f"{label}: {p['messages']} x {p['message_bytes']} B messages, acked, "
+              f"key-store lease {args.lease_bits} bits")
         print(f"  single hop (alice->hub)     {p['single_hop_MBps']:8.2f} MB/s   (baseline)")
         print(f"  relayed (alice->hub->bob)   {p['relayed_MBps']:8.2f} MB/s")
         print(f"  ratio relayed / single hop  {p['relayed_over_single_hop']:8.2f}      "
