@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) typecheck-tree
-	$(VENV)/bin/ruff check stack phy link hub apps tests bench
+	$(VENV)/bin/ruff check stack phy link hub apps tests bench tools examples
 	$(VENV)/bin/mypy .typecheck/qkdnet
 
 bench: $(STAMP)

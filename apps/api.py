@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import trio
+
 from qkdnet.apps.stream import DEFAULT_FRAME_PAYLOAD, WAIT_FOR_KEY, KeyPolicy, SecureStream
 from qkdnet.errors import KeyExhausted, QkdnetError
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
 from qkdnet.apps.stream import SecureStream
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 

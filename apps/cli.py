@@ -32,6 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.apps.chat import run_chat_cli
     node = _node(args)
     return int(trio.run(lambda: run_chat_cli(node, args.peer, service=args.service,
@@ -40,6 +41,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.apps.transfer import run_send_cli
     path = Path(args.file)
     if not path.is_file():
@@ -53,6 +55,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _receive(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.apps.transfer import run_receive_cli
     result = trio.run(lambda: run_receive_cli(_node(args), Path(args.into),
                                               service=args.service, count=args.count,

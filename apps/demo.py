@@ -35,10 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from qkdnet.apps.api import open_secure_stream, serve_secure
-from qkdnet.apps.chat import ChatEvent, chat_exchange
-from qkdnet.apps.stream import SecureStream
-from qkdnet.apps.transfer import receive_file, send_file
 from rich.console import Console
 from rich.live import Live
 from rich.progress import (
@@ -49,6 +45,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from qkdnet.apps.api import open_secure_stream, serve_secure
+from qkdnet.apps.chat import ChatEvent, chat_exchange
+from qkdnet.apps.stream import SecureStream
+from qkdnet.apps.transfer import receive_file, send_file
 
 SPOKES = ("alice", "bob", "carol")
 HUB = "hub"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import trio
+
 from qkdnet.apps.wire import KeyRef
 from qkdnet.errors import KeyExhausted, KeyReuseError
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from qkdnet.apps import wire
 from qkdnet.apps.wire import AppMsgType
 from qkdnet.errors import ErrorCode, KeyExhausted, QkdnetError, RemoteProtocolError

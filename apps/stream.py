@@ -51,6 +51,7 @@ import numpy as np
 import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
 from qkdnet.apps import wire
 from qkdnet.apps.wire import AppMsgType, KeyRef
 from qkdnet.errors import (

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from qkdnet.apps.stream import SecureStream
 from qkdnet.errors import ErrorCode, KeyExhausted, LocalProtocolError, RemoteProtocolError
 
@@ -256,8 +257,9 @@ def _progress_bar(console: Any, quiet: bool) -> Any:
 async def run_send_cli(node: Any, path: Path, peer: str, *, service: str = SERVICE,
                        force: bool = False, quiet: bool = False) -> dict[str, Any]:
     """``qkdnet send``: budget check, progress bar, verified result (as a dict)."""
-    from qkdnet.apps.api import open_secure_stream
     from rich.console import Console
+
+    from qkdnet.apps.api import open_secure_stream
     console = Console(stderr=True)
     fetch = getattr(node, "fetch_status", None)
     if fetch is not None:
@@ -295,8 +297,9 @@ async def run_receive_cli(node: Any, into: Path, *, service: str = SERVICE, coun
     """``qkdnet receive``: serve the files service, one progress bar per file."""
     from functools import partial
 
-    from qkdnet.apps.api import serve_secure
     from rich.console import Console
+
+    from qkdnet.apps.api import serve_secure
     console = Console(stderr=True)
     files: list[dict[str, Any]] = []
     done = trio.Event()

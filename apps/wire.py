@@ -30,8 +30,6 @@ import struct
 from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple
 
-from qkdnet.errors import ErrorCode, RemoteProtocolError
-from qkdnet.wire import QkdBody, QkdHeader
 from scapy.fields import (
     FieldLenField,
     IntField,
@@ -40,6 +38,9 @@ from scapy.fields import (
     XLongField,
 )
 from scapy.packet import Packet, bind_layers
+
+from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.wire import QkdBody, QkdHeader
 
 
 class AppMsgType(IntEnum):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.sideband import SidebandConnection
 from qkdnet.wire import Hello, HelloAck, MsgType, Ping, QkdHeader, pack_header, unpack_header

@@ -7,6 +7,7 @@ local node daemon; every line is one-time padded and authenticated on each hop.
 import sys
 
 import trio
+
 from qkdnet.apps.api import default_socket_path, open_secure_stream
 from qkdnet.apps.chat import ChatSession
 from qkdnet.apps.local import NodeClient

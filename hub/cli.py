@@ -94,6 +94,7 @@ def spoke_settings_from_file(path: str | Path) -> Any:
 
 def _run_hub(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.hub.daemon import HubDaemon, run_until_signal
     from qkdnet.hub.linkrun import hub_link_runner
 
@@ -115,6 +116,7 @@ def _run_hub(args: argparse.Namespace) -> int:
 
 def _run_node(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.hub.daemon import run_until_signal
     from qkdnet.hub.linkrun import spoke_link_runner
     from qkdnet.hub.node import SpokeNode
@@ -158,6 +160,7 @@ def _app_socket(settings: Any) -> Path | None:
 def _status(kind: str, loader: Callable[[str], Any]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         import trio
+
         from qkdnet.hub.daemon import read_control_socket
 
         if args.socket:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from scapy.packet import Packet
+
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.errors import ConfigError, ErrorCode, QkdnetError, RemoteProtocolError
 from qkdnet.hub import wire as w
@@ -45,7 +47,6 @@ from qkdnet.hub.router import Disconnect, HubRouter, Send
 from qkdnet.keystore import KeyStore
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, serve_sideband
 from qkdnet.wire import Role
-from scapy.packet import Packet
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 import trio
+from scapy.packet import Packet
+
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.errors import (
     ConfigError,
@@ -54,7 +56,6 @@ from qkdnet.hub import wire as w
 from qkdnet.keystore import BlockMeta, KeySegment, KeyStore
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, connect_sideband
 from qkdnet.wire import Close, Role
-from scapy.packet import Packet
 
 log = logging.getLogger(__name__)
 
@@ -924,7 +925,7 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    link_cfg: dict[str, Any] = {"enabled": link, "preset": preset or "gys2004",
+    link_cfg: dict[str, Any] = {"enabled": link, "preset": preset or "snspd-metro",
                                 "km": 10.0 if km is None else float(km), "seed": seed}
     if block_slots:
         link_cfg["block_slots"] = block_slots

@@ -44,9 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+from scapy.packet import Packet
+
 from qkdnet.errors import ErrorCode, KeyExhausted, LocalProtocolError, QkdnetError
 from qkdnet.hub import wire as w
-from scapy.packet import Packet
 
 try:  # the key store's segment type; any object with these three fields works
     from qkdnet.keystore import KeySegment as _StoreSegment

@@ -18,8 +18,6 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
-from qkdnet.errors import ErrorCode, RemoteProtocolError
-from qkdnet.wire import QkdBody, QkdHeader
 from scapy.fields import (
     ByteField,
     FieldLenField,
@@ -30,6 +28,9 @@ from scapy.fields import (
     StrLenField,
 )
 from scapy.packet import Packet, bind_layers
+
+from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.wire import QkdBody, QkdHeader
 
 
 class HubMsg(IntEnum):

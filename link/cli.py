@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from qkdnet.cli import CommandSet, emit_json, fail
 from qkdnet.errors import ConfigError
 from qkdnet.link.session import BlockStats

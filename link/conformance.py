@@ -15,6 +15,7 @@ import secrets
 import time
 
 import numpy as np
+
 from qkdnet.conformance import CheckContext, CheckFailed, Peer, conformance_check
 from qkdnet.errors import ErrorCode
 from qkdnet.link import wire as w

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import trio
+
 from qkdnet.errors import (
     ErrorCode,
     KeyExhausted,

@@ -64,11 +64,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from scapy.packet import Packet
+
 from qkdnet.errors import LocalProtocolError, RemoteProtocolError
 from qkdnet.link import cascade, finite_key, privacy, sifting, verify
 from qkdnet.link import wire as w
 from qkdnet.link.wire import AbortReason, LinkMsg
-from scapy.packet import Packet
 
 log = logging.getLogger(__name__)
 

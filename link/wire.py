@@ -22,8 +22,6 @@ from __future__ import annotations
 from enum import IntEnum
 
 import numpy as np
-from qkdnet.errors import ErrorCode, RemoteProtocolError
-from qkdnet.wire import QkdBody, QkdHeader
 from scapy.fields import (
     ByteField,
     FieldLenField,
@@ -34,6 +32,9 @@ from scapy.fields import (
     StrLenField,
 )
 from scapy.packet import Packet, bind_layers
+
+from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.wire import QkdBody, QkdHeader
 
 # --------------------------------------------------------------------------------------
 # Message types and protocol limits

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from qkdnet.errors import ConfigError
 from qkdnet.phy.params import PhyParams
 from qkdnet.phy.source import PulseBatch

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from qkdnet.errors import ConfigError, LocalProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord, parse_attack
 from qkdnet.phy.params import N_DETECTORS, PhyParams

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import trio
+
 from qkdnet.cli import CommandSet, emit_json, fail
 from qkdnet.errors import ConfigError
 from qkdnet.phy import presets, theory

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from qkdnet.phy import theory
 from qkdnet.phy.channel import Detections
 from qkdnet.phy.params import PhyParams

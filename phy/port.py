@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import trio
+
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord
 from qkdnet.phy.channel import BobDetector, Detections, apply_loss

@@ -13,6 +13,7 @@ bench/phy; it is far too slow for real runs (a Python loop over slots).
 from __future__ import annotations
 
 import numpy as np
+
 from qkdnet.errors import ConfigError
 from qkdnet.phy.attacks import EveRecord, InterceptResend
 from qkdnet.phy.channel import Detections

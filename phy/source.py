@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
 from qkdnet.errors import ConfigError
 from qkdnet.phy.params import PhyParams
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
 from qkdnet.phy.params import PhyParams
 
 E0 = 0.5

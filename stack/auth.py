@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
 from qkdnet.errors import (
     AuthenticationError,
     ErrorCode,

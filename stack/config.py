@@ -27,7 +27,7 @@ Example (every key is optional except ``node.name``, ``node.role`` and, for a sp
     path = "alice-keys.sqlite"
 
     [phy]
-    preset = "gys2004"          # see `qkdnet phy presets`
+    preset = "snspd-metro"      # see `qkdnet phy presets`
     km = 25.0
     attack = "none"             # e.g. "intercept-resend:0.3"
     [phy.params]                # overrides of the preset's PhyParams fields
@@ -199,7 +199,7 @@ class PhyConfig:
     values; :meth:`phy_params` builds the validated object (imports ``qkdnet.phy``).
     """
 
-    preset: str = "gys2004"
+    preset: str = "snspd-metro"
     km: float = field(default=10.0, metadata=_meta(
         lambda v: None if v >= 0 else f"{v!r} km is negative", "a fibre length >= 0 km"))
     attack: str = "none"

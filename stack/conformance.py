@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from scapy.packet import Packet
+
 from qkdnet.auth import TAG_KEY_BITS, FrameAuthenticator, KeyStoreTagKeys, TagKeySource
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.keystore import KeyStore
@@ -53,7 +55,6 @@ from qkdnet.wire import (
     Role,
     pack_header,
 )
-from scapy.packet import Packet
 
 #: Modules whose import registers more checks (other layers); missing ones are skipped.
 CHECK_MODULES: tuple[str, ...] = (

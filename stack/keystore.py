@@ -62,6 +62,7 @@ from typing import Literal
 
 import numpy as np
 import trio
+
 from qkdnet.errors import ConfigError, KeyExhausted, KeyReuseError, LocalProtocolError
 from qkdnet.tracing import NULL_TRACER, Tracer, get_logger
 

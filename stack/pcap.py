@@ -24,6 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import NoPayload, Packet, Raw
+from scapy.sendrecv import sniff
+from scapy.sessions import TCPSession
+from scapy.utils import PcapReader, PcapWriter
+
 from qkdnet.errors import ErrorCode
 from qkdnet.wire import (
     HEADER_LEN,
@@ -35,13 +43,6 @@ from qkdnet.wire import (
     type_name,
     unpack_header,
 )
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-from scapy.packet import NoPayload, Packet, Raw
-from scapy.sendrecv import sniff
-from scapy.sessions import TCPSession
-from scapy.utils import PcapReader, PcapWriter
 
 #: Largest payload per synthetic segment (about a loopback MSS).
 SEGMENT_BYTES = 16384

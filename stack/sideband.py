@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from scapy.fields import FieldLenField
+from scapy.packet import NoPayload, Packet
+
 from qkdnet.auth import FrameAuthenticator
 from qkdnet.errors import (
     ErrorCode,
@@ -72,8 +75,6 @@ from qkdnet.wire import (
     pack_header,
     unpack_header,
 )
-from scapy.fields import FieldLenField
-from scapy.packet import NoPayload, Packet
 
 log = logging.getLogger(__name__)
 

@@ -110,6 +110,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _conformance(args: argparse.Namespace) -> int:
     import trio
+
     from qkdnet.conformance import (
         CHECKS,
         CheckContext,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
+
 from qkdnet.errors import LocalProtocolError
 
 __all__ = [

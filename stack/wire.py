@@ -48,7 +48,6 @@ import struct
 from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple
 
-from qkdnet.errors import ErrorCode
 from scapy.config import conf
 from scapy.fields import (
     ByteEnumField,
@@ -65,6 +64,8 @@ from scapy.fields import (
 )
 from scapy.layers.inet import TCP
 from scapy.packet import Packet, Raw, bind_layers
+
+from qkdnet.errors import ErrorCode
 
 #: Protocol version this implementation speaks (spec §3.1).
 PROTOCOL_VERSION = 1

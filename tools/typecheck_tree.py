@@ -22,7 +22,8 @@ def build(target: Path) -> None:
     for sub, folder in LAYOUT.items():
         dest = package / sub if sub else package
         dest.mkdir(parents=True, exist_ok=True)
-        for source in sorted((root / folder).glob("*.py")) + sorted((root / folder).glob("py.typed")):
+        sources = sorted((root / folder).glob("*.py")) + [root / folder / "py.typed"]
+        for source in sources:
             (dest / source.name).symlink_to(source)
 
 

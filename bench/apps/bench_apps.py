@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from qkdnet.apps.api import open_secure_stream, serve_secure
 from qkdnet.apps.keys import KeyStoreStreamKeys, memory_key_pair
 from qkdnet.apps.stream import SecureStream

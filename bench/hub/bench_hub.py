@@ -36,6 +36,7 @@ import tracemalloc
 from typing import Any
 
 import trio
+
 from qkdnet.hub.node import embedded_network
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from qkdnet.apps.local import serve_local
 from qkdnet.hub.node import embedded_network
 

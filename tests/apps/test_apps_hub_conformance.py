@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from qkdnet.apps.api import open_secure_stream, serve_secure, wrap_channel
 from qkdnet.apps.stream import FAIL_FAST, SecureStream
 from qkdnet.hub.node import embedded_network

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from qkdnet.apps.api import open_secure_stream, serve_secure
 from qkdnet.apps.local import LocalChannelError, NodeClient, serve_local
 from qkdnet.apps.stream import SecureStream

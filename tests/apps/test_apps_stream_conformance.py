@@ -6,6 +6,7 @@ from functools import partial
 
 import trio
 import trio.testing
+
 from qkdnet.apps.keys import memory_key_pair
 from qkdnet.apps.stream import SecureStream
 

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import trio
+
 from qkdnet.apps.keys import KeyStoreStreamKeys
 from qkdnet.apps.stream import SecureStream
 from qkdnet.keystore import BlockMeta, KeyStore

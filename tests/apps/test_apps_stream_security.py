@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+
 from qkdnet.apps import wire
 from qkdnet.apps.keys import MemoryKeyPool, memory_key_pair
 from qkdnet.apps.stream import (

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from qkdnet.hub import wire as w
 from qkdnet.hub.cli import spoke_settings_from_file
 from qkdnet.hub.node import ChannelError, SpokeNode

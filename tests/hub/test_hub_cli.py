@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from qkdnet.hub.node import embedded_network
 
 QKDNET = [sys.executable, "-m", "qkdnet"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys, MemoryTagKeys
 from qkdnet.errors import ErrorCode, KeyExhausted, RemoteProtocolError
 from qkdnet.hub import wire as w

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from qkdnet.hub.node import prefill_pair
 from qkdnet.keystore import KeyStore
 
@@ -261,12 +262,13 @@ def test_hub_and_spokes_across_network_namespaces(tmp_path: Path) -> None:
 
 def _check_capture(pcap: Path, port: int, hub_addr: str) -> None:
     """The capture dissects into whole qkdnet frames, hub bodies included."""
-    from qkdnet.hub import wire as w
-    from qkdnet.wire import QkdHeader
     from scapy.layers.inet import IP, TCP
     from scapy.packet import bind_layers
     from scapy.sendrecv import sniff
     from scapy.sessions import TCPSession
+
+    from qkdnet.hub import wire as w
+    from qkdnet.wire import QkdHeader
 
     bind_layers(TCP, QkdHeader, sport=port)
     bind_layers(TCP, QkdHeader, dport=port)

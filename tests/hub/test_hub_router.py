@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import ErrorCode
 from qkdnet.hub import wire as w
 from qkdnet.hub.node import prefill_pair

@@ -4,6 +4,7 @@ validation of counts and lengths."""
 from __future__ import annotations
 
 import pytest
+
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.hub import wire as w
 from qkdnet.wire import QkdHeader, body_class_for

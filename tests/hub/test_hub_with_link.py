@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from qkdnet.hub.node import embedded_network
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.phy import presets
 from qkdnet.tracing import MemoryTracer

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from qkdnet.link import wire as w
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.phy import presets

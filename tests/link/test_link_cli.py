@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from qkdnet.cli import main
 from qkdnet.link.session import transition_table_markdown
 

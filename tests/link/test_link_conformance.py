@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from qkdnet import conformance
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.keystore import KeyStore

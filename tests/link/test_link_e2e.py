@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.link.session import block_id
 from qkdnet.phy import presets

@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import RemoteProtocolError
 from qkdnet.link import session as s
 from qkdnet.link import wire as w

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.link import wire as w
 from qkdnet.wire import QkdHeader, body_class_for

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import ConfigError
 from qkdnet.phy import presets, theory
 from qkdnet.phy.attacks import PhotonNumberSplitting, parse_attack

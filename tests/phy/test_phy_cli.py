@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+
 from qkdnet.cli import main
 from qkdnet.phy import presets, theory
 from qkdnet.phy.channel import BobDetector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.phy import presets
 from qkdnet.phy.channel import BobDetector, dead_time_afterpulse, dead_time_filter
 from qkdnet.phy.source import AliceSource, PulseBatch, derive_key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.phy import presets, theory
 from qkdnet.phy.channel import QuantumChannel
 from qkdnet.phy.estimate import measure

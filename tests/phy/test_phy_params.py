@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from qkdnet.errors import ConfigError
 from qkdnet.phy import presets
 from qkdnet.phy.params import PhyParams

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import trio
+
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.phy import presets, theory
 from qkdnet.phy.attacks import parse_attack

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+
 from qkdnet.phy import presets
 from qkdnet.phy.attacks import InterceptResend
 from qkdnet.phy.channel import Detections, QuantumChannel

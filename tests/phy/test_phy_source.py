@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from qkdnet.phy import presets
 from qkdnet.phy.source import AliceSource, bernoulli_positions, truncated_poisson
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys, MemoryTagKeys
 from qkdnet.keystore import KeyStore
 from qkdnet.sideband import BasicNode, serve_basic_node

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
+
 from qkdnet import keystore
 from qkdnet.auth import (
     BOOTSTRAP_BLOCK_BASE,

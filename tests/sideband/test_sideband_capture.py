@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import RemoteProtocolError
 from qkdnet.pcap import PcapRecorder, summarize

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from scapy.fields import IntField
+from scapy.packet import bind_layers
+
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.pcap import PcapRecorder, register_summarizer, summarize
@@ -23,8 +26,6 @@ from qkdnet.sideband import (
     serve_sideband,
 )
 from qkdnet.wire import MsgType, Ping, QkdBody, QkdHeader
-from scapy.fields import IntField
-from scapy.packet import bind_layers
 
 
 class _TestBlock(QkdBody):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.conformance import (
     CHECKS,

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from scapy.packet import Packet
+
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.sideband import (
@@ -15,7 +17,6 @@ from qkdnet.sideband import (
     SidebandConnection,
 )
 from qkdnet.wire import Close, Error, Hello, HelloAck, MsgType, Ping, Pong, pack_header
-from scapy.packet import Packet
 
 SPEC = (Path(__file__).resolve().parents[2] / "spec" / "protocol.md").read_text()
 

@@ -18,6 +18,9 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.fields import IntField
+from scapy.packet import bind_layers, fuzz
+
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import RemoteProtocolError
 from qkdnet.sideband import (
@@ -30,8 +33,6 @@ from qkdnet.sideband import (
     serve_basic_node,
 )
 from qkdnet.wire import Close, Error, Hello, HelloAck, MsgType, Ping, Pong, QkdBody, QkdHeader
-from scapy.fields import IntField
-from scapy.packet import bind_layers, fuzz
 
 MAX_FRAME = 4096
 FUZZ_TYPE = 0x3D

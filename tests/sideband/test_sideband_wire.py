@@ -11,18 +11,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-from qkdnet import wire
-from qkdnet.wire import (
-    DEFAULT_PORT,
-    HEADER_LEN,
-    Hello,
-    MsgType,
-    Ping,
-    QkdHeader,
-    bound_types,
-    pack_header,
-    unpack_header,
-)
 from scapy.fields import (
     FieldLenField,
     FieldListField,
@@ -39,6 +27,19 @@ from scapy.packet import Packet, Raw, fuzz
 from scapy.sendrecv import sniff
 from scapy.sessions import TCPSession
 from scapy.utils import wrpcap
+
+from qkdnet import wire
+from qkdnet.wire import (
+    DEFAULT_PORT,
+    HEADER_LEN,
+    Hello,
+    MsgType,
+    Ping,
+    QkdHeader,
+    bound_types,
+    pack_header,
+    unpack_header,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = sorted((ROOT / "spec" / "vectors").glob("*.json"))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from qkdnet import __version__
 from qkdnet.cli import build_parser, main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import qkdnet.config as config_module
 from qkdnet.config import (
     DEFAULT_QUANTUM_PORT,
@@ -116,7 +117,7 @@ def test_minimal_spoke_gets_defaults_resolved_beside_the_file(tmp_path: Path) ->
     assert cfg.trace.enabled is False
     assert cfg.link.eps_sec == 1e-10 and cfg.link.eps_cor == 1e-15
     assert cfg.link.decoy == "two"
-    assert cfg.phy.preset == "gys2004" and cfg.phy.attack == "none"
+    assert cfg.phy.preset == "snspd-metro" and cfg.phy.attack == "none"
     assert cfg.auth.bootstrap_secret is None and cfg.pcap.path is None
     assert cfg.secret_for("hub") is None and cfg.spokes == {}
     assert cfg.routing.window is None and cfg.link.enabled is True

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qkdnet.errors import ConfigError, KeyExhausted, KeyReuseError, LocalProtocolError
 from qkdnet.keystore import (
     BOOTSTRAP_BLOCK_BASE,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import KeyExhausted
 from qkdnet.keystore import BlockMeta, KeyStore
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qkdnet.errors import KeyExhausted, KeyReuseError
 from qkdnet.keystore import BlockMeta, KeyGrant, KeyStore
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import LocalProtocolError
 from qkdnet.keystore import BlockMeta, KeyStore
 from qkdnet.tracing import (
