@@ -22,7 +22,7 @@ def build(target: Path) -> None:
     for sub, folder in LAYOUT.items():
         dest = package / sub if sub else package
         dest.mkdir(parents=True, exist_ok=True)
-        sources = sorted((root / folder).glob("*.py")) + [root / folder / "py.typed"]
+        sources = [*sorted((root / folder).glob("*.py")), root / folder / "py.typed"]
         for source in sources:
             (dest / source.name).symlink_to(source)
 
