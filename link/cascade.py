@@ -59,6 +59,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = [

@@ -22,6 +22,7 @@ FFT approach).
 from __future__ import annotations
 
 import numpy as np
+
 from qkdnet.link.bits import as_packed, unpack
 
 __all__ = ["CHUNK", "toeplitz_hash", "toeplitz_hash_direct"]

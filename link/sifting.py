@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from qkdnet.link.finite_key import DecoyStats
 
 __all__ = ["SiftedIndices", "decoy_stats", "per_intensity", "sift", "split_bases"]

@@ -23,6 +23,7 @@ import hashlib
 import math
 
 import numpy as np
+
 from qkdnet.link.bits import as_packed
 
 __all__ = ["collision_bound", "gf64_mul", "tag_bits_for", "verification_tag"]

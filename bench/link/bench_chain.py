@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serial_cascade import serial_cascade
+
 from qkdnet.link import sifting
 from qkdnet.link.bits import expand_seed
 from qkdnet.link.cascade import CascadeCorrector, CascadePlan, CascadeResponder
 from qkdnet.link.finite_key import ChannelModel, expected_stats, key_length_two_decoy
 from qkdnet.link.privacy import toeplitz_hash
 from qkdnet.link.verify import tag_bits_for, verification_tag
-from serial_cascade import serial_cascade
 
 # intensities, probabilities, Z-basis probability: optimise_key_rate at 25 km, n = 1e6
 MU, P, PZ = (0.4, 0.2, 2e-4), (0.5, 0.3, 0.2), 0.7

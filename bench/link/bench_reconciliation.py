@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qkdnet.link.cascade import CascadeCorrector, CascadePlan, CascadeResponder
 from serial_cascade import serial_cascade
+
+from qkdnet.link.cascade import CascadeCorrector, CascadePlan, CascadeResponder
 
 
 def h(q: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.errors import LocalProtocolError, RemoteProtocolError
 from qkdnet.link.cascade import (
     CascadeCorrector,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from qkdnet.link.finite_key import (
     ChannelModel,
     DecoyStats,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.link import privacy
 from qkdnet.link.bits import expand_seed, hamming_distance, pack, unpack
 from qkdnet.link.privacy import toeplitz_hash, toeplitz_hash_direct

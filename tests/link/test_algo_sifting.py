@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from qkdnet.link.finite_key import key_length_two_decoy
 from qkdnet.link.sifting import decoy_stats, per_intensity, sift, split_bases
 
