@@ -153,8 +153,11 @@ class CascadePlan:
         self._inv: dict[int, np.ndarray] = {}
         self._side: dict[int, np.ndarray] = {}
         self._ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._is_split = tuple(
+            p > 0 and self.n_bits >= 64 and -(-self.n_bits // self.block_sizes[p]) == 2
+            for p in range(self.n_passes))
         #: split passes in order; bit j of a key bit's side word = its side in split_ids[j]
-        self.split_ids = tuple(p for p in range(self.n_passes) if self.is_split(p))
+        self.split_ids = tuple(p for p in range(self.n_passes) if self._is_split[p])
         self._split_bit = {p: j for j, p in enumerate(self.split_ids)}
         self._words: np.ndarray | None = None
         self._ones: np.ndarray | None = None
@@ -167,7 +170,7 @@ class CascadePlan:
 
     def is_split(self, p: int) -> bool:
         """True for a two-block (random split) pass."""
-        return p > 0 and self.n_bits >= 64 and -(-self.n_bits // self.block_sizes[p]) == 2
+        return self._is_split[p]
 
     def side_words(self) -> np.ndarray:
         """Per key bit, its side in every split pass (bit j: split pass ``split_ids[j]``).
@@ -412,6 +415,9 @@ class CascadeCorrector:
         self._alice_block = [np.zeros(0, dtype=np.uint8) for _ in range(P)]
         self._fetched = [False] * P          # top-level parities of the pass received
         self._started = [False] * P          # pass compared and its searches launched
+        self._all_fetched = False
+        self._step_mids: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64),
+                                                          np.zeros(0, np.int64))
         self._searching = [np.zeros(plan.n_blocks(p), dtype=bool) for p in range(P)]
         self._cur = 0                        # current pass
         # active searches: pass, block, current range [s, e) (odd mismatch assumed)
@@ -527,12 +533,17 @@ class CascadeCorrector:
         """Passes whose block parities are still to be asked for: all of them at once.
         Every pass discloses all its block parities whatever happens, so asking early
         changes nothing in what leaks and saves one round trip per pass."""
-        return [p for p in range(self._cur, self._plan.n_passes) if not self._fetched[p]]
+        if self._all_fetched:
+            return []
+        todo = [p for p in range(self._cur, self._plan.n_passes) if not self._fetched[p]]
+        self._all_fetched = not todo
+        return todo
 
     def _set_step(self, with_search: list[bool], top: list[int]) -> None:
         ps, ss, es = [], [], []
         if with_search:
-            mid, _ = self._mids()
+            mid, height = self._mids()
+            self._step_mids = (mid, height)
             ps.append(self._sp)
             ss.append(self._ss)
             es.append(mid)
@@ -621,7 +632,7 @@ class CascadeCorrector:
         return self._ss + (np.int64(1) << height), height
 
     def _advance_searches(self, alice_left: np.ndarray) -> None:
-        mid, height = self._mids()
+        mid, height = self._step_mids        # the splits this step asked about
         bob_left = self._parities(self._sp, self._ss, mid)
         left_odd = bob_left != alice_left
         right = (self._sa ^ alice_left).astype(np.uint8)
