@@ -26,13 +26,20 @@ def control_socket_for(keystore: Path) -> Path:
 
 
 def _link_dict(cfg: Any) -> dict[str, Any]:
-    phy = cfg.phy_for(None)
+    def phy_entry(phy: Any) -> dict[str, Any]:
+        return {"preset": phy.preset, "km": phy.km, "seed": phy.seed or 0,
+                "attack": phy.attack, "params": dict(phy.params)}
+
     link: dict[str, Any] = {
         "enabled": cfg.link.enabled, "block_slots": cfg.link.block_slots,
-        "preset": phy.preset, "km": phy.km, "seed": phy.seed or 0,
+        # Both ends must agree on these or the receiver aborts every block.
+        "config": {"eps_sec": cfg.link.eps_sec, "eps_cor": cfg.link.eps_cor,
+                   "qber_max": cfg.link.qber_threshold,
+                   "auth_reserve_bits": cfg.link.auth_reserve_bits,
+                   "step_timeout": cfg.link.step_timeout},
+        **phy_entry(cfg.phy_for(None)),
     }
-    link["spokes"] = {name: {"preset": cfg.phy_for(name).preset, "km": cfg.phy_for(name).km,
-                             "seed": cfg.phy_for(name).seed or 0} for name in cfg.spokes}
+    link["spokes"] = {name: phy_entry(cfg.phy_for(name)) for name in cfg.spokes}
     return link
 
 

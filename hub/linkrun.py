@@ -55,11 +55,27 @@ def _default_slots(preset: str, km: float) -> int:
     return int(default_block_slots(presets.get(preset), km))
 
 
-def _phy(preset: str, km: float, seed: int) -> Any:
-    from qkdnet.link.driver import EmulatedPhy
+def _params(preset: str, overrides: dict[str, Any] | None) -> Any:
     from qkdnet.phy import presets
 
-    return EmulatedPhy(presets.get(preset), km, seed=seed)
+    params = presets.get(preset)
+    return params.with_overrides(**overrides) if overrides else params
+
+
+def _phy(preset: str, km: float, seed: int, *, attack: str | None = None,
+         overrides: dict[str, Any] | None = None) -> Any:
+    from qkdnet.link.driver import EmulatedPhy
+
+    if attack in (None, "", "none"):
+        attack = None
+    return EmulatedPhy(_params(preset, overrides), km, seed=seed, attack=attack)
+
+
+def _link_config(link: dict[str, Any], params: Any, session_id: int) -> Any:
+    """``LinkConfig`` for the preset, with the ``[link]`` settings both ends share."""
+    from qkdnet.link.session import LinkConfig
+
+    return LinkConfig.from_phy(params, session_id, **dict(link.get("config", {})))
 
 
 def hub_link_runner(settings: Any) -> Any:
@@ -71,18 +87,21 @@ def hub_link_runner(settings: Any) -> Any:
     async def run(daemon: Any, spoke: str, chan: Any, frames: Any, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from qkdnet.link.driver import LinkEndpoint
-        from qkdnet.link.session import LinkConfig
-        from qkdnet.phy import presets
 
         per = link.get("spokes", {}).get(spoke, {})
         preset = per.get("preset", link.get("preset", DEFAULT_PRESET))
         km = float(per.get("km", link.get("km", DEFAULT_KM)))
         seed = int(per.get("seed", link.get("seed", 0)))
+        attack = per.get("attack", link.get("attack"))
+        overrides = per.get("params", link.get("params"))
         stats = daemon.link_stats.setdefault(spoke, {})
         stats.update({"preset": preset, "km": km, "role": "receiver"})
-        config = LinkConfig.from_phy(presets.get(preset), 1)
+        # The hub holds the detectors, so the fibre (and any configured eavesdropper)
+        # is emulated on its side.
+        phy = _phy(preset, km, seed, attack=attack, overrides=overrides)
+        config = _link_config(link, phy.params, 1)
         endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
-                                phy=_phy(preset, km, seed), on_block=_stats_sink(stats))
+                                phy=phy, on_block=_stats_sink(stats))
         endpoint.register(frames)
         task_status.started()
         await endpoint.run()
@@ -99,8 +118,6 @@ def spoke_link_runner(settings: Any) -> Any:
     async def run(node: Any, chan: Any, frames: Any, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from qkdnet.link.driver import LinkEndpoint, new_session_id
-        from qkdnet.link.session import LinkConfig
-        from qkdnet.phy import presets
 
         preset = link.get("preset", DEFAULT_PRESET)
         km = float(link.get("km", DEFAULT_KM))
@@ -108,8 +125,8 @@ def spoke_link_runner(settings: Any) -> Any:
         block_slots = int(link.get("block_slots") or _default_slots(preset, km))
         node.link_stats.update({"preset": preset, "km": km, "role": "transmitter"})
         sid = new_session_id()
-        config = LinkConfig.from_phy(presets.get(preset), sid)
-        phy = _phy(preset, km, seed)
+        phy = _phy(preset, km, seed, overrides=link.get("params"))
+        config = _link_config(link, phy.params, sid)
         endpoint = LinkEndpoint("transmitter", chan, config, peer=node.hub, store=node.store,
                                 source=phy.source, on_block=_stats_sink(node.link_stats))
         endpoint.register(frames)
