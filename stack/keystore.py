@@ -29,6 +29,16 @@ the main file and empties the WAL, so consumed key does not linger in either fil
 Freed pages are reused, so the file stays as large as the live key (plus a small
 record per retired block), not the key ever stored.
 
+Checking before spending. :meth:`KeyStore.peek` returns the bits ``take`` would
+return (and raises what it would raise) without writing anything, so a receiver can
+verify a frame's tag first and ``take`` its key only if the tag is good: a forged
+frame then costs the receiver no key.
+
+Atomic producers and counters. :meth:`KeyStore.add_blocks` stores several blocks (e.g.
+the data and auth halves of one distilled block) in one transaction, all or none.
+:meth:`KeyStore.advance_counter` keeps named durable monotonic counters (a link's
+per-peer high-water marks) in the same file.
+
 Bootstrap. :meth:`KeyStore.import_bootstrap` splits a pre-shared secret file (>= 4 KiB
 of random bytes, the same at both ends) directly, without a KDF, so its
 information-theoretic security carries over: bytes 0-15 and 16-31 are the Poly1305
@@ -137,6 +147,10 @@ CREATE TABLE IF NOT EXISTS bootstrap (
     peer TEXT NOT NULL,
     ordinal INTEGER NOT NULL,
     imported REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (    -- durable monotonic counters (advance_counter)
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS hash_keys (
     peer TEXT NOT NULL,
@@ -574,6 +588,32 @@ class KeyStore:
         self.log.debug("added block %#x (%d bits) to %s/%s", block_id, n_bits, peer, purpose)
         self._wake(peer, purpose)
 
+    def add_blocks(self, peer: str, parts: Sequence[tuple[str, int, bytes, int]],
+                   meta: BlockMeta) -> None:
+        """Store several blocks for ``peer`` in ONE transaction: all of them or none.
+
+        ``parts`` are ``(purpose, block_id, key, n_bits)`` as for :meth:`add_block`
+        (typically the ``data``/``auth`` halves of one distilled block). If any part
+        is invalid or names an id its pool holds (or once held) — including an id
+        repeated within ``parts`` — :class:`LocalProtocolError` is raised and no part
+        is stored.
+        """
+        if not parts:
+            raise LocalProtocolError("add_blocks() needs at least one part")
+        for purpose, _bid, _key, _n in parts:
+            self._check_pool(peer, purpose)
+        with self._tx():
+            for purpose, block_id, key, n_bits in parts:
+                self._add_block_in_tx(peer, purpose, block_id, key, n_bits, meta)
+        for purpose, block_id, _key, n_bits in parts:
+            self.tracer.event("keystore", "block_added", {
+                "peer": peer, "purpose": purpose, "block_id": block_id, "n_bits": n_bits,
+                "link_session": meta.link_session})
+            self.log.debug("added block %#x (%d bits) to %s/%s", block_id, n_bits, peer,
+                           purpose)
+        for purpose in dict.fromkeys(p[0] for p in parts):
+            self._wake(peer, purpose)
+
     def _add_block_in_tx(self, peer: str, purpose: str, block_id: int, key: bytes,
                          n_bits: int, meta: BlockMeta) -> None:
         if not isinstance(block_id, int) or not (0 <= block_id < _U64):
@@ -768,20 +808,19 @@ class KeyStore:
 
     # --------------------------------------------------------------- receivers
 
-    def take(self, peer: str, purpose: str, segments: Sequence[KeySegment]) -> bytes:
-        """The bits the sender named, from a ``-rx`` pool; each bit is given out once.
+    def _check_take(self, peer: str, purpose: str, segments: Sequence[KeySegment],
+                    what: str) -> tuple[list[KeySegment], str, int]:
+        """Validate a take/peek request; return the segments, pool name and pool id.
 
-        Returns the segments' bits concatenated (packed, zero-padded). Raises
-        :class:`KeyReuseError` if any bit was taken before (nothing is taken then) and
-        :class:`KeyExhausted` if a block is unknown or shorter than a segment.
+        Raises what :meth:`take` documents for errors that need no block lookup.
         """
         self._check_pool(peer, purpose)
         if not purpose.endswith("-rx"):
             raise LocalProtocolError(
-                f"take() draws from receiving pools (-rx); {purpose} is drawn with reserve()")
+                f"{what}() draws from receiving pools (-rx); {purpose} is drawn with reserve()")
         segs = [s if isinstance(s, KeySegment) else KeySegment(*s) for s in segments]
         if not segs:
-            raise LocalProtocolError("take() needs at least one segment")
+            raise LocalProtocolError(f"{what}() needs at least one segment")
         by_block: dict[int, list[KeySegment]] = {}
         for s in segs:
             by_block.setdefault(s.block_id, []).append(s)
@@ -790,11 +829,22 @@ class KeyStore:
             for a, b in itertools.pairwise(ordered):
                 if b.offset < a.stop:
                     raise KeyReuseError(
-                        f"take() segments overlap in block {a.block_id:#x} of {peer}/{purpose}")
+                        f"{what}() segments overlap in block {a.block_id:#x} of "
+                        f"{peer}/{purpose}")
         pool = f"{peer}/{purpose}"
         pool_id = self._pool_id(peer, purpose, create=False)
         if pool_id is None:
             raise KeyExhausted(sum(s.n_bits for s in segs), 0, pool=pool)
+        return segs, pool, pool_id
+
+    def take(self, peer: str, purpose: str, segments: Sequence[KeySegment]) -> bytes:
+        """The bits the sender named, from a ``-rx`` pool; each bit is given out once.
+
+        Returns the segments' bits concatenated (packed, zero-padded). Raises
+        :class:`KeyReuseError` if any bit was taken before (nothing is taken then) and
+        :class:`KeyExhausted` if a block is unknown or shorter than a segment.
+        """
+        segs, pool, pool_id = self._check_take(peer, purpose, segments, "take")
         pieces: list[tuple[bytes, int]] = []
         with self._tx():
             for s in segs:
@@ -807,7 +857,24 @@ class KeyStore:
         self._maybe_checkpoint(total)
         return concat_bits(pieces)
 
-    def _take_one(self, pool: str, pool_id: int, s: KeySegment) -> bytes:
+    def peek(self, peer: str, purpose: str, segments: Sequence[KeySegment]) -> bytes:
+        """The bits :meth:`take` would return for ``segments``, consuming nothing.
+
+        Raises exactly what :meth:`take` would raise (:class:`KeyReuseError` if any bit
+        was taken before, :class:`KeyExhausted` if a block is unknown or too short) and
+        writes nothing. Use it to check a tag before committing to spend its key:
+        ``peek`` → verify → ``take``. The pair is atomic only because one thread owns
+        the store and nothing runs between the two calls; another *process* taking
+        the same bits in between makes the ``take`` raise :class:`KeyReuseError`.
+        """
+        segs, pool, pool_id = self._check_take(peer, purpose, segments, "peek")
+        pieces = [(self._locate(pool, pool_id, s)[0], s.n_bits) for s in segs]
+        return concat_bits(pieces)
+
+    def _locate(self, pool: str, pool_id: int, s: KeySegment
+                ) -> tuple[bytes, int, int, int, dict[int, bytearray]]:
+        """Check segment ``s`` is takeable; return its bits, the block's seq, size, used
+        count and the chunk rows read. Reads only."""
         row = self.db.execute(
             "SELECT seq, n_bits, used FROM blocks WHERE pool_id=? AND block_id=?",
             (pool_id, _to_sql_id(s.block_id))).fetchone()
@@ -825,6 +892,10 @@ class KeyStore:
                 f"key bits {s.offset}..{s.stop - 1} of block {s.block_id:#x} in {pool} "
                 "were already taken")
         data, chunks = self._read_bits(seq, s.offset, s.stop)
+        return data, seq, n, used, chunks
+
+    def _take_one(self, pool: str, pool_id: int, s: KeySegment) -> bytes:
+        data, seq, n, used, chunks = self._locate(pool, pool_id, s)
         start, stop = s.offset, s.stop
         left = self.db.execute("SELECT start FROM taken WHERE seq=? AND stop=?",
                                (seq, start)).fetchone()
@@ -938,6 +1009,39 @@ class KeyStore:
         r = bytes(row[0])
         self._hash_keys[(peer, direction)] = r
         return r
+
+    # --------------------------------------------------------------- counters
+
+    @staticmethod
+    def _check_counter_name(name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise LocalProtocolError("a counter name must be a non-empty string")
+
+    def counter(self, name: str) -> int:
+        """The durable counter ``name`` (0 if it was never advanced)."""
+        self._check_counter_name(name)
+        row = self.db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def advance_counter(self, name: str, value: int) -> int:
+        """Durably set counter ``name`` to ``max(current, value)``; return the new value.
+
+        The counter never goes down, and the new value is on disk when this returns
+        (one committed transaction), so a restarted process reads at least it — the
+        link layer keeps per-peer high-water marks (e.g. the last slot used) here.
+        ``value`` must fit a signed 64-bit integer and be >= 0.
+        """
+        self._check_counter_name(name)
+        if not isinstance(value, int) or not (0 <= value < 1 << 63):
+            raise LocalProtocolError(f"counter value must be an int in [0, 2**63), got {value!r}")
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value=MAX(value, excluded.value)",
+                (name, value))
+            row = self.db.execute("SELECT value FROM counters WHERE name=?",
+                                  (name,)).fetchone()
+        return int(row[0])
 
     def prune_retired(self, keep: int = 100_000) -> int:
         """Forget all but the newest ``keep`` used-up blocks of each pool; return how many.
