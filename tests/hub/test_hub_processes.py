@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -217,6 +219,97 @@ def _namespaces(hosts: list[str]) -> Iterator[dict[str, tuple[str, str]]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+class _Capture:
+    """tcpdump on one interface of a namespace, written to a pcap file.
+
+    Why the care: libpcap hands packets to tcpdump in blocks (TPACKET_V3, one-second
+    block timeout), and on SIGTERM/SIGINT tcpdump exits without draining the block
+    still being filled, so the last ~second of traffic is silently missing from the
+    file while its statistics say "0 dropped by kernel" (the loss shows only as
+    "captured" < "received by filter"). ``--immediate-mode`` is no cure: it switches to
+    TPACKET_V2, whose ring holds a few dozen GSO-sized slots and drops bursts when
+    tcpdump is descheduled. So: block mode with a roomy buffer, start only once tcpdump
+    says it is listening, stop only once the file holds the close of every connection
+    (the closes come last, so everything before them is written), and check
+    tcpdump's statistics at the end.
+    """
+
+    def __init__(self, ns: str, pcap: Path, port: int) -> None:
+        self.pcap, self.port = pcap, port
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-B", "8192",
+             "-s", "0", "-w", str(pcap), "tcp", "port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.stderr = b""
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        """Return once tcpdump has opened the interface (it says so on stderr)."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        while b"listening on" not in self.stderr:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"tcpdump did not start: {self.stderr!r}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise AssertionError(f"tcpdump exited: {self.stderr!r}")
+                self.stderr += chunk
+
+    def _closed_connections(self) -> int:
+        """Connections whose close (FIN both ways, or a RST) is in the file so far."""
+        from scapy.layers.inet import IP, TCP
+        from scapy.utils import PcapReader
+
+        fins: set[tuple[str, int, str, int]] = set()
+        reset: set[frozenset[tuple[str, int]]] = set()
+        conns: set[frozenset[tuple[str, int]]] = set()
+        try:
+            with PcapReader(str(self.pcap)) as reader:
+                for pkt in reader:
+                    if TCP not in pkt:
+                        continue
+                    a, b = (pkt[IP].src, pkt[TCP].sport), (pkt[IP].dst, pkt[TCP].dport)
+                    conns.add(frozenset((a, b)))
+                    if pkt[TCP].flags.F:
+                        fins.add((*a, *b))
+                    if pkt[TCP].flags.R:
+                        reset.add(frozenset((a, b)))
+        except (OSError, EOFError):  # a record being written right now: read again later
+            return -1
+        def closed(conn: frozenset[tuple[str, int]]) -> bool:
+            a, b = sorted(conn)
+            return conn in reset or ((*a, *b) in fins and (*b, *a) in fins)
+        return sum(closed(c) for c in conns)
+
+    def stop_after_closes(self, connections: int, timeout: float = 20) -> None:
+        """Wait until the file shows ``connections`` closed connections, then stop."""
+        deadline = time.monotonic() + timeout
+        while (n := self._closed_connections()) < connections:
+            if time.monotonic() > deadline:
+                break  # stop anyway; the statistics and frame counts will tell
+            time.sleep(0.05)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.stderr += err
+        assert n >= connections, f"only {n} closed connections captured"
+        stats = {m.group(2): int(m.group(1)) for m in re.finditer(
+            rb"(\d+) packets? (captured|received by filter|dropped by kernel)", self.stderr)}
+        assert stats.get(b"captured") == stats.get(b"received by filter") and \
+            stats.get(b"dropped by kernel") == 0, f"capture incomplete: {self.stderr!r}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 @pytest.mark.slow
 @pytest.mark.root
 def test_hub_and_spokes_across_network_namespaces(tmp_path: Path) -> None:
@@ -228,17 +321,15 @@ def test_hub_and_spokes_across_network_namespaces(tmp_path: Path) -> None:
         hub_ns, hub_addr = hosts["hub"]
         _setup(tmp_path, hub_addr, hub_addr, port)
         pcap = tmp_path / "hub-eth0.pcap"
-        capture = subprocess.Popen(
-            ["ip", "netns", "exec", hub_ns, "tcpdump", "-i", "eth0", "-U", "-s", "0",
-             "-w", str(pcap), "tcp", "port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        hub = subprocess.Popen(["ip", "netns", "exec", hub_ns, *QKDNET, "hub", "--config",
-                                "hub.toml"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        capture = _Capture(hub_ns, pcap, port)
         spokes: list[subprocess.Popen[bytes]] = []
+        hub: subprocess.Popen[bytes] | None = None
         try:
+            capture.wait_listening()
+            hub = subprocess.Popen(["ip", "netns", "exec", hub_ns, *QKDNET, "hub",
+                                    "--config", "hub.toml"], cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             _wait_socket(tmp_path / "hub.keys.ctl", hub)
-            time.sleep(0.5)  # tcpdump is listening by now (it prints when it starts)
             for name in SPOKES:
                 ns, _ = hosts[name]
                 peers = ",".join(p for p in SPOKES if p != name)
@@ -250,13 +341,15 @@ def test_hub_and_spokes_across_network_namespaces(tmp_path: Path) -> None:
                 _, err = proc.communicate(timeout=90)
                 assert proc.returncode == 0, err.decode()[-3000:]
             _check_results(tmp_path)
+            assert _stop(hub) == 0, hub.communicate()[1].decode()[-2000:]
+            capture.stop_after_closes(len(SPOKES))
         finally:
             for proc in spokes:
                 if proc.poll() is None:
                     proc.kill()
-            assert _stop(hub) == 0
-            time.sleep(0.3)
-            _stop(capture)
+            if hub is not None:
+                _stop(hub)
+            capture.kill()
         _check_capture(pcap, port, hub_addr)
 
 
