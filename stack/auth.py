@@ -1,8 +1,11 @@
 """Wegman–Carter authentication of sideband frames (spec/protocol.md §6).
 
-Construction: the tag of a frame is ``Poly1305(r ‖ s, m)`` where ``m`` is every frame
-byte before the tag, ``r`` is a 16-byte hash key fixed per direction (taken once from
-the bootstrap secret and *recycled* for every frame), and ``s`` is 16 bytes of fresh
+Construction: the tag of a frame is ``Poly1305(r ‖ s, b ‖ m)`` where ``m`` is every
+frame byte before the tag, ``b`` is the connection *binding* (a 48-byte pseudo-header
+holding both ends' HELLO nonces and the direction, empty for HELLO itself; built by
+:func:`connection_binding`, spec/protocol.md §6.1), ``r`` is a 16-byte hash key fixed
+per direction (taken once from the bootstrap secret and *recycled* for every frame),
+and ``s`` is 16 bytes of fresh
 one-time key drawn from the sender's ``auth-tx`` pool for that frame alone. Poly1305
 evaluates ``m`` as a polynomial in the clamped ``r`` over GF(2^130 − 5) and adds ``s``
 mod 2^128; with ``s`` uniform and never reused the tag is a one-time-padded
@@ -15,7 +18,17 @@ mod 2^128; with ``s`` uniform and never reused the tag is a one-time-padded
   probability over a key lifetime of n frames grows at most linearly: n · 8⌈L/16⌉/2^106.
 
 Cost: 128 bits of one-time key per frame, no matter the frame's size. The library's
-``Poly1305`` clamps ``r`` itself; ``verify_tag`` compares in constant time.
+``Poly1305`` clamps ``r`` itself; ``verify`` compares in constant time.
+
+Check before spending: :meth:`FrameAuthenticator.verify` *peeks* the one-time key the
+frame names, checks the tag, and *takes* (durably consumes) the key only if the tag is
+good. A forged frame therefore costs the receiver no key: otherwise anyone able to
+reach the port could burn a peer's whole authentication pool with frames naming its
+key positions (the peek/check/take sequence is atomic because one trio thread owns
+the key store and nothing yields in between). The price is that the adversary may
+try several forgeries against the same ``s``; each try succeeds with probability at
+most the per-frame bound, so the bound over a key lifetime counts rejected frames
+too (spec/protocol.md §6.2).
 
 The key source is abstract (:class:`TagKeySource`) so the same authenticator runs on
 the durable key store (:class:`KeyStoreTagKeys`) or on memory (:class:`MemoryTagKeys`,
@@ -78,6 +91,13 @@ class TagKeySource(Protocol):
 
     def reserve_tag_key(self) -> tuple[int, int, bytes]:
         """Consume 128 fresh bits from our ``auth-tx`` pool: ``(block_id, offset, s)``."""
+        ...
+
+    def peek_tag_key(self, block_id: int, offset: int) -> bytes:
+        """The 128 bits :meth:`take_tag_key` would return, consuming nothing.
+
+        Raises exactly what :meth:`take_tag_key` would raise.
+        """
         ...
 
     def take_tag_key(self, block_id: int, offset: int) -> bytes:
@@ -167,7 +187,8 @@ class MemoryTagKeys:
         pool.cursor += TAG_KEY_BYTES
         return pool.block_id, 8 * start, pool.data[start:start + TAG_KEY_BYTES]
 
-    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+    def _locate_rx(self, block_id: int, offset: int) -> int:
+        """Byte offset of the rx key at ``(block_id, offset)`` if it can be taken."""
         pool = self._rx
         if block_id != pool.block_id or offset % 8 or offset // 8 + TAG_KEY_BYTES > len(pool.data):
             raise KeyExhausted(TAG_KEY_BITS, 0, pool="auth-rx")
@@ -175,8 +196,20 @@ class MemoryTagKeys:
         # Any overlap with a key taken before is reuse (offsets need not be aligned).
         if any(abs(start - t) < TAG_KEY_BYTES for t in pool.taken):
             raise KeyReuseError("tag key bits were already taken")
-        pool.taken.add(start)
-        return pool.data[start:start + TAG_KEY_BYTES]
+        return start
+
+    def available_rx_bits(self) -> int:
+        """Bits of the receive pool not yet taken."""
+        return 8 * (len(self._rx.data) - TAG_KEY_BYTES * len(self._rx.taken))
+
+    def peek_tag_key(self, block_id: int, offset: int) -> bytes:
+        start = self._locate_rx(block_id, offset)
+        return self._rx.data[start:start + TAG_KEY_BYTES]
+
+    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+        start = self._locate_rx(block_id, offset)
+        self._rx.taken.add(start)
+        return self._rx.data[start:start + TAG_KEY_BYTES]
 
 
 class KeyStoreTagKeys:
@@ -213,6 +246,11 @@ class KeyStoreTagKeys:
         (segment,) = grant.segments
         return int(segment.block_id), int(segment.offset), bytes(grant.data)
 
+    def peek_tag_key(self, block_id: int, offset: int) -> bytes:
+        data = self._store.peek(self.peer, "auth-rx",
+                                (KeySegment(block_id, offset, TAG_KEY_BITS),))
+        return bytes(data)
+
     def take_tag_key(self, block_id: int, offset: int) -> bytes:
         data = self._store.take(self.peer, "auth-rx",
                                 (KeySegment(block_id, offset, TAG_KEY_BITS),))
@@ -235,8 +273,8 @@ class FrameAuthenticator:
     """Signs outgoing and checks incoming frames; counts the key it spends.
 
     ``bits_spent_tx`` / ``bits_spent_rx`` are the authentication key consumed so far
-    (128 bits per frame, including frames that failed verification: their key is
-    burned), for the link statistics.
+    (128 bits per frame sent or accepted; a frame that fails verification consumes
+    nothing), for the link statistics.
     """
 
     def __init__(self, keys: TagKeySource) -> None:
@@ -259,19 +297,29 @@ class FrameAuthenticator:
         self.bits_spent_tx += TAG_KEY_BITS
         return TagKey(block_id, offset, s)
 
-    def sign(self, key: TagKey, message: bytes) -> bytes:
-        """The 16-byte tag of ``message`` (every frame byte before the tag)."""
+    def sign(self, key: TagKey, message: bytes, binding: bytes = b"") -> bytes:
+        """The 16-byte tag of ``binding ‖ message`` (``message``: every frame byte
+        before the tag; ``binding``: the connection pseudo-header, see
+        :func:`connection_binding`)."""
         self.frames_signed += 1
-        return Poly1305.generate_tag(self.keys.hash_key_tx + key.s, message)
+        mac = Poly1305(self.keys.hash_key_tx + key.s)
+        if binding:
+            mac.update(binding)
+        mac.update(message)
+        return mac.finalize()
 
-    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes) -> None:
-        """Check a received tag; raise :class:`AuthenticationError` if it is wrong.
+    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
+               binding: bytes = b"") -> None:
+        """Check a received tag over ``binding ‖ message``; raise
+        :class:`AuthenticationError` if it is wrong.
 
-        The one-time key is consumed first, whatever the outcome: a key that was
-        already taken means a replayed frame (``REPLAY_OR_REORDER``).
+        The one-time key is only *peeked* until the tag has verified, and taken (spent
+        for good) only then: a forged frame consumes nothing. A key that was already
+        taken means a replayed frame (``REPLAY_OR_REORDER``), one we do not hold
+        ``KEY_EXHAUSTED``, a wrong tag ``AUTHENTICATION_FAILED``.
         """
         try:
-            s = self.keys.take_tag_key(block_id, offset)
+            s = self.keys.peek_tag_key(block_id, offset)
         except KeyReuseError:
             self.failures += 1
             raise AuthenticationError("frame names a tag key that was already used",
@@ -280,10 +328,55 @@ class FrameAuthenticator:
             self.failures += 1
             raise AuthenticationError("frame names a tag key we do not hold",
                                       ErrorCode.KEY_EXHAUSTED) from None
-        self.bits_spent_rx += TAG_KEY_BITS
+        mac = Poly1305(self.keys.hash_key_rx + s)
+        if binding:
+            mac.update(binding)
+        mac.update(message)
         try:
-            Poly1305.verify_tag(self.keys.hash_key_rx + s, message, tag)  # constant time
+            mac.verify(tag)  # constant time
         except InvalidSignature:
             self.failures += 1
             raise AuthenticationError("frame failed its authentication tag") from None
+        # Nothing has yielded since the peek (one thread owns the store), so the bits
+        # are still there; a KeyReuseError here means another *process* took them.
+        try:
+            self.keys.take_tag_key(block_id, offset)
+        except KeyReuseError:
+            self.failures += 1
+            raise AuthenticationError("frame names a tag key that was already used",
+                                      ErrorCode.REPLAY_OR_REORDER) from None
+        self.bits_spent_rx += TAG_KEY_BITS
         self.frames_verified += 1
+
+
+#: Bytes of the connection binding pseudo-header (spec/protocol.md §6.1).
+BINDING_LEN = 48
+#: Bytes of the per-connection nonce each end puts in HELLO / HELLO_ACK.
+NONCE_LEN = 16
+#: Direction codes in the binding.
+DIR_INITIATOR_TO_RESPONDER = 0x01
+DIR_RESPONDER_TO_INITIATOR = 0x02
+_BINDING_LABEL = b"qkdnet-bind"
+_ZERO_NONCE = bytes(NONCE_LEN)
+
+
+def connection_binding(direction: int, initiator_nonce: bytes,
+                       responder_nonce: bytes | None) -> bytes:
+    """The 48-byte pseudo-header every frame after HELLO authenticates (spec §6.1).
+
+    ``"qkdnet-bind"`` (11 bytes) ‖ version 1 (1 byte) ‖ ``direction`` (1 byte:
+    1 initiator→responder, 2 responder→initiator) ‖ 3 zero bytes ‖ the initiator's
+    HELLO nonce (16) ‖ the responder's HELLO_ACK nonce (16; zeros while it is not
+    known, i.e. only for an ERROR the responder sends before HELLO_ACK). It is
+    never sent; both ends rebuild it, so a frame verifies only on the connection
+    whose two nonces it was signed with.
+    """
+    if direction not in (DIR_INITIATOR_TO_RESPONDER, DIR_RESPONDER_TO_INITIATOR):
+        raise LocalProtocolError(f"bad binding direction {direction}")
+    r_nonce = _ZERO_NONCE if responder_nonce is None else responder_nonce
+    if len(initiator_nonce) != NONCE_LEN or len(r_nonce) != NONCE_LEN:
+        raise LocalProtocolError("connection nonces must be 16 bytes")
+    out = (_BINDING_LABEL + bytes([1, direction]) + bytes(3) + bytes(initiator_nonce)
+           + bytes(r_nonce))
+    assert len(out) == BINDING_LEN
+    return out

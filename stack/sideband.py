@@ -24,7 +24,17 @@ in the same chunk are still returned; the error is raised by the next call.
 A responder does not know who is calling until HELLO names the peer, and it needs the
 peer's keys to check that very frame: so ``auth`` may be a resolver
 ``peer_name -> FrameAuthenticator | None``. The name in an unauthenticated HELLO only
-selects which keys to check it with; if the tag fails nothing else is used.
+selects which keys to check it with; if the tag fails nothing else is used, and no
+key is spent (the authenticator peeks the tag key and takes it only on success).
+
+Connection binding (spec §6.1): each end draws a fresh 16-byte nonce per connection
+and sends it in HELLO / HELLO_ACK. Every frame but HELLO is authenticated together
+with a pseudo-header holding both nonces and the direction, so a frame signed for
+one connection never verifies on another — even at the same ``seq`` with a tag key
+that was never taken (a frame dropped on a cut connection). The initiator learns the
+responder's nonce from the last 16 bytes of HELLO_ACK *before* checking its tag
+(like the responder reads the name in HELLO); an ERROR the responder sends before
+HELLO_ACK uses zeros in its place.
 
 The trio side: :class:`SidebandChannel` drives one connection over a
 ``trio.abc.Stream``; :func:`connect_sideband` / :func:`serve_sideband` are shaped like
@@ -49,7 +59,12 @@ import trio
 from scapy.fields import FieldLenField
 from scapy.packet import NoPayload, Packet
 
-from qkdnet.auth import FrameAuthenticator
+from qkdnet.auth import (
+    DIR_INITIATOR_TO_RESPONDER,
+    DIR_RESPONDER_TO_INITIATOR,
+    FrameAuthenticator,
+    connection_binding,
+)
 from qkdnet.errors import (
     ErrorCode,
     KeyExhausted,
@@ -60,6 +75,7 @@ from qkdnet.errors import (
 from qkdnet.wire import (
     HEADER_LEN,
     MIN_LENGTH,
+    NONCE_LEN,
     PROTOCOL_VERSION,
     TAG_LEN,
     Close,
@@ -177,12 +193,14 @@ class SidebandConnection:
 
     ``auth`` is the :class:`FrameAuthenticator` for the peer, or (responder side) a
     resolver called with the name in the first HELLO that returns one or ``None``
-    for an unknown peer.
+    for an unknown peer. ``nonce`` is this end's 16-byte connection nonce (default:
+    fresh from :mod:`secrets`; pass one only for reproducible tests and vectors).
     """
 
     def __init__(self, local_name: str,
                  auth: FrameAuthenticator | AuthResolver,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, *,
+                 nonce: bytes | None = None) -> None:
         if max_frame_size < 4 + MIN_LENGTH:
             raise LocalProtocolError("max_frame_size is smaller than an empty frame")
         self.local_name = local_name
@@ -193,6 +211,13 @@ class SidebandConnection:
             self.auth, self._resolver = auth, None
         else:
             self.auth, self._resolver = None, auth
+        if nonce is not None and len(nonce) != NONCE_LEN:
+            raise LocalProtocolError(f"connection nonce must be {NONCE_LEN} bytes")
+        self.local_nonce = secrets.token_bytes(NONCE_LEN) if nonce is None else bytes(nonce)
+        self.peer_nonce: bytes | None = None   # from the peer's authentic HELLO/HELLO_ACK
+        # Responder: a resolver connection, or one that accepted a HELLO.
+        self._responder = self._resolver is not None
+        self._ack_sent = False
         self.state = ConnState.IDLE
         self.peer_name: str | None = None
         self.peer_role: int | None = None
@@ -228,6 +253,10 @@ class SidebandConnection:
         if key not in TRANSITIONS:
             raise LocalProtocolError(
                 f"cannot send {kind_of(msg_type)} (0x{msg_type:02x}) in state {self.state.name}")
+        if msg_type in (MsgType.HELLO, MsgType.HELLO_ACK) and any(
+                f.name == "nonce" for f in body.fields_desc):
+            body = body.copy()
+            body.nonce = self.local_nonce   # the caller need not know about nonces
         data = self.raw_frame(msg_type, bytes(body), session=session, flags=flags)
         self.state = TRANSITIONS[key]
         return data
@@ -246,12 +275,21 @@ class SidebandConnection:
                 f"frame of {len(body) + 4 + MIN_LENGTH} bytes exceeds max_frame_size "
                 f"{self.max_frame_size}")
         use_seq = self._tx_seq if seq is None else seq
+        if ((msg_type == MsgType.HELLO and self.state is ConnState.IDLE)
+                or (msg_type == MsgType.HELLO_ACK and self.state is ConnState.HELLO_RECEIVED)) \
+                and len(body) >= NONCE_LEN and not self._ack_sent:
+            # Our nonce is the one our handshake frame carries on the wire (a hand-built
+            # HELLO in a conformance test may carry another than ``local_nonce``).
+            self.local_nonce = bytes(body[-NONCE_LEN:])
+        binding = self.binding(Direction.SEND, msg_type)
         key = self.auth.reserve()
         header = pack_header(len(body), msg_type, session=session, seq=use_seq, flags=flags,
                              akey_block=key.block_id, akey_offset=key.offset,
                              version=version, reserved=reserved)
         message = header + body
-        data = message + self.auth.sign(key, message)
+        data = message + self.auth.sign(key, message, binding)
+        if msg_type == MsgType.HELLO_ACK and self._responder:
+            self._ack_sent = True
         if seq is None:
             self._tx_seq += 1
         self.frames_sent += 1
@@ -361,12 +399,30 @@ class SidebandConnection:
         if self.auth is None:
             self._resolve_peer(hdr.type, body_bytes)
         assert self.auth is not None
+        ack_nonce: bytes | None = None
+        if (hdr.type == MsgType.HELLO_ACK and not self._responder
+                and self.peer_nonce is None):
+            # The responder's nonce is needed to check the very frame that carries it;
+            # it is the body's last 16 bytes (used for nothing else unless the tag holds).
+            if len(body_bytes) < NONCE_LEN:
+                self._fail("HELLO_ACK too short to hold a nonce", ErrorCode.MALFORMED_FRAME)
+            ack_nonce = body_bytes[-NONCE_LEN:]
+        binding = self.binding(Direction.RECV, hdr.type, responder_nonce=ack_nonce)
         try:
             self.auth.verify(hdr.akey_block, hdr.akey_offset, frame[:-TAG_LEN],
-                             frame[-TAG_LEN:])
+                             frame[-TAG_LEN:], binding)
         except RemoteProtocolError as err:
             self._fail(str(err), err.code)
         self._rx_seq += 1
+        if self.peer_nonce is None:
+            # Authentic from here on: learn the peer's nonce (even if the body turns
+            # out malformed, so our ERROR is bound to this connection).
+            if hdr.type == MsgType.HELLO and self.state is ConnState.IDLE:
+                self._responder = True
+                if len(body_bytes) >= NONCE_LEN:
+                    self.peer_nonce = body_bytes[-NONCE_LEN:]
+            elif ack_nonce is not None and self.state is ConnState.HELLO_SENT:
+                self.peer_nonce = ack_nonce
         if hdr.reserved != 0:
             self._fail("reserved header byte is not zero", ErrorCode.MALFORMED_FRAME)
         body = self._parse_body(hdr.type, body_bytes)
@@ -378,6 +434,29 @@ class SidebandConnection:
         self.state = TRANSITIONS[key]
         self.frames_received += 1
         return FrameReceived(hdr.type, hdr.session, body, hdr.seq, hdr.flags)
+
+    def binding(self, direction: Direction, msg_type: int, *,
+                responder_nonce: bytes | None = None) -> bytes:
+        """The pseudo-header a frame of ``msg_type`` sent/received now authenticates
+        (spec §6.1): empty for HELLO, else both nonces and the direction.
+
+        ``responder_nonce`` supplies the responder's nonce when the frame carries it
+        (HELLO_ACK received by the initiator).
+        """
+        if msg_type == MsgType.HELLO:
+            return b""
+        sending = direction is Direction.SEND
+        if self._responder:
+            i_nonce = self.peer_nonce
+            r_nonce = (self.local_nonce
+                       if self._ack_sent or (sending and msg_type == MsgType.HELLO_ACK)
+                       else None)
+            code = DIR_RESPONDER_TO_INITIATOR if sending else DIR_INITIATOR_TO_RESPONDER
+        else:
+            i_nonce = self.local_nonce
+            r_nonce = self.peer_nonce if self.peer_nonce is not None else responder_nonce
+            code = DIR_INITIATOR_TO_RESPONDER if sending else DIR_RESPONDER_TO_INITIATOR
+        return connection_binding(code, i_nonce or bytes(NONCE_LEN), r_nonce)
 
     def _resolve_peer(self, msg_type: int, body_bytes: bytes) -> None:
         if msg_type != MsgType.HELLO or self._resolver is None:
@@ -433,6 +512,8 @@ class SidebandConnection:
             if self.peer_name is not None and name != self.peer_name:
                 self._fail("HELLO name differs from the authenticated peer",
                            ErrorCode.UNKNOWN_PEER)
+            if bytes(body.nonce) != self.peer_nonce:  # cannot happen: read from these bytes
+                self._fail("HELLO nonce inconsistent", ErrorCode.MALFORMED_FRAME)
             self.peer_name, self.peer_role = name, int(body.role)
             self.peer_capabilities = int(body.capabilities)
         elif msg_type == MsgType.HELLO_ACK:

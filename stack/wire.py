@@ -6,7 +6,8 @@ Every classical qkdnet message is one *frame* on a TCP stream (spec/protocol.md 
     | akey_block u64 | akey_offset u32 | body (length - 44 bytes) | tag (16 bytes)
 
 ``length`` counts every byte after itself. The tag is the Wegman–Carter authenticator
-(:mod:`qkdnet.auth`) over every byte before it.
+(:mod:`qkdnet.auth`) over every byte before it, preceded (for every frame but HELLO) by
+a pseudo-header binding the frame to its connection (spec §6.1).
 
 Theory of operation (scapy side)
 --------------------------------
@@ -76,6 +77,8 @@ HEADER_LEN = 32
 TAG_LEN = 16
 #: Smallest legal value of the length field: header after ``length`` + empty body + tag.
 MIN_LENGTH = HEADER_LEN - 4 + TAG_LEN
+#: Bytes of the per-connection nonce in HELLO and HELLO_ACK (spec §5.1, §6.1).
+NONCE_LEN = 16
 #: Upper bound on the length field that :meth:`QkdHeader.tcp_reassemble` will wait for
 #: when reading captures; anything larger is treated as a desynchronised stream.
 CAPTURE_MAX_LENGTH = 1 << 26
@@ -239,7 +242,7 @@ def _name_fields() -> list[Any]:
 
 
 class Hello(QkdBody):
-    """HELLO (spec §5.1): who I am and which protocol versions I speak."""
+    """HELLO (spec §5.1): who I am, which protocol versions I speak, and my nonce."""
 
     name = "QKD HELLO"
     fields_desc: ClassVar[list[Any]] = [
@@ -248,17 +251,21 @@ class Hello(QkdBody):
         FieldListField("versions", [PROTOCOL_VERSION], ByteField("v", 0),  # type: ignore[list-item]
                        count_from=lambda p: p.n_versions),
         FlagsField("capabilities", 0, 32, CAPABILITIES),
+        # Fresh random per connection; the connection binding (spec §6.1) covers it.
+        # Last in the body, so a receiver finds it before parsing (HELLO_ACK).
+        StrFixedLenField("nonce", b"\x00" * NONCE_LEN, NONCE_LEN),
     ]
 
 
 class HelloAck(QkdBody):
-    """HELLO_ACK (spec §5.2): the responder's name and the chosen version."""
+    """HELLO_ACK (spec §5.2): the responder's name, the chosen version and its nonce."""
 
     name = "QKD HELLO_ACK"
     fields_desc: ClassVar[list[Any]] = [
         *_name_fields(),
         ByteField("chosen_version", PROTOCOL_VERSION),
         FlagsField("capabilities", 0, 32, CAPABILITIES),
+        StrFixedLenField("nonce", b"\x00" * NONCE_LEN, NONCE_LEN),
     ]
 
 

@@ -11,16 +11,26 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from qkdnet import keystore
 from qkdnet.auth import (
+    BINDING_LEN,
     BOOTSTRAP_BLOCK_BASE,
+    DIR_INITIATOR_TO_RESPONDER,
+    DIR_RESPONDER_TO_INITIATOR,
     TAG_KEY_BITS,
     FrameAuthenticator,
     KeyStoreTagKeys,
     MemoryTagKeys,
     TagKeySource,
+    connection_binding,
     forgery_bound,
     lifetime_forgery_bound,
 )
-from qkdnet.errors import AuthenticationError, ErrorCode, KeyExhausted, LocalProtocolError
+from qkdnet.errors import (
+    AuthenticationError,
+    ErrorCode,
+    KeyExhausted,
+    KeyReuseError,
+    LocalProtocolError,
+)
 from qkdnet.keystore import KeyStore
 
 
@@ -47,15 +57,62 @@ def test_every_single_bit_flip_is_rejected(key_pair: tuple[MemoryTagKeys, ...]) 
     a, b = key_pair
     tx, rx = FrameAuthenticator(a), FrameAuthenticator(b)
     msg = secrets.token_bytes(40)
+    honest = []
+    available = b.available_rx_bits()
     for bit in range(8 * (len(msg) + 16)):
         block, offset, tag = _sign(tx, msg)
+        honest.append((block, offset, tag))
         data = bytearray(msg + tag)
         data[bit // 8] ^= 0x80 >> (bit % 8)
         with pytest.raises(AuthenticationError) as info:
             rx.verify(block, offset, bytes(data[:-16]), bytes(data[-16:]))
         assert info.value.code is ErrorCode.AUTHENTICATION_FAILED
     assert rx.failures == 8 * 56
-    assert rx.bits_spent_rx == 8 * 56 * TAG_KEY_BITS  # a failed frame still burns its key
+    # A rejected frame consumes no key: the receive pool is untouched and every honest
+    # frame at those key positions still verifies afterwards.
+    assert rx.bits_spent_rx == 0 and b.available_rx_bits() == available
+    for block, offset, tag in honest:
+        rx.verify(block, offset, msg, tag)
+    assert rx.bits_spent_rx == 8 * 56 * TAG_KEY_BITS
+    assert b.available_rx_bits() == available - 8 * 56 * TAG_KEY_BITS
+
+
+def test_binding_is_authenticated(key_pair: tuple[MemoryTagKeys, ...]) -> None:
+    a, b = key_pair
+    tx, rx = FrameAuthenticator(a), FrameAuthenticator(b)
+    n_i, n_r = secrets.token_bytes(16), secrets.token_bytes(16)
+    bind = connection_binding(DIR_INITIATOR_TO_RESPONDER, n_i, n_r)
+    assert len(bind) == BINDING_LEN and bind[16:32] == n_i and bind[32:] == n_r
+    key = tx.reserve()
+    tag = tx.sign(key, b"frame", bind)
+    s = a._tx.data[key.offset // 8: key.offset // 8 + 16]
+    assert tag == Poly1305.generate_tag(a.hash_key_tx + s, bind + b"frame")
+    others = [b"", connection_binding(DIR_RESPONDER_TO_INITIATOR, n_i, n_r),
+              connection_binding(DIR_INITIATOR_TO_RESPONDER, n_i, secrets.token_bytes(16)),
+              connection_binding(DIR_INITIATOR_TO_RESPONDER, secrets.token_bytes(16), n_r),
+              connection_binding(DIR_INITIATOR_TO_RESPONDER, n_i, None)]
+    for other in others:
+        with pytest.raises(AuthenticationError) as info:
+            rx.verify(key.block_id, key.offset, b"frame", tag, other)
+        assert info.value.code is ErrorCode.AUTHENTICATION_FAILED
+    rx.verify(key.block_id, key.offset, b"frame", tag, bind)
+    with pytest.raises(LocalProtocolError):
+        connection_binding(3, n_i, n_r)
+    with pytest.raises(LocalProtocolError):
+        connection_binding(DIR_INITIATOR_TO_RESPONDER, b"short", n_r)
+
+
+def test_peek_tag_key_matches_take_and_consumes_nothing(
+        key_pair: tuple[MemoryTagKeys, ...]) -> None:
+    _a, b = key_pair
+    avail = b.available_rx_bits()
+    assert b.peek_tag_key(0, 256) == b.peek_tag_key(0, 256)
+    assert b.available_rx_bits() == avail
+    assert b.take_tag_key(0, 256) == b._rx.data[32:48]
+    with pytest.raises(KeyReuseError):
+        b.peek_tag_key(0, 256)
+    with pytest.raises(KeyExhausted):
+        b.peek_tag_key(7, 0)
 
 
 def test_reused_tag_key_is_a_replay(key_pair: tuple[MemoryTagKeys, ...]) -> None:
@@ -135,11 +192,22 @@ def test_memory_bootstrap_matches_key_store_layout(tmp_path: Path) -> None:
             msg = f"answer {i}".encode()
             block, offset, tag = _sign(hub, msg)
             spoke.verify(block, offset, msg, tag)
+        # A forged frame naming the spoke's next key consumes nothing at the hub ...
+        avail = store.available("spoke", "auth-rx")
+        nxt = spoke.keys.reserve_tag_key()
+        with pytest.raises(AuthenticationError) as info:
+            hub.verify(nxt[0], nxt[1], b"forged", b"\0" * 16)
+        assert info.value.code is ErrorCode.AUTHENTICATION_FAILED
+        assert store.available("spoke", "auth-rx") == avail
+        # ... so the honest frame at that key still verifies, and then it is spent.
+        spoke_tag = Poly1305.generate_tag(spoke.keys.hash_key_tx + nxt[2], b"honest")
+        hub.verify(nxt[0], nxt[1], b"honest", spoke_tag)
+        assert store.available("spoke", "auth-rx") == avail - TAG_KEY_BITS
         # The store refuses to hand the same tag key out twice.
         with pytest.raises(AuthenticationError) as info:
             hub.verify(BOOTSTRAP_BLOCK_BASE, 0, b"frame 0", b"\0" * 16)
         assert info.value.code is ErrorCode.REPLAY_OR_REORDER
-        assert hub.bits_spent_rx == 5 * TAG_KEY_BITS and hub.bits_spent_tx == 5 * TAG_KEY_BITS
+        assert hub.bits_spent_rx == 6 * TAG_KEY_BITS and hub.bits_spent_tx == 5 * TAG_KEY_BITS
         assert "spoke" in repr(hub_keys) and secret[:16].hex() not in repr(hub_keys)
     finally:
         store.close()

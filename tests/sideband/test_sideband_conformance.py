@@ -50,7 +50,8 @@ async def test_basic_node_passes_every_check(basic_node: BasicNode, secret: Path
 class _TrustingAuthenticator(FrameAuthenticator):
     """A broken implementation: takes the key but never checks the tag."""
 
-    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes) -> None:
+    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
+               binding: bytes = b"") -> None:
         self.keys.take_tag_key(block_id, offset)
 
 

@@ -29,6 +29,14 @@ from scapy.sessions import TCPSession
 from scapy.utils import wrpcap
 
 from qkdnet import wire
+from qkdnet.auth import (
+    DIR_INITIATOR_TO_RESPONDER,
+    DIR_RESPONDER_TO_INITIATOR,
+    FrameAuthenticator,
+    MemoryTagKeys,
+    connection_binding,
+)
+from qkdnet.sideband import ConnState, SidebandConnection
 from qkdnet.wire import (
     DEFAULT_PORT,
     HEADER_LEN,
@@ -53,6 +61,9 @@ for _mod in ("qkdnet.link.wire", "qkdnet.hub.wire", "qkdnet.apps.wire"):
 
 def _body_value(pkt: Packet, name: str) -> Any:
     v = pkt.getfieldval(name)
+    fld = next(f for f in pkt.fields_desc if f.name == name)
+    if isinstance(fld, StrFixedLenField) and isinstance(v, bytes):
+        return v.hex()  # fixed-size binary fields (nonces) are written in hex
     if isinstance(v, bytes):
         return v.decode()
     if isinstance(v, list):
@@ -62,7 +73,9 @@ def _body_value(pkt: Packet, name: str) -> Any:
 
 def _as_field(cls: type[Packet], name: str, value: Any) -> Any:
     fld = next(f for f in cls.fields_desc if f.name == name)
-    if isinstance(fld, StrLenField | StrFixedLenField) and isinstance(value, str):
+    if isinstance(fld, StrFixedLenField) and isinstance(value, str):
+        return bytes.fromhex(value)
+    if isinstance(fld, StrLenField) and isinstance(value, str):
         return value.encode()
     return value
 
@@ -83,9 +96,42 @@ def test_vector_bytes_to_fields(path: Path) -> None:
     body = pkt.payload
     assert type(body).__name__ == vec["body_class"]
     assert {n: _body_value(body, n) for n in body.fields} == vec["body"]
-    # The tag is a real Poly1305 tag under the vector's keys.
+    # The tag is a real Poly1305 tag under the vector's keys, over binding ‖ frame.
     key = bytes.fromhex(vec["auth"]["r"]) + bytes.fromhex(vec["auth"]["s"])
-    assert Poly1305.generate_tag(key, raw[:-16]) == raw[-16:]
+    binding = bytes.fromhex(vec["auth"].get("binding", ""))
+    assert Poly1305.generate_tag(key, binding + raw[:-16]) == raw[-16:]
+    if "connection" in vec:
+        conn = vec["connection"]
+        direction = (DIR_INITIATOR_TO_RESPONDER if conn["direction"] == "initiator->responder"
+                     else DIR_RESPONDER_TO_INITIATOR)
+        expect = b"" if vec["type"] == MsgType.HELLO else connection_binding(
+            direction, bytes.fromhex(conn["initiator_nonce"]),
+            bytes.fromhex(conn["responder_nonce"]))
+        assert binding == expect
+
+
+def _vector(name: str) -> dict[str, Any]:
+    return dict(json.loads((ROOT / "spec" / "vectors" / f"{name}.json").read_text()))
+
+
+def test_vectors_are_what_a_connection_sends_and_accepts() -> None:
+    """A real SidebandConnection with the vectors' keys and nonces produces the
+    initiator's vectors byte for byte and accepts the responder's."""
+    hello, ack = _vector("hello"), _vector("hello_ack")
+    r, s = bytes.fromhex(hello["auth"]["r"]), bytes.fromhex(hello["auth"]["s"])
+    # Every tag key of these pools is ``s``, at the vectors' block ids.
+    keys = MemoryTagKeys(r, r, s * 128, s * 128, tx_block=hello["header"]["akey_block"],
+                         rx_block=ack["header"]["akey_block"])
+    conn = SidebandConnection("alice", FrameAuthenticator(keys),
+                              nonce=bytes.fromhex(hello["connection"]["initiator_nonce"]))
+    sent = conn.send(Hello(node_name=b"alice", role=1, capabilities=5))
+    assert sent.hex() == hello["hex"]
+    (ev,) = conn.receive_data(bytes.fromhex(ack["hex"]))
+    assert ev.type == MsgType.HELLO_ACK and conn.state is ConnState.OPEN
+    assert conn.peer_nonce == bytes.fromhex(ack["connection"]["responder_nonce"])
+    assert conn.send(Ping(nonce=0x0123456789ABCDEF)).hex() == _vector("ping")["hex"]
+    (pong,) = conn.receive_data(bytes.fromhex(_vector("pong")["hex"]))
+    assert pong.type == MsgType.PONG and pong.session == 42
 
 
 @pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
