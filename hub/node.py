@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 HUB_TYPES = range(0x40, 0x60)
 #: A receiver acknowledges at least every ACK_EVERY messages (acks are cumulative).
 ACK_EVERY = 8
+#: Unanswered key-relay requests remembered per connection (oldest forgotten first).
+MAX_RELAY_ASKS = 1024
 
 #: Hook that runs the link layer on the spoke's hub connection (the spoke transmits):
 #: ``await nursery.start(link_runner, node, channel, frame_router)``: registers the
@@ -370,6 +372,10 @@ class SpokeNode:
         self._listeners: dict[str, Listener] = {}
         self._opens: dict[int, tuple[trio.Event, list[QkdnetError | None]]] = {}
         self._relays: dict[int, tuple[trio.Event, list[RelayedKey | QkdnetError]]] = {}
+        #: request id -> (peer, n_bits) of every KEY_RELAY_REQUEST sent on the current
+        #: connection and not yet answered (kept after a caller times out, so a late
+        #: answer is stored, not mistaken for an unsolicited relay).
+        self._relay_asks: OrderedDict[int, tuple[str, int]] = OrderedDict()
         self._next_channel = 1
         self._next_request = 1
         self.link_stats: dict[str, Any] = {}
@@ -533,6 +539,7 @@ class SpokeNode:
         for ev, rbox in self._relays.values():
             rbox.append(err)
             ev.set()
+        self._relay_asks.clear()  # a new connection's hub owes us nothing
 
     # -- sending ------------------------------------------------------------------
 
@@ -628,6 +635,9 @@ class SpokeNode:
         event = trio.Event()
         box: list[RelayedKey | QkdnetError] = []
         self._relays[rid] = (event, box)
+        self._relay_asks[rid] = (peer, n_bits)
+        while len(self._relay_asks) > MAX_RELAY_ASKS:  # a hub that never answers
+            self._relay_asks.popitem(last=False)
         try:
             await self._send(w.HubKeyRelayRequest(src=self.name.encode(),
                                                   peer=peer.encode(), request_id=rid,
@@ -691,7 +701,7 @@ class SpokeNode:
         elif isinstance(body, w.HubChannelClose):
             self._on_close(body)
         elif isinstance(body, w.HubKeyRelay):
-            self._on_relay(body)
+            await self._on_relay(body)
         elif isinstance(body, w.HubStatus):
             pass
         else:
@@ -770,6 +780,7 @@ class SpokeNode:
                 slot[0].set()
             return
         if body.kind == w.NackKind.RELAY:
+            self._relay_asks.pop(int(body.channel_id), None)
             rslot = self._relays.get(int(body.channel_id))
             if rslot is not None:
                 rslot[1].append(err)
@@ -814,22 +825,43 @@ class SpokeNode:
             ch.peer_closed = True
             ch._inbox_event.set()
 
-    def _on_relay(self, body: Packet) -> None:
+    async def _on_relay(self, body: Packet) -> None:
+        """Store the hub's half of a key relay. Anything wrong with it is the hub's
+        fault (RemoteProtocolError, so the connection ends with ERROR): a relay to
+        ourselves, an initiator's half (role 0) this spoke never asked for or that
+        does not match the request, key this spoke does not hold or already used."""
         assert self.store is not None
         peer = w.as_text(body.peer)
         n = int(body.n_bits)
-        mine = self.store.take(self.hub, "data-rx", _segments(body.segments))
-        if body.role == 0:
+        role = int(body.role)
+        rid = int(body.request_id)
+        if n == 0 or peer == self.name:
+            raise RemoteProtocolError(f"KEY_RELAY of {n} bits with {peer!r} makes no sense",
+                                      ErrorCode.PROTOCOL_VIOLATION)
+        if role == 0:
+            asked = self._relay_asks.get(rid)
+            if asked != (peer, n):
+                raise RemoteProtocolError(
+                    f"KEY_RELAY for request {rid} ({peer!r}, {n} bits) answers no request "
+                    "of this spoke", ErrorCode.PROTOCOL_VIOLATION)
+            del self._relay_asks[rid]
+        mine = await self._take(body.segments)
+        if role == 0:
             key, purpose = mine, "e2e-tx"
         else:
             key, purpose = _xor(bytes(body.masked), mine), "e2e-rx"
         meta = BlockMeta(link_session=f"relay:{self.hub}", created=time.time(),
                          eps_sec=0.0, eps_cor=0.0, leaked_ec_bits=0, auth_bits_spent=0)
-        self.store.add_block(peer, purpose, int(body.e2e_block_id), key, n, meta)
+        try:
+            self.store.add_block(peer, purpose, int(body.e2e_block_id), key, n, meta)
+        except LocalProtocolError:  # e.g. a block id the hub already used with peer
+            raise RemoteProtocolError(f"KEY_RELAY block {int(body.e2e_block_id):#x} cannot "
+                                      f"be stored for {peer!r}",
+                                      ErrorCode.PROTOCOL_VIOLATION) from None
         self.counters["key_relays"] += 1
-        if body.role == 0:
-            slot = self._relays.get(int(body.request_id))
-            if slot is not None:
+        if role == 0:
+            slot = self._relays.get(rid)
+            if slot is not None:  # else the caller gave up waiting; the key is stored
                 slot[1].append(RelayedKey(peer, int(body.e2e_block_id), n, purpose))
                 slot[0].set()
 
