@@ -11,11 +11,21 @@ before the receive loop starts. Statistics (QBER, key rate, aborts) land in
 
 A runner factory returns ``None`` when the link is disabled in the config, so the
 daemons then route with whatever key is already in the store.
+
+Slot ranges never repeat for a spoke: the spoke's blocks start at
+``max(time_slot_base(), durable per-hub high-water mark)`` and the mark is advanced
+before the slots are used; the hub refuses any BLOCK_START below its own durable
+per-spoke mark (both marks live in the node's key store, so they survive
+reconnects and restarts).  The emulated source is a pure function of
+``(seed, slot)``, so a repeated range would repeat the raw key.  Emulated key is
+only as secret as the shared ``seed`` (spec/link.md §7): the hub emulates the
+spoke's photons from it unless the quantum port is used.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -63,12 +73,13 @@ def _params(preset: str, overrides: dict[str, Any] | None) -> Any:
 
 
 def _phy(preset: str, km: float, seed: int, *, attack: str | None = None,
-         overrides: dict[str, Any] | None = None) -> Any:
+         overrides: dict[str, Any] | None = None, noise_seed: int | None = None) -> Any:
     from qkdnet.link.driver import EmulatedPhy
 
     if attack in (None, "", "none"):
         attack = None
-    return EmulatedPhy(_params(preset, overrides), km, seed=seed, attack=attack)
+    return EmulatedPhy(_params(preset, overrides), km, seed=seed, attack=attack,
+                       noise_seed=noise_seed)
 
 
 def _link_config(link: dict[str, Any], params: Any, session_id: int) -> Any:
@@ -97,8 +108,10 @@ def hub_link_runner(settings: Any) -> Any:
         stats = daemon.link_stats.setdefault(spoke, {})
         stats.update({"preset": preset, "km": km, "role": "receiver"})
         # The hub holds the detectors, so the fibre (and any configured eavesdropper)
-        # is emulated on its side.
-        phy = _phy(preset, km, seed, attack=attack, overrides=overrides)
+        # is emulated on its side.  Fresh noise entropy per connection: the channel's
+        # coins must not repeat from one connection to the next.
+        phy = _phy(preset, km, seed, attack=attack, overrides=overrides,
+                   noise_seed=secrets.randbits(63))
         config = _link_config(link, phy.params, 1)
         endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
                                 phy=phy, on_block=_stats_sink(stats))
@@ -117,7 +130,7 @@ def spoke_link_runner(settings: Any) -> Any:
 
     async def run(node: Any, chan: Any, frames: Any, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from qkdnet.link.driver import LinkEndpoint, new_session_id
+        from qkdnet.link.driver import LinkEndpoint, new_session_id, time_slot_base
 
         preset = link.get("preset", DEFAULT_PRESET)
         km = float(link.get("km", DEFAULT_KM))
@@ -133,9 +146,11 @@ def spoke_link_runner(settings: Any) -> Any:
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.run)
-            # Fresh slots per session: the emulated source is a function of (seed, slot),
-            # so each session starts at its own multiple of 2**38 (the PHY allows 2**60).
-            await endpoint.run_blocks(None, block_slots, slot_base=(sid & 0xFFFFF) << 38)
+            # Fresh slots per block: the emulated source is a function of (seed, slot).
+            # run_blocks starts each block at or after the store's durable per-hub
+            # high-water mark and advances it first; the wall-clock base also keeps a
+            # spoke whose store was replaced ahead of the hub's own mark.
+            await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
             nursery.cancel_scope.cancel()
 
     return run

@@ -23,9 +23,14 @@ frames (types 0x10–0x3F) to :meth:`LinkEndpoint.handle_frame`, e.g. through a
   ``max_in_flight`` blocks open and backs off after an aborted block.
 
 Key reaches the store only through :class:`~qkdnet.link.session.StoreBlock`
-outputs, i.e. after verification, privacy amplification and the BLOCK_DONE /
-CONFIRM exchange.  Every finished or aborted block is appended to
-:attr:`LinkEndpoint.stats` and reported to ``on_block`` callbacks.
+outputs, i.e. after verification and privacy amplification, in two phases (the
+receiver's -rx parts at PA, the transmitter's whole block at BLOCK_DONE, the
+receiver's -tx parts at CONFIRM), each one key-store transaction.  Slot ranges are
+claimed durably in the key store before they are used (the transmitter's
+``link.next_slot:<peer>``, the receiver's ``link.rx_next_slot:<peer>``), so no
+range is ever used twice for a peer, across sessions and restarts.  Every finished
+or aborted block is appended to :attr:`LinkEndpoint.stats` and reported to
+``on_block`` callbacks.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import dataclasses
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,12 +62,14 @@ from qkdnet.link.session import (
     BlockAborted,
     BlockStats,
     BlockStored,
+    BurnParts,
     DetectionsNeeded,
     LinkConfig,
     LinkSession,
     Output,
     ReceiverSession,
     Send,
+    State,
     StoreBlock,
     TransmitterSession,
 )
@@ -71,6 +79,13 @@ log = logging.getLogger(__name__)
 
 #: Message types the link layer owns (register them with a FrameRouter).
 LINK_TYPES = range(0x10, 0x40)
+
+#: Durable per-peer slot high-water marks in the key store (``KeyStore.counter``):
+#: the transmitter's next unused slot, and the receiver's first acceptable slot.
+TX_SLOT_COUNTER = "link.next_slot:{peer}"
+RX_SLOT_COUNTER = "link.rx_next_slot:{peer}"
+
+_STORE_ERRORS: tuple[type[BaseException], ...] = (QkdnetError, OSError, sqlite3.Error)
 
 
 class _LinkDown(Exception):
@@ -86,24 +101,60 @@ class EmulatedPhy:
     both ends build an ``EmulatedPhy`` from the same (preset, km, seed).
     ``keep_eve`` keeps every block's Detections, attack record included, in
     :attr:`detections` keyed by first slot (tests compare them with the bounds).
+
+    Emulated key is only as secret as ``seed``: Alice's choices are a pure function
+    of (seed, slot) and slot numbers are public (BLOCK_START).  It tests the
+    protocol; it is no source of secrets.
+
+    The channel's randomness (loss, detector noise, Eve's coins) is drawn per block
+    from ``noise_seed`` and the block's slot range, so it never repeats for a new
+    range, whatever the connection: ``noise_seed=None`` derives it from ``seed``
+    (reproducible runs); the hub passes fresh entropy.  The PHY refuses a range
+    that starts before the end of the previous one.
     """
 
     def __init__(self, params: Any, km: float, *, attack: Any = None, seed: int = 0,
-                 keep_eve: bool = False) -> None:
+                 keep_eve: bool = False, noise_seed: int | None = None) -> None:
+        from qkdnet.phy.attacks import parse_attack
         from qkdnet.phy.channel import QuantumChannel
         from qkdnet.phy.source import AliceSource
 
         self.params = params
+        self.km = km
+        self.attack = parse_attack(attack) if isinstance(attack, str) or attack is None \
+            else attack
         self.source = AliceSource(params, seed)
-        self.channel = QuantumChannel(params, km, attack=attack, seed=seed + 1)
+        self._noise_key = (seed + 1 if noise_seed is None else noise_seed) % (1 << 64)
+        self.channel = QuantumChannel(params, km, attack=self.attack, seed=self._noise_key)
         self.keep_eve = keep_eve
         self.detections: dict[int, Any] = {}
+        self._next_slot = 0
 
     def __repr__(self) -> str:
         return f"EmulatedPhy({self.channel!r})"
 
+    def _block_seed(self, start_slot: int, n_slots: int) -> int:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=8, person=b"qkdnet-phy-noise")
+        h.update(b"".join(int(v).to_bytes(8, "big")
+                          for v in (self._noise_key, start_slot, n_slots)))
+        return int.from_bytes(h.digest(), "big") >> 2
+
     def run(self, start_slot: int, n_slots: int) -> Any:
         """Bob's detections for ``[start_slot, start_slot + n_slots)``."""
+        from qkdnet.phy.channel import QuantumChannel
+
+        if start_slot < self._next_slot:
+            raise LocalProtocolError(
+                f"slot range starts at {start_slot}, before the end of the previous one "
+                f"({self._next_slot}): slots cannot be replayed")
+        self._next_slot = start_slot + n_slots
+        # A channel per block, seeded from the range: its noise never repeats for a
+        # new range, even on a fresh connection (detector dead time does not carry
+        # over block boundaries, which blocks never rely on).
+        self.channel = QuantumChannel(self.params, self.km, attack=self.attack,
+                                      seed=self._block_seed(start_slot, n_slots))
         det = self.channel.run(self.source, start_slot, n_slots)
         if self.keep_eve:
             self.detections[start_slot] = det
@@ -287,6 +338,8 @@ class LinkEndpoint:
         self._changed = trio.Event()
         self._consecutive_aborts = 0
         self._levels = (0, 0)
+        #: Receiver: the durable first acceptable slot (refreshed from the store).
+        self._slot_floor = 0
         #: The RemoteProtocolError that ended this endpoint, if any.
         self.fatal_error: BaseException | None = None
         if role == "transmitter":
@@ -362,13 +415,17 @@ class LinkEndpoint:
         started = 0
         sess = self.session
         assert sess is not None
+        pos = slot_base
         while (n_blocks is None or started < n_blocks) and not self._finished.is_set():
             while sess.in_flight() >= max_in_flight and not self._finished.is_set():
                 await self._changed.wait()
             if self._consecutive_aborts:
                 await trio.sleep(min(backoff * 2 ** (self._consecutive_aborts - 1),
                                      max_backoff))
-            start = slot_base + index * block_slots
+            if self._finished.is_set():
+                break
+            start = self.claim_tx_slots(pos, block_slots)
+            pos = start + block_slots
             await self._inbox_send.send(("start", index, start, block_slots))
             started += 1
             index += 1
@@ -378,6 +435,41 @@ class LinkEndpoint:
         while sess.in_flight() > 0 and not self._finished.is_set():
             await self._changed.wait()
         return self.stats
+
+    def claim_tx_slots(self, at_least: int, n_slots: int) -> int:
+        """Transmitter: the first slot of a new block of ``n_slots``, made durable first.
+
+        The block starts at ``at_least`` or at the store's per-peer high-water mark
+        (:data:`TX_SLOT_COUNTER`), whichever is later, and the mark is advanced past
+        the block (one committed transaction) before the slots are used, so no slot
+        range is ever used twice for this peer, across sessions and restarts.
+        Without a store only ``at_least`` counts.
+        """
+        if self.store is None:
+            return at_least
+        name = TX_SLOT_COUNTER.format(peer=self.peer)
+        start = max(at_least, self.store.counter(name))
+        if start + n_slots > w.SLOT_LIMIT:
+            raise LocalProtocolError("the link has used up its slot numbers (2^60)")
+        self.store.advance_counter(name, start + n_slots)
+        return start
+
+    def _claim_rx_slots(self, need: DetectionsNeeded) -> bool:
+        """Receiver: durably accept ``need``'s slot range, or refuse it (False).
+
+        Check and advance run in the trio thread with no await in between, so two
+        endpoints for one peer (a reconnect racing the old connection) cannot both
+        accept a range.
+        """
+        if self.store is None:
+            return True
+        name = RX_SLOT_COUNTER.format(peer=self.peer)
+        floor = self.store.counter(name)
+        if need.start_slot < floor:
+            self._slot_floor = floor
+            return False
+        self._slot_floor = self.store.advance_counter(name, need.start_slot + need.n_slots)
+        return True
 
     async def _emit_task(self) -> None:
         async for start, n in self._emit_recv:
@@ -481,7 +573,7 @@ class LinkEndpoint:
             if self.role != "receiver":
                 raise RemoteProtocolError(f"link frame for unknown session {sid:#x}")
             cfg = dataclasses.replace(self.config, session_id=sid)
-            sess = ReceiverSession(cfg)
+            sess = ReceiverSession(cfg, slot_floor=lambda: self._slot_floor)
             # Keep only a few receiver sessions (a transmitter restart opens a new one).
             while len(self._sessions) >= 4:
                 self._sessions.pop(next(iter(self._sessions)))
@@ -502,18 +594,36 @@ class LinkEndpoint:
             if isinstance(out, Send):
                 await self._send(out.body, sid)
             elif isinstance(out, DetectionsNeeded):
+                try:
+                    claimed = self._claim_rx_slots(out)
+                except _STORE_ERRORS as err:
+                    log.error("key store failed for block %d: %s", out.block,
+                              type(err).__name__)
+                    skip_block = out.block
+                    await self._abandon(sid, out.block, AbortReason.LOCAL,
+                                        "key store failed")
+                    continue
+                if not claimed:
+                    # Lost a race with another connection of this peer that accepted
+                    # an overlapping range since the session checked the floor.
+                    skip_block = out.block
+                    await self._abandon(sid, out.block, AbortReason.PROTOCOL,
+                                        "BLOCK_START: slot range already used")
+                    continue
                 await self._phy_send.send((sid, out))
             elif isinstance(out, StoreBlock):
                 try:
                     self._store(out)
-                except (QkdnetError, OSError) as err:
-                    # Nothing (or, on a crash mid-way, part) of the block is stored;
-                    # tell the peer and report the block as abandoned.
-                    log.error("key store failed for block %d: %s", out.block, err)
+                except _STORE_ERRORS as err:
+                    # add_blocks is one transaction: nothing of this step is stored.
+                    # Tell the peer and report the block as abandoned.
+                    log.error("key store failed for block %d: %s", out.block,
+                              type(err).__name__)
                     skip_block = out.block
-                    await self._send(w.encode_abort(out.block, AbortReason.LOCAL), sid)
-                    self._publish(BlockStats(block=out.block, abort_reason="local",
-                                             abort_detail="key store failed"))
+                    await self._abandon(sid, out.block, AbortReason.LOCAL,
+                                        "key store failed")
+            elif isinstance(out, BurnParts):
+                self._burn(out)
             elif isinstance(out, BlockStored | BlockAborted):
                 self._publish(out.stats)
                 if isinstance(out, BlockAborted) and out.error is not None:
@@ -529,8 +639,22 @@ class LinkEndpoint:
             self.fatal_error = err
             raise _LinkDown(f"{type(err).__name__}: {err}") from None
 
+    async def _abandon(self, sid: int, block: int, reason: AbortReason, detail: str
+                       ) -> None:
+        """Abandon ``block`` for a local reason found while executing its outputs."""
+        sess = self._sessions.get(sid)
+        if sess is not None and sess.block_state(block) not in (None, State.DONE):
+            # Still live in the session: let it send ABORT and report the block.
+            await self._execute(sid, sess.abort_block(block, reason, detail,
+                                                      trio.current_time()))
+            return
+        # The session already finished it (the transmitter after BLOCK_DONE, the
+        # receiver after CONFIRM): tell the peer and report it here.
+        await self._send(w.encode_abort(block, reason), sid)
+        self._publish(BlockStats(block=block, abort_reason=reason.word, abort_detail=detail))
+
     def _store(self, out: StoreBlock) -> None:
-        if self.store is None:
+        if self.store is None or not out.parts:
             return
         from qkdnet.keystore import BlockMeta
 
@@ -538,9 +662,24 @@ class LinkEndpoint:
                          eps_sec=out.eps_sec, eps_cor=out.eps_cor,
                          leaked_ec_bits=out.leaked_ec_bits,
                          auth_bits_spent=out.auth_bits_spent, qber=out.qber)
-        for part in out.parts:
-            self.store.add_block(self.peer, part.purpose, part.block_id, part.key,
-                                 part.n_bits, meta)
+        # One transaction: all parts of this step or none (no half-stored block).
+        self.store.add_blocks(self.peer, [(p.purpose, p.block_id, p.key, p.n_bits)
+                                          for p in out.parts], meta)
+
+    def _burn(self, out: BurnParts) -> None:
+        """Consume stored -rx parts that the peer never mirrored (they are dead key)."""
+        if self.store is None:
+            return
+        from qkdnet.keystore import KeySegment
+
+        log.warning("link block %d abandoned by the peer after this end stored part of "
+                    "it; burning %d stored part(s)", out.block, len(out.parts))
+        for purpose, bid, n_bits in out.parts:
+            try:
+                self.store.take(self.peer, purpose, [KeySegment(bid, 0, n_bits)])
+            except _STORE_ERRORS as err:
+                log.error("could not burn block %#x of %s: %s", bid, purpose,
+                          type(err).__name__)
 
     def _publish(self, st: BlockStats) -> None:
         self.stats.record(st)
@@ -557,10 +696,12 @@ class LinkEndpoint:
 
     def _refresh_levels(self) -> None:
         # Read here, in the trio thread: the key store is bound to its thread, and the
-        # session (which asks for the levels) runs in a worker thread.
+        # session (which asks for the levels / the slot floor) runs in a worker thread.
         if self.store is not None and self.role == "transmitter":
             self._levels = (self.store.available(self.peer, "auth-tx"),
                             self.store.available(self.peer, "auth-rx"))
+        elif self.store is not None:
+            self._slot_floor = self.store.counter(RX_SLOT_COUNTER.format(peer=self.peer))
 
     def _auth_levels(self) -> tuple[int, int]:
         return self._levels
@@ -622,9 +763,20 @@ def time_slot_base() -> int:
     return (time.time_ns() // 1000) << 8
 
 
-def new_session_id() -> int:
-    """A random non-zero 32-bit link session id (block ids derive from it)."""
-    return secrets.randbits(32) or 1
+#: Session ids from here up are reserved (docs/design.md): 0xFFFFFFFF names the
+#: bootstrap blocks, 0xFFFFFFFE the hub's test-only prefill.
+RESERVED_SESSION_IDS = 0xFFFFFFFE
+
+
+def new_session_id(randbits: Callable[[int], int] = secrets.randbits) -> int:
+    """A random 32-bit link session id in ``[1, 0xFFFFFFFE)`` (block ids derive from it).
+
+    0 and the reserved ids (:data:`RESERVED_SESSION_IDS` and up) are drawn again.
+    """
+    while True:
+        sid = randbits(32)
+        if 0 < sid < RESERVED_SESSION_IDS:
+            return sid
 
 
 def aborted_error(st: BlockStats) -> LinkAborted | None:
@@ -718,7 +870,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              use_threads: bool = True, session_id: int | None = None,
                              tracer: Any = None, secret_bytes: int = 1 << 20,
                              quantum_port: bool = False,
-                             inspect: Callable[[Any, Any], Any] | None = None
+                             inspect: Callable[[Any, Any], Any] | None = None,
+                             stores: tuple[Any, Any] | None = None
                              ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
 
@@ -729,7 +882,9 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
     ``inspect(store_a, store_b)`` runs before the comparison and its result is kept
     in ``result.inspected``.  With ``quantum_port`` the pulses travel over TCP too:
     Alice's quantum port → a fibre element (loss, Eve) → Bob's quantum port
-    (:mod:`qkdnet.phy.port`), instead of the in-process channel.
+    (:mod:`qkdnet.phy.port`), instead of the in-process channel.  ``stores`` (alice's,
+    bob's) runs on open key stores instead (a reconnect; they stay open, and the
+    bootstrap secret is imported only if they have none).
     """
     from pathlib import Path
 
@@ -738,15 +893,18 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
     from qkdnet.sideband import connect_sideband, serve_sideband
 
     workdir = Path(workdir)
-    secret_path = workdir / "bootstrap.secret"
-    write_bootstrap_secret(secret_path, secret_bytes)
-    secret = secret_path.read_bytes()
-    store_a = KeyStore(workdir / "alice.db")
-    store_b = KeyStore(workdir / "bob.db")
+    if stores is None:
+        store_a, store_b = KeyStore(workdir / "alice.db"), KeyStore(workdir / "bob.db")
+    else:
+        store_a, store_b = stores
     try:
-        store_a.import_bootstrap("bob", secret, initiator=True)
-        store_b.import_bootstrap("alice", secret, initiator=False)
-        del secret
+        if not (store_a.has_bootstrap("bob") and store_b.has_bootstrap("alice")):
+            secret_path = workdir / "bootstrap.secret"
+            write_bootstrap_secret(secret_path, secret_bytes)
+            secret = secret_path.read_bytes()
+            store_a.import_bootstrap("bob", secret, initiator=True)
+            store_b.import_bootstrap("alice", secret, initiator=False)
+            del secret
         seed = secrets.randbits(62) if seed is None else seed
         phy = EmulatedPhy(params, km, attack=attack, seed=seed, keep_eve=keep_eve)
         receiver_phy: Any = phy
@@ -812,8 +970,9 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
         return PointToPointResult(alice.stats, bob_box[0].stats, comparison, sid,
                                   phy.detections, inspected, phy)
     finally:
-        store_a.close()
-        store_b.close()
+        if stores is None:
+            store_a.close()
+            store_b.close()
 
 
 async def _quantum_link(nursery: trio.Nursery, params: Any, km: float, attack: Any, seed: int,

@@ -28,9 +28,15 @@ One block (A = transmitter, B = receiver; every frame authenticated by the sideb
     A  <-  VERIFY(m_Z per intensity, hash seed, tag)   A compares tags, computes the
                                                finite-key length ell with the exact
                                                leakage, picks the key split
-    A  PA(Toeplitz seed, ell, auth split)  ->  B   both hash to ell bits
-    A  <-  BLOCK_DONE                          A stores the block
-    A  CONFIRM  ->  B                          B stores the block
+    A  PA(Toeplitz seed, ell, auth split)  ->  B   both hash to ell bits; B stores
+                                               its -rx parts
+    A  <-  BLOCK_DONE                          A stores the whole block
+    A  CONFIRM  ->  B                          B stores its -tx parts
+
+Storage is two-phase so that no end ever holds -tx key whose mirror the other end
+lacks (spec/link.md §2): an ABORT from A while B waits for CONFIRM makes B burn its
+-rx parts (:class:`BurnParts`), and an ABORT from B for a block A stored makes A
+burn its -rx parts.
 
 Either side may send ABORT(reason) at any point; a block that aborts stores nothing.
 Alice decides everything that must agree (ell, split, seeds except Bob's
@@ -259,9 +265,11 @@ class BlockStats:
 
 @dataclass(frozen=True)
 class StoreBlock:
-    """Write these parts to the key store (all or none), then continue.
+    """Write these parts to the key store in one transaction (all or none), then continue.
 
-    The meta fields are those of :class:`qkdnet.keystore.BlockMeta`.
+    The meta fields are those of :class:`qkdnet.keystore.BlockMeta`.  The receiver
+    stores a block in two steps (its ``-rx`` parts at PA, its ``-tx`` parts at
+    CONFIRM), so one block may give two StoreBlock outputs there.
     """
 
     block: int
@@ -273,6 +281,19 @@ class StoreBlock:
     leaked_ec_bits: int
     auth_bits_spent: int
     qber: float | None
+
+
+@dataclass(frozen=True)
+class BurnParts:
+    """Consume these stored ``-rx`` parts so they are never used (no key bytes here).
+
+    Emitted when a block this end already stored half of is abandoned by the peer
+    before the peer stored the mirror half: the parts ``(purpose, block_id, n_bits)``
+    have no counterpart at the peer (spec/link.md §2, storage).
+    """
+
+    block: int
+    parts: tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -293,7 +314,7 @@ class BlockAborted:
     error: RemoteProtocolError | None = None
 
 
-Output = Send | DetectionsNeeded | StoreBlock | BlockStored | BlockAborted
+Output = Send | DetectionsNeeded | StoreBlock | BurnParts | BlockStored | BlockAborted
 
 
 def block_id(session_id: int, index: int, part: int) -> int:
@@ -357,6 +378,8 @@ class _Block:
     key: np.ndarray | None = None             # final key, 0/1
     split: tuple[int, int] = (0, 0)
     fk: Any = None
+    # receiver: the -rx parts stored at PA, (purpose, block_id, n_bits)
+    stored_rx: tuple[tuple[str, int, int], ...] = ()
 
     def __repr__(self) -> str:
         return f"_Block({self.index}, {self.state.value})"
@@ -379,6 +402,9 @@ class LinkSession:
         #: Indices of finished/abandoned blocks, so late frames for them are ignored.
         self._closed: OrderedDict[int, None] = OrderedDict()
         self._finished_limit = 1024
+        #: Transmitter: the -rx parts of recently stored blocks, burned if the
+        #: receiver abandons the block after all (it then never stored their mirror).
+        self._stored_rx: OrderedDict[int, tuple[tuple[str, int, int], ...]] = OrderedDict()
 
     # -- public API -------------------------------------------------------------------
 
@@ -409,6 +435,11 @@ class LinkSession:
         blk = self._blocks.get(index)
         if blk is None:
             if index in self._closed:
+                if t is LinkMsg.ABORT and index in self._stored_rx:
+                    # The receiver abandoned a block we stored: it has our -tx parts'
+                    # mirror (stored at PA) but never stored its -tx parts, so our -rx
+                    # parts would never be used; burn them (spec/link.md §2).
+                    return [BurnParts(index, self._stored_rx.pop(index))]
                 return []           # crossed our ABORT or a retransmission: ignore
             if t is LinkMsg.BLOCK_START and self.role is Role.RECEIVER:
                 blk = _Block(index=index, state=State.NEW, started=now)
@@ -490,11 +521,16 @@ class LinkSession:
     def _finish_abort(self, blk: _Block, reason: AbortReason, detail: str, now: float,
                       remote: bool = False, error: RemoteProtocolError | None = None
                       ) -> list[Output]:
+        out: list[Output] = []
+        if remote and blk.state is State.WAIT_CONFIRM and blk.stored_rx:
+            # The transmitter abandoned the block before storing it (it stores all of
+            # it, then sends CONFIRM): the -rx parts we stored at PA have no mirror.
+            out.append(BurnParts(blk.index, blk.stored_rx))
         blk.state = State.ABORTED
         stats = self._stats(blk, now, abort_reason=reason.word, abort_detail=detail,
                             aborted_by_peer=remote)
         self._close(blk)
-        return [BlockAborted(blk.index, reason, stats, error)]
+        return [*out, BlockAborted(blk.index, reason, stats, error)]
 
     def _close(self, blk: _Block) -> None:
         self._blocks.pop(blk.index, None)
@@ -568,17 +604,24 @@ class LinkSession:
             pos += size
         return tuple(parts)
 
-    def _store(self, blk: _Block, now: float, mine_tx_first: bool) -> list[Output]:
+    def _store(self, blk: _Block, now: float, mine_tx_first: bool, which: str = "all",
+               frames_to_come: int = 0) -> StoreBlock:
+        """The StoreBlock for this end's parts: ``which`` is "all", "rx" or "tx".
+
+        ``frames_to_come`` counts the block's frames still to be exchanged up to and
+        including CONFIRM, so both ends record the same ``auth_bits_spent``.
+        """
         assert blk.key is not None
         parts = self._split_parts(blk, blk.key, mine_tx_first)
+        if which != "all":
+            parts = tuple(p for p in parts if p.purpose.endswith("-" + which))
         stats = self._stats(blk, now)
-        store = StoreBlock(
+        return StoreBlock(
             block=blk.index, parts=parts, link_session=f"{self.session_id:08x}",
             created=now, eps_sec=blk.eps_sec, eps_cor=blk.eps_cor,
             leaked_ec_bits=int(blk.stats.get("leak_ec_bits", 0)),
-            auth_bits_spent=stats.auth_bits,
+            auth_bits_spent=stats.auth_bits + frames_to_come * TAG_KEY_BITS,
             qber=blk.stats.get("qber_key", blk.stats.get("qber_est")))
-        return [store, BlockStored(blk.index, stats)]
 
 
 def _type_and_body(frame: Any) -> tuple[int, Any]:
@@ -731,11 +774,19 @@ class TransmitterSession(LinkSession):
         return [Send(blk.index, body)], State.WAIT_DONE
 
     def _a_block_done(self, blk: _Block, pkt: Packet, now: float) -> Any:
-        # CONFIRM is counted before storing: both ends record the same frame count.
-        blk.frames += 1
-        out = self._store(blk, now, mine_tx_first=True)
-        blk.frames -= 1   # _dispatch counts the Send below
-        return [out[0], Send(blk.index, w.ConfirmMsg(block=blk.index)), out[1]], State.DONE
+        # The receiver stored its -rx parts before sending BLOCK_DONE, so all of ours
+        # (the -tx parts mirror its -rx parts) can be stored now, in one transaction.
+        # CONFIRM is counted in the meta: both ends record the same frame count.
+        store = self._store(blk, now, mine_tx_first=True, frames_to_come=1)
+        self._stored_rx[blk.index] = tuple((p.purpose, p.block_id, p.n_bits)
+                                           for p in store.parts if p.purpose.endswith("-rx"))
+        while len(self._stored_rx) > self._finished_limit:
+            self._stored_rx.popitem(last=False)
+        blk.frames += 1   # the CONFIRM below (_dispatch counts Sends after the stats)
+        stats = self._stats(blk, now)
+        blk.frames -= 1
+        return [store, Send(blk.index, w.ConfirmMsg(block=blk.index)),
+                BlockStored(blk.index, stats)], State.DONE
 
 
 class ReceiverSession(LinkSession):
@@ -744,9 +795,13 @@ class ReceiverSession(LinkSession):
     role = Role.RECEIVER
 
     def __init__(self, config: LinkConfig, *,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 slot_floor: Callable[[], int] | None = None) -> None:
         super().__init__(config, random_bytes=random_bytes)
         self._next_slot = 0
+        #: The first slot a new block may use, across sessions and restarts (the
+        #: driver reads it from the key store's durable per-peer high-water mark).
+        self._slot_floor = slot_floor or (lambda: 0)
 
     def supply_detections(self, index: int, detections: Any, now: float) -> list[Output]:
         """Hand over the PHY's detections for block ``index`` (after DetectionsNeeded)."""
@@ -768,9 +823,13 @@ class ReceiverSession(LinkSession):
             # The transmitter may ask for more security than our policy, never less.
             raise RemoteProtocolError("BLOCK_START: security parameters weaker than this "
                                       "end's policy")
-        if int(pkt.start_slot) < self._next_slot:
-            # Re-using slots would re-use Alice's choices, hence key bits.
-            raise RemoteProtocolError("BLOCK_START: slot range overlaps an earlier block")
+        floor = max(self._next_slot, int(self._slot_floor()))
+        if int(pkt.start_slot) < floor:
+            # Re-using slots would re-use Alice's choices, hence key bits: refuse any
+            # range below the durable high-water mark, not just this session's.
+            raise RemoteProtocolError(
+                f"BLOCK_START: slot range overlaps slots already used (starts at "
+                f"{int(pkt.start_slot)}, first unused slot {floor})")
         blk.start_slot, blk.n_slots = int(pkt.start_slot), int(pkt.n_slots)
         self._next_slot = blk.start_slot + blk.n_slots
         blk.eps_sec, blk.eps_cor, blk.qber_max = pkt.eps_sec, pkt.eps_cor, pkt.qber_max
@@ -868,10 +927,24 @@ class ReceiverSession(LinkSession):
         blk.split = (auth_ab, auth_ba)
         blk.key = _pa(blk.corrected, n, ell, seed_bits)
         blk.stats.update(ell=ell)
-        return [Send(blk.index, w.BlockDoneMsg(block=blk.index))], State.WAIT_CONFIRM
+        # Phase 1: store our -rx parts before BLOCK_DONE.  Holding -rx key the peer
+        # lacks is harmless (nobody sends with its mirror), so from here on no end
+        # ever holds -tx key whose mirror the other end lacks (spec/link.md §2).
+        out: list[Output] = []
+        store = self._store(blk, now, mine_tx_first=False, which="rx", frames_to_come=2)
+        if store.parts:
+            out.append(store)
+            blk.stored_rx = tuple((p.purpose, p.block_id, p.n_bits) for p in store.parts)
+        return [*out, Send(blk.index, w.BlockDoneMsg(block=blk.index))], State.WAIT_CONFIRM
 
     def _b_confirm(self, blk: _Block, pkt: Packet, now: float) -> Any:
-        return self._store(blk, now, mine_tx_first=False), State.DONE
+        # Phase 2: the transmitter stored the whole block (its -rx parts mirror ours
+        # -tx), so our -tx parts are safe to use now.
+        out: list[Output] = []
+        store = self._store(blk, now, mine_tx_first=False, which="tx")
+        if store.parts:
+            out.append(store)
+        return [*out, BlockStored(blk.index, self._stats(blk, now))], State.DONE
 
 
 # --------------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class AbortReason(IntEnum):
 
 #: Largest block in slots (pulses); BLOCK_START is rejected above it.
 MAX_BLOCK_SLOTS = 1 << 34
+#: Slot numbers stay below 2^60 (the PHY's bound, qkdnet.phy.source.MAX_SLOT); the
+#: key store's slot high-water marks are signed 64-bit integers.
+SLOT_LIMIT = 1 << 60
 #: Most clicks one block may report (keeps SIFT and PA below the 1 MiB frame limit).
 MAX_CLICKS = 1 << 21
 #: Clicks per DETECTIONS chunk (at most 512 KiB of deltas per frame).
@@ -416,8 +419,8 @@ def check_block_start(pkt: Packet) -> None:
     """Validate BLOCK_START against the protocol limits."""
     if not 0 < pkt.n_slots <= MAX_BLOCK_SLOTS:
         raise _bad(f"BLOCK_START: n_slots {pkt.n_slots} out of range")
-    if pkt.start_slot + pkt.n_slots >= 1 << 64:
-        raise _bad("BLOCK_START: slot range wraps")
+    if pkt.start_slot + pkt.n_slots > SLOT_LIMIT:
+        raise _bad("BLOCK_START: slot range ends beyond 2^60")
     if pkt.n_intensities not in (2, 3):
         raise _bad(f"BLOCK_START: {pkt.n_intensities} intensities (expected 2 or 3)")
     for name in ("eps_sec", "eps_cor"):

@@ -59,13 +59,22 @@ def test_transition_table_is_consistent() -> None:
 def test_in_memory_block_stores_identical_parts() -> None:
     phy, alice, bob = _pair()
     events = _pump(phy, alice, bob, alice.start_block(0, 0, 10_000_000, 0.0))
-    stores = {who: o for who, o in events if isinstance(o, s.StoreBlock)}
-    assert set(stores) == {"alice", "bob"}
-    a, b = stores["alice"], stores["bob"]
+    stores = [(who, o) for who, o in events if isinstance(o, s.StoreBlock)]
+    # Alice stores the whole block at once; Bob its -rx parts at PA, then its -tx
+    # parts at CONFIRM (two-phase: no end ever holds -tx key the other end lacks).
+    assert [who for who, _ in stores] == ["bob", "alice", "bob"]
+    a = stores[1][1]
+    b_rx, b_tx = stores[0][1], stores[2][1]
+    assert {p.purpose for p in b_rx.parts} <= {"auth-rx", "data-rx"}
+    assert {p.purpose for p in b_tx.parts} <= {"auth-tx", "data-tx"}
     mirror = {"auth-tx": "auth-rx", "auth-rx": "auth-tx", "data-tx": "data-rx",
               "data-rx": "data-tx"}
-    assert [(p.block_id, mirror[p.purpose], p.n_bits, p.key) for p in a.parts] == \
-        [(p.block_id, p.purpose, p.n_bits, p.key) for p in b.parts]
+    b_parts = sorted(b_rx.parts + b_tx.parts, key=lambda p: p.block_id)
+    assert len(a.parts) == len(b_parts) >= 2
+    assert [(p.block_id, mirror[p.purpose], p.n_bits) for p in a.parts] == \
+        [(p.block_id, p.purpose, p.n_bits) for p in b_parts]
+    assert all(pa.key == pb.key for pa, pb in zip(a.parts, b_parts, strict=True))
+    b = b_tx
     assert {p.block_id for p in a.parts} <= {s.block_id(0xABCD, 0, k) for k in range(4)}
     assert a.auth_bits_spent == b.auth_bits_spent == \
         s.TAG_KEY_BITS * next(o for w_, o in events if isinstance(o, s.BlockStored)).stats.frames
