@@ -25,6 +25,9 @@ not authenticated). A connection starts with one LOCAL_REQUEST (JSON):
   which becomes that channel.
 
 Errors come back as LOCAL_REPLY ``{"ok": false, "error": "...", "kind": "..."}``.
+A request the server cannot parse (bad frame, bad or too deeply nested JSON, missing
+fields, nothing within REQUEST_TIMEOUT) gets ``"kind": "request"`` and the connection
+is closed; every other connection and the server itself carry on.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 END = 0x01  # LOCAL_DATA flag: end of the channel
 MAX_LOCAL_FRAME = (1 << 20) + 4096
+#: Seconds a new local connection has to send its request.
+REQUEST_TIMEOUT = 30.0
 
 
 # ---- framing ---------------------------------------------------------------------------
@@ -107,6 +112,9 @@ class _Framed:
             obj = json.loads(payload)
         except ValueError:
             raise RemoteProtocolError("malformed JSON", ErrorCode.MALFORMED_FRAME) from None
+        except RecursionError:  # "[[[[..." a frame deep: the parser runs out of stack
+            raise RemoteProtocolError("JSON nested too deeply",
+                                      ErrorCode.MALFORMED_FRAME) from None
         if not isinstance(obj, dict):
             raise RemoteProtocolError("malformed JSON", ErrorCode.MALFORMED_FRAME)
         return obj
@@ -152,48 +160,90 @@ async def serve_local(node: Any, path: str | os.PathLike[str], *,
 
 
 async def _serve_one(node: Any, stream: trio.abc.Stream, pending: dict[str, Any]) -> None:
+    """One local connection. Whatever the client sends, this returns (after an error
+    reply where the connection still works) and never raises: one bad client must not
+    end :func:`serve_local` (``trio.serve_listeners`` would re-raise)."""
     conn = _Framed(stream)
     try:
-        req = await conn.receive_json()
-        op = req.get("op")
-        if op == "status":
-            await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True, "status": node.status()})
-        elif op == "relay_key":
-            try:
-                res = await node.relay_key(str(req["peer"]), int(req["n_bits"]))
-                await conn.send_json(AppMsgType.LOCAL_REPLY, {
-                    "ok": True, "peer": res.peer, "block_id": res.block_id,
-                    "n_bits": res.n_bits, "purpose": res.purpose})
-            except QkdnetError as err:
-                await conn.send_json(AppMsgType.LOCAL_REPLY, _error(err))
-        elif op == "open":
-            try:
-                chan = await node.open_channel(str(req["peer"]), str(req["service"]))
-            except QkdnetError as err:
-                await conn.send_json(AppMsgType.LOCAL_REPLY, _error(err))
-                return
-            await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True,
-                                                          "channel_id": chan.channel_id})
-            await _pump(conn, chan)
-        elif op == "listen":
-            await _serve_listen(node, conn, str(req["service"]), pending)
-        elif op == "attach":
-            chan = pending.pop(str(req.get("token")), None)
-            if chan is None:
-                await conn.send_json(AppMsgType.LOCAL_REPLY,
-                                     {"ok": False, "error": "unknown token", "kind": "token"})
-                return
-            await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True,
-                                                          "channel_id": chan.channel_id})
-            await _pump(conn, chan)
+        await _answer(node, conn, pending)
+    except Exception as err:  # sorted below: a bug costs one connection, not the server
+        leaves = list(_leaves(err))
+        if all(isinstance(e, _GONE) for e in leaves):
+            log.debug("local connection ended: %s", type(leaves[0]).__name__)
+        elif all(isinstance(e, _GONE + _CLIENT_FAULT) for e in leaves):
+            # The client's fault: a bad frame, bad JSON, a bad or missing field, silence.
+            fault = next(e for e in leaves if isinstance(e, _CLIENT_FAULT))
+            log.debug("local client refused: %s", type(fault).__name__)
+            reason = str(fault) if isinstance(fault, RemoteProtocolError) else (
+                f"bad request ({type(fault).__name__})")
+            await _try_reply(conn, {"ok": False, "error": reason, "kind": "request"})
         else:
-            await conn.send_json(AppMsgType.LOCAL_REPLY,
-                                 {"ok": False, "error": f"unknown op {op!r}", "kind": "op"})
-    except (RemoteProtocolError, trio.EndOfChannel, trio.BrokenResourceError,
-            trio.ClosedResourceError, KeyError, ValueError, TypeError) as err:
-        log.debug("local connection ended: %s", err)
+            log.exception("local connection failed")
+            await _try_reply(conn, {"ok": False, "error": "internal error",
+                                    "kind": "internal"})
     finally:
         await trio.aclose_forcefully(stream)
+
+
+#: The client went away; the client sent something unusable.
+_GONE = (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+_CLIENT_FAULT = (RemoteProtocolError, KeyError, ValueError, TypeError, trio.TooSlowError)
+
+
+def _leaves(err: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (possibly nested) exception groups."""
+    if isinstance(err, BaseExceptionGroup):
+        for sub in err.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield err
+
+
+async def _try_reply(conn: _Framed, obj: dict[str, Any]) -> None:
+    """Best-effort error reply on a connection that is about to be closed."""
+    with trio.move_on_after(1), contextlib.suppress(Exception):
+        await conn.send_json(AppMsgType.LOCAL_REPLY, obj)
+
+
+async def _answer(node: Any, conn: _Framed, pending: dict[str, Any]) -> None:
+    with trio.fail_after(REQUEST_TIMEOUT):  # a client that never asks holds a task
+        req = await conn.receive_json()
+    op = req.get("op")
+    if op == "status":
+        await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True, "status": node.status()})
+    elif op == "relay_key":
+        peer, n_bits = str(req["peer"]), int(req["n_bits"])
+        try:
+            res = await node.relay_key(peer, n_bits)
+            await conn.send_json(AppMsgType.LOCAL_REPLY, {
+                "ok": True, "peer": res.peer, "block_id": res.block_id,
+                "n_bits": res.n_bits, "purpose": res.purpose})
+        except QkdnetError as err:
+            await conn.send_json(AppMsgType.LOCAL_REPLY, _error(err))
+    elif op == "open":
+        peer, service = str(req["peer"]), str(req["service"])
+        try:
+            chan = await node.open_channel(peer, service)
+        except QkdnetError as err:
+            await conn.send_json(AppMsgType.LOCAL_REPLY, _error(err))
+            return
+        await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True,
+                                                      "channel_id": chan.channel_id})
+        await _pump(conn, chan)
+    elif op == "listen":
+        await _serve_listen(node, conn, str(req["service"]), pending)
+    elif op == "attach":
+        chan = pending.pop(str(req.get("token")), None)
+        if chan is None:
+            await conn.send_json(AppMsgType.LOCAL_REPLY,
+                                 {"ok": False, "error": "unknown token", "kind": "token"})
+            return
+        await conn.send_json(AppMsgType.LOCAL_REPLY, {"ok": True,
+                                                      "channel_id": chan.channel_id})
+        await _pump(conn, chan)
+    else:
+        await conn.send_json(AppMsgType.LOCAL_REPLY,
+                             {"ok": False, "error": f"unknown op {op!r}", "kind": "op"})
 
 
 async def _serve_listen(node: Any, conn: _Framed, service: str,
