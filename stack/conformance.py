@@ -266,15 +266,19 @@ class CheckContext:
         """The role as announced in HELLO."""
         return int(ROLES[self.role])
 
-    async def open_raw(self) -> Peer:
-        """A TCP connection with a fresh sideband connection, no frames sent."""
+    async def open_raw(self, keys: TagKeySource | None = None) -> Peer:
+        """A TCP connection with a fresh sideband connection, no frames sent.
+
+        ``keys`` overrides the tag key source (default: a new ``self.keys()``).
+        """
         stream = await trio.open_tcp_stream(self.host, self.port)
-        conn = SidebandConnection(self.local_name, FrameAuthenticator(self.keys()))
+        conn = SidebandConnection(self.local_name,
+                                  FrameAuthenticator(keys if keys is not None else self.keys()))
         return Peer(stream, conn, self.timeout)
 
-    async def open(self) -> Peer:
+    async def open(self, keys: TagKeySource | None = None) -> Peer:
         """A connection with the handshake done."""
-        peer = await self.open_raw()
+        peer = await self.open_raw(keys)
         await peer.handshake(self.role_code)
         return peer
 
@@ -440,6 +444,78 @@ async def _replay_cross(ctx: CheckContext) -> None:
     async with ctx.connection(handshake=False) as peer:
         await peer.send_raw(hello)
         await peer.expect_abort(ErrorCode.REPLAY_OR_REORDER, allow_silent=True)
+
+
+@conformance_check("auth.frame_from_other_connection",
+                   "a frame withheld on one connection and injected at the same seq of the "
+                   "next → ERROR AUTHENTICATION_FAILED (frames are bound to their connection)")
+async def _cross_connection_frame(ctx: CheckContext) -> None:
+    first = await ctx.open()
+    saved = first.conn.send(_ping())  # seq 1, signed for connection 1, never delivered
+    await first.aclose()
+    async with ctx.connection() as peer:
+        await peer.send_raw(saved)     # in place of our real seq-1 frame
+        await peer.expect_abort(ErrorCode.AUTHENTICATION_FAILED)
+
+
+class _PinnedTagKeys:
+    """A :class:`TagKeySource` that hands out one given tag key first, then ``inner``'s.
+
+    For :func:`_forged_keeps_key` only: the pinned key has never signed anything (the
+    forged frame carried a random tag), so using it for one real tag is its only use.
+    """
+
+    def __init__(self, inner: TagKeySource, pinned: tuple[int, int, bytes]) -> None:
+        self._inner = inner
+        self._pinned: tuple[int, int, bytes] | None = pinned
+
+    def __repr__(self) -> str:
+        return f"_PinnedTagKeys({self._inner!r})"
+
+    @property
+    def hash_key_tx(self) -> bytes:
+        return self._inner.hash_key_tx
+
+    @property
+    def hash_key_rx(self) -> bytes:
+        return self._inner.hash_key_rx
+
+    def reserve_tag_key(self) -> tuple[int, int, bytes]:
+        if self._pinned is not None:
+            pinned, self._pinned = self._pinned, None
+            return pinned
+        return self._inner.reserve_tag_key()
+
+    def peek_tag_key(self, block_id: int, offset: int) -> bytes:
+        return self._inner.peek_tag_key(block_id, offset)
+
+    def take_tag_key(self, block_id: int, offset: int) -> bytes:
+        return self._inner.take_tag_key(block_id, offset)
+
+
+@conformance_check("auth.forged_frame_keeps_key",
+                   "a frame with a wrong tag is refused without consuming the tag key it "
+                   "names: a genuine HELLO with that key is then accepted")
+async def _forged_keeps_key(ctx: CheckContext) -> None:
+    keys = ctx.keys()
+    async with ctx.connection() as peer:
+        key = keys.reserve_tag_key()   # ours, unused: the forged frame names it
+        body = bytes(_ping())
+        forged = (pack_header(len(body), MsgType.PING, seq=1, akey_block=key[0],
+                              akey_offset=key[1]) + body + secrets.token_bytes(16))
+        await peer.send_raw(forged)
+        await peer.expect_abort(ErrorCode.AUTHENTICATION_FAILED)
+    peer = await ctx.open_raw(_PinnedTagKeys(keys, key))
+    try:
+        await peer.send(Hello(node_name=ctx.local_name.encode(), role=ctx.role_code,
+                              versions=[PROTOCOL_VERSION]))
+        ev = await peer.next_frame()
+    finally:
+        await peer.aclose()
+    if ev is None or ev.type != MsgType.HELLO_ACK:
+        raise CheckFailed("a HELLO using the key named by an earlier forged frame was "
+                          "refused: the target burned the key of a frame that failed its "
+                          f"tag ({'closed' if ev is None else _describe(ev)})")
 
 
 @conformance_check("length.oversized", "length 0x7ffffff0 → ERROR FRAME_TOO_LARGE at once, "

@@ -8,7 +8,8 @@
 -- Layout: length u32 | version u8 | type u8 | flags u8 | reserved u8 | session u32 |
 -- seq u64 | akey_block u64 | akey_offset u32 | body (length - 44) | tag (16 bytes).
 -- Common bodies (HELLO .. PONG) are decoded here; other layers' bodies are shown as
--- bytes with their type name.
+-- bytes with their type name. HELLO and HELLO_ACK end with a 16-byte connection nonce
+-- that the tags of later frames are bound to (spec §6.1; the binding is not on the wire).
 
 local qkd = Proto("qkdnet", "qkdnet sideband")
 
@@ -54,6 +55,7 @@ f.capabilities = ProtoField.uint32("qkdnet.capabilities", "Capabilities", base.H
 f.error_code = ProtoField.uint16("qkdnet.error_code", "Error code", base.DEC, error_codes)
 f.reason = ProtoField.string("qkdnet.reason", "Reason")
 f.nonce = ProtoField.uint64("qkdnet.nonce", "Nonce", base.HEX)
+f.conn_nonce = ProtoField.bytes("qkdnet.conn_nonce", "Connection nonce")
 
 local MIN_LENGTH = 44
 
@@ -73,12 +75,14 @@ local function dissect_body(t, body, tree)
         local nv = body(pos + 1, 1):uint()
         if nv > 0 then tree:add(f.versions, body(pos + 2, nv)) end
         tree:add(f.capabilities, body(pos + 2 + nv, 4))
+        tree:add(f.conn_nonce, body(pos + 6 + nv, 16))
         info = " name=" .. name
     elseif t == 0x02 then
         local pos, name = dissect_name(body, tree, 0)
         tree:add(f.role, body(pos, 1))
         tree:add(f.chosen_version, body(pos + 1, 1))
         tree:add(f.capabilities, body(pos + 2, 4))
+        tree:add(f.conn_nonce, body(pos + 6, 16))
         info = " name=" .. name
     elseif t == 0x03 then
         local code = body(0, 2):uint()

@@ -139,6 +139,7 @@ def _check_tshark(pcap: Path, port: int) -> None:
         pytest.fail("tshark did not run the Lua dissector (Lua disabled for root? see "
                     "run_user_scripts_when_superuser in init.lua)")
     assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    assert out.count("Connection nonce: ") >= 2  # HELLO and HELLO_ACK
     assert "Node name: hub" in out and "Role: spoke (1)" in out
     assert "Nonce: 0x0000000000000051" in out  # the frame split over many segments
     for n in (1, 2, 3):  # the three frames coalesced in one segment
@@ -154,8 +155,9 @@ async def test_tshark_dissects_default_port_exchange(tmp_path: Path) -> None:
     from qkdnet.wire import Hello, HelloAck
 
     a, b = MemoryTagKeys.pair()
-    client = SidebandConnection("alice", FrameAuthenticator(a))
-    server = SidebandConnection("hub", lambda n: FrameAuthenticator(b))
+    client = SidebandConnection("alice", FrameAuthenticator(a), nonce=bytes(range(16)))
+    server = SidebandConnection("hub", lambda n: FrameAuthenticator(b),
+                                nonce=bytes(range(0xF0, 0x100)))
     recorder = PcapRecorder(tmp_path / "default.pcap")
     flow = recorder.flow(("10.1.0.2", 50000), ("10.1.0.1", DEFAULT_PORT), initiator=True)
     hello = client.send(Hello(node_name=b"alice", role=1))
@@ -172,6 +174,8 @@ async def test_tshark_dissects_default_port_exchange(tmp_path: Path) -> None:
     recorder.close()
     out = _tshark(tmp_path / "default.pcap", DEFAULT_PORT)
     assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    assert "Connection nonce: 000102030405060708090a0b0c0d0e0f" in out
+    assert "Connection nonce: f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff" in out
     for n in (1, 2, 3):
         assert f"Nonce: 0x000000000000000{n}" in out
     assert "Nonce: 0x0000000000000051" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -20,14 +21,15 @@ from qkdnet.conformance import (
     keys_from_secret,
     run_checks,
 )
-from qkdnet.errors import ErrorCode
+from qkdnet.errors import ErrorCode, KeyExhausted, KeyReuseError
 from qkdnet.keystore import KeyStore
 from qkdnet.sideband import BasicNode, serve_basic_node
 from qkdnet.wire import MsgType
 
 REQUIRED = {"handshake.hello", "version.header", "auth.bad_tag", "auth.replay",
             "length.oversized", "length.garbage", "segments.split", "segments.coalesced",
-            "types.unknown", "close.graceful"}
+            "types.unknown", "close.graceful", "auth.frame_from_other_connection",
+            "auth.forged_frame_keeps_key"}
 
 
 def _ctx(port: int, secret: Path, tmp_path: Path) -> CheckContext:
@@ -67,6 +69,32 @@ async def test_checks_catch_a_node_that_skips_tag_verification(
         assert not results[name].passed, name
     assert "acted on a bad frame" in results["auth.bad_tag"].detail
     assert results["auth.replay"].passed and results["handshake.ping"].passed
+
+
+class _TakeFirstAuthenticator(FrameAuthenticator):
+    """The pre-review implementation: spends the tag key before checking the tag."""
+
+    def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
+               binding: bytes = b"") -> None:
+        try:
+            super().verify(block_id, offset, message, tag, binding)
+        finally:
+            with contextlib.suppress(KeyReuseError, KeyExhausted):
+                self.keys.take_tag_key(block_id, offset)
+
+
+async def test_checks_catch_a_node_that_burns_keys_of_forged_frames(
+        nursery: trio.Nursery, node_store: KeyStore, secret: Path, tmp_path: Path) -> None:
+    def resolve(name: str) -> FrameAuthenticator | None:
+        return _TakeFirstAuthenticator(KeyStoreTagKeys(node_store, name))
+
+    node: BasicNode = await nursery.start(functools.partial(serve_basic_node, "bad", resolve))
+    results = {r.name: r for r in await run_checks(
+        _ctx(node.port, secret, tmp_path),
+        names=["auth.forged_frame_keeps_key", "handshake.ping"])}
+    assert results["handshake.ping"].passed
+    assert not results["auth.forged_frame_keeps_key"].passed
+    assert "burned the key" in results["auth.forged_frame_keeps_key"].detail
 
 
 async def test_check_registry_is_extensible(basic_node: BasicNode, secret: Path,
