@@ -107,8 +107,12 @@ class SpokeSettings:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return np.bitwise_xor(np.frombuffer(a, dtype=np.uint8),
-                          np.frombuffer(b, dtype=np.uint8)).tobytes()
+    buf = np.frombuffer(a, dtype=np.uint8).copy()
+    try:
+        np.bitwise_xor(buf, np.frombuffer(b, dtype=np.uint8), out=buf)
+        return buf.tobytes()
+    finally:
+        buf.fill(0)  # the result is key (relay) or plaintext: leave no second copy
 
 
 def _segments(pkt_segments: Sequence[Any]) -> list[KeySegment]:

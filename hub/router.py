@@ -23,7 +23,9 @@ A DATA frame at the head of its queue is re-keyed when the hub→B pool holds
 enough key and fewer than ``window`` frames to B are unsent: the hub takes the
 A→hub key the frame names (pool ``(A, "data-rx")``), reserves hub→B key (pool
 ``(B, "data-tx")``), and computes ``ct ⊕ k_in ⊕ k_out`` in one numpy buffer; the
-plaintext exists only inside that buffer between the two XORs. A head waiting for
+plaintext exists only inside that buffer between the two XORs, and the buffer is
+zeroed before the call returns (:class:`_Scratch`; the key store's own ``bytes``
+copies of the pads cannot be wiped from Python, only dropped at once). A head waiting for
 key past its deadline fails with KEY_EXHAUSTED naming the hop, the channel is
 marked failed, and later frames of that channel are refused (CHANNEL_FAILED), so
 a receiver never sees a gap. Queues are bounded per source (frames and bytes);
@@ -37,9 +39,10 @@ A the K_A references. Both then hold K_A — and so does the hub (spec/hub.md).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -63,6 +66,45 @@ class _EmptyGrant:
 
     segments: tuple[Any, ...] = ()
     data = b""
+
+
+class _Scratch:
+    """The router's one work buffer for pads and plaintext, zeroed after every use.
+
+    Python cannot wipe what the key store hands out (immutable ``bytes``), but it
+    can keep every value the router *computes* from key -- the plaintext between
+    the two XORs of a re-keyed frame, ``K_A ⊕ K_B`` of a relay -- in memory it owns
+    and zeroes before the call returns, so those never outlive the frame in freed
+    heap blocks. One buffer (grown on demand, the old one already zero) also saves
+    an allocation per frame.
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, dtype=np.uint8)
+
+    @contextlib.contextmanager
+    def use(self, n: int) -> Iterator[np.ndarray]:
+        """A zeroed ``n``-byte view, zeroed again when the ``with`` block exits."""
+        if len(self._buf) < n:
+            self._buf = np.zeros(max(n, 2 * len(self._buf)), dtype=np.uint8)
+        view = self._buf[:n]
+        try:
+            yield view
+        finally:
+            view.fill(0)
+
+    @property
+    def capacity(self) -> int:
+        """Bytes allocated so far (0 until the first use)."""
+        return len(self._buf)
+
+    def is_clean(self) -> bool:
+        """True when no byte of the buffer is set (nothing left behind)."""
+        return not self._buf.any()
+
+
+def _xor_into(buf: np.ndarray, data: bytes) -> None:
+    np.bitwise_xor(buf, np.frombuffer(data, dtype=np.uint8), out=buf)
 
 
 class Grant(Protocol):
@@ -156,6 +198,7 @@ class HubRouter:
         self._relay_seq = 0
         self._relay_base = relay_id_base & 0xFFFFFFFF
         self.totals: collections.Counter[str] = collections.Counter()
+        self._scratch = _Scratch()
         #: Hook the hub's own local service uses (single-hop DATA to the hub).
         self.local_bytes = 0
 
@@ -391,33 +434,35 @@ class HubRouter:
             return True, self._fail(entry, dst, item, w.HubReason.PROTOCOL_VIOLATION,
                                     f"{src}->hub", "the frame names key bits already "
                                     "used (replayed or forged key reference)")
-        buf = np.frombuffer(body.ciphertext, dtype=np.uint8).copy()
-        np.bitwise_xor(buf, np.frombuffer(k_in, dtype=np.uint8), out=buf)
-        # buf now holds the plaintext: the only place it exists at the hub.
-        entry.bytes_in += len(buf)
-        if to_hub:
-            self.local_bytes += len(buf)
-            buf.fill(0)
-            self.totals["local_delivered"] += 1
-            return True, [Send(src, w.HubDeliveryAck(
-                kind=int(w.NackKind.DATA), src=dst.encode(), dst=src.encode(),
-                channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq))]
-        try:
-            grant = (self.keys.reserve(dst, "data-tx", n_bits) if n_bits
-                     else _EmptyGrant())
-        except KeyExhausted as err:
-            buf.fill(0)
-            return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
-                                    f"hub->{dst}", str(err))
-        np.bitwise_xor(buf, np.frombuffer(grant.data, dtype=np.uint8), out=buf)
+        with self._scratch.use(len(body.ciphertext)) as buf:
+            buf[:] = np.frombuffer(body.ciphertext, dtype=np.uint8)
+            _xor_into(buf, k_in)
+            del k_in  # the store's copy: the router keeps no reference to it
+            # buf now holds the plaintext: the only place it exists at the hub, and
+            # _Scratch zeroes it on every way out of this block.
+            entry.bytes_in += len(buf)
+            if to_hub:
+                self.local_bytes += len(buf)
+                self.totals["local_delivered"] += 1
+                return True, [Send(src, w.HubDeliveryAck(
+                    kind=int(w.NackKind.DATA), src=dst.encode(), dst=src.encode(),
+                    channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq))]
+            try:
+                grant = (self.keys.reserve(dst, "data-tx", n_bits) if n_bits
+                         else _EmptyGrant())
+            except KeyExhausted as err:
+                return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
+                                        f"hub->{dst}", str(err))
+            _xor_into(buf, grant.data)
+            segments = [w.KeySegmentField(block_id=s.block_id, offset=s.offset,
+                                          n_bits=s.n_bits) for s in grant.segments]
+            del grant
+            ciphertext = buf.tobytes()
         fwd = w.HubData(
             src=body.src, dst=body.dst, service=body.service, channel_id=body.channel_id,
-            end=body.end, msg_seq=body.msg_seq,
-            segments=[w.KeySegmentField(block_id=s.block_id, offset=s.offset,
-                                        n_bits=s.n_bits) for s in grant.segments],
-            ciphertext=buf.tobytes())
+            end=body.end, msg_seq=body.msg_seq, segments=segments, ciphertext=ciphertext)
         self.totals["relayed"] += 1
-        self.totals["relayed_bytes"] += len(buf)
+        self.totals["relayed_bytes"] += len(ciphertext)
         return True, self._out(dst, fwd)
 
     def _relay_key(self, entry: SpokeEntry, dst: str, item: _Item,
@@ -440,20 +485,27 @@ class HubRouter:
         except KeyExhausted as err:
             return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
                                     err.hop or "hub", str(err))
-        masked = np.bitwise_xor(np.frombuffer(ga.data, dtype=np.uint8),
-                                np.frombuffer(gb.data, dtype=np.uint8)).tobytes()
+        # K_A xor K_B is sent in the clear (the sideband authenticates, it does not
+        # encrypt), but it is computed in the scratch buffer so no extra copy of the
+        # intermediate lingers; the store's K_A / K_B bytes are dropped at once.
+        with self._scratch.use(len(ga.data)) as buf:
+            buf[:] = np.frombuffer(ga.data, dtype=np.uint8)
+            _xor_into(buf, gb.data)
+            masked = buf.tobytes()
+        seg_a, seg_b = ga.segments, gb.segments
+        del ga, gb
         self._relay_seq += 1
         block_id = (self._relay_base << 32) | (self._relay_seq & 0xFFFFFFFF)
 
-        def segs(grant: Any) -> list[Any]:
+        def segs(segments: Sequence[Any]) -> list[Any]:
             return [w.KeySegmentField(block_id=s.block_id, offset=s.offset, n_bits=s.n_bits)
-                    for s in grant.segments]
+                    for s in segments]
 
         to_b = w.HubKeyRelay(peer=src.encode(), request_id=body.request_id, role=1,
-                             e2e_block_id=block_id, n_bits=n, segments=segs(gb),
+                             e2e_block_id=block_id, n_bits=n, segments=segs(seg_b),
                              masked=masked)
         to_a = w.HubKeyRelay(peer=dst.encode(), request_id=body.request_id, role=0,
-                             e2e_block_id=block_id, n_bits=n, segments=segs(ga))
+                             e2e_block_id=block_id, n_bits=n, segments=segs(seg_a))
         entry.relays += 1
         self.totals["key_relays"] += 1
         # B first: its store holds the key before A can use it on any path via B.

@@ -192,3 +192,26 @@ def test_key_relay_gives_both_ends_the_same_key(stores) -> None:  # type: ignore
                                np.frombuffer(k_b, np.uint8)).tobytes()
     assert recovered == k_a and len(k_a) == 32
     assert to_a.masked == b"" and to_a.e2e_block_id == to_c.e2e_block_id
+
+
+def test_work_buffer_is_zeroed_after_every_frame(stores) -> None:  # type: ignore[no-untyped-def]
+    """Plaintext (between the two XORs) and K_A xor K_B live only in the router's
+    scratch buffer, which must hold no set byte once the call returns, whichever
+    way it returns."""
+    hub, spokes = stores
+    r = _router(hub)
+    assert r._scratch.capacity == 0
+    msg = b"\xff" * 300  # all ones: any byte left behind shows
+    (act,) = r.receive("alice", _data_from(spokes["alice"], "alice", "bob", msg), 1.0)
+    assert _open_at(spokes["bob"], act.body) == msg
+    assert r._scratch.capacity >= 300 and r._scratch.is_clean()
+    # To the hub itself (the plaintext is consumed there).
+    (act,) = r.receive("alice", _data_from(spokes["alice"], "alice", "hub", msg, seq=1,
+                                           channel=2), 2.0)
+    assert isinstance(act.body, w.HubDeliveryAck) and r.local_bytes == 300
+    assert r._scratch.is_clean()
+    # Key relay.
+    acts = r.receive("carol", w.HubKeyRelayRequest(src=b"carol", peer=b"bob",
+                                                   request_id=1, n_bits=4096), 3.0)
+    assert len(acts) == 2 and len(acts[0].body.masked) == 512
+    assert r._scratch.capacity >= 512 and r._scratch.is_clean()
