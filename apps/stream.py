@@ -27,6 +27,12 @@ forgery probability per frame is at most 8⌈L/16⌉/2^106 for an L-byte frame
 information-theoretically secure as long as no key bit is used twice, which the
 key source enforces at both ends.
 
+Check before spending: the receiver *peeks* the key a frame names (``r``, ``s`` and
+the pad), checks the tag, and *takes* the key from its pool only if the tag is good,
+so a forged frame costs the receiver no key. The peek needs a key source with
+``peek`` (see :func:`peek_function`); with a source that has only ``take``, the key
+is taken first as before (a forged frame then burns what it names).
+
 The header's ``seq`` counts frames per direction from 0; anything else is a replay or
 reordering. End of stream is a STREAM_EOF frame, tagged like data, so a transport
 that closes without one is a truncation. Every violation breaks the stream: the
@@ -111,6 +117,33 @@ class StreamKeys(Protocol):
     def available(self) -> int:
         """Tx bits that could be reserved now."""
         ...
+
+
+def peek_function(keys: object) -> Any:
+    """A ``peek(refs) -> bytes`` for ``keys``: the rx bits ``take`` would return, unconsumed.
+
+    Uses ``keys.peek`` if the source has one; for a source on the durable key store
+    (``store``/``peer``/``rx_purpose`` attributes, like
+    :class:`qkdnet.apps.keys.KeyStoreStreamKeys`) it calls ``KeyStore.peek``. Returns
+    ``None`` for a source that can only ``take``.
+    """
+    peek = getattr(keys, "peek", None)
+    if callable(peek):
+        return peek
+    store = getattr(keys, "store", None)
+    peer = getattr(keys, "peer", None)
+    purpose = getattr(keys, "rx_purpose", None)
+    store_peek = getattr(store, "peek", None)
+    if callable(store_peek) and isinstance(peer, str) and isinstance(purpose, str):
+        from qkdnet.keystore import KeySegment
+
+        def peek_store(refs: Sequence[KeyRef]) -> bytes:
+            data: bytes = store_peek(peer, purpose,
+                                     [KeySegment(r.block_id, r.offset, r.n_bits) for r in refs])
+            return data
+
+        return peek_store
+    return None
 
 
 class KeyCursor:
@@ -258,7 +291,8 @@ class SecureStreamCore:
     """Sans-I/O SecureStream: frames in and out, key via ``take`` (receiver side).
 
     ``seal_*`` consume key from a :class:`KeyCursor` the caller obtained from the
-    sender's source; ``receive_data`` calls ``take`` for each frame's references.
+    sender's source; ``receive_data`` reads each frame's key with ``peek`` (if given),
+    checks the tag, and only then calls ``take`` for the frame's references.
     Raises :class:`RemoteProtocolError` (with an ErrorCode) on any bad input; after
     that the core must not be used again.
     """
@@ -275,6 +309,8 @@ class SecureStreamCore:
     _assembler: FrameAssembler = field(init=False, repr=False)
     eof_sent: bool = False
     eof_received: bool = False
+    #: ``peek(refs)``: the bits ``take`` would return, consuming nothing (None: take first).
+    peek: Any = None
 
     def __post_init__(self) -> None:
         self._assembler = FrameAssembler(self.max_frame_size)
@@ -376,7 +412,8 @@ class SecureStreamCore:
             raise RemoteProtocolError("key references do not cover the frame",
                                       ErrorCode.MALFORMED_FRAME)
         try:
-            key = self.take(refs)
+            # Peek, so that a frame failing its tag consumes nothing (see module doc).
+            key = (self.peek or self.take)(refs)
         except (LocalProtocolError, KeyExhausted) as err:  # includes KeyReuseError
             # A replayed or forged frame naming key we already used (or never had).
             raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
@@ -395,6 +432,14 @@ class SecureStreamCore:
         except InvalidSignature:
             raise AuthenticationError(f"frame {head.seq} failed its Wegman-Carter tag check",
                                       ErrorCode.AUTHENTICATION_FAILED) from None
+        if self.peek is not None:
+            # Authentic: now spend the key for good. Nothing yielded since the peek (one
+            # thread owns the source); failing here means another process took it.
+            try:
+                self.take(refs)
+            except (LocalProtocolError, KeyExhausted) as err:
+                raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
+                                          ErrorCode.AUTHENTICATION_FAILED) from None
         self._rx_r = r
         self._rx_seq += 1
         self.stats.frames_rx += 1
@@ -571,7 +616,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
             self._core = HopSecuredCore(session, max_frame_payload=max_frame_payload)
         else:
             self._core = SecureStreamCore(session, keys.take,
-                                          max_frame_payload=max_frame_payload)
+                                          max_frame_payload=max_frame_payload,
+                                          peek=peek_function(keys))
         self._state = StreamState.OK
         self._broken_reason: str | None = None
         self._send = _Conflict("sending on")
