@@ -307,7 +307,11 @@ def _cmd_bob(args: argparse.Namespace) -> int:
                 nursery.start_soon(accept_pulses)
                 print(f"bob waiting for pulses on {qhost}:{qport}", file=sys.stderr)
             else:
-                phy = EmulatedPhy(params, args.km, attack=args.attack, seed=args.seed)
+                import secrets as _secrets
+
+                # Fresh channel noise per process: it must not repeat across runs.
+                phy = EmulatedPhy(params, args.km, attack=args.attack, seed=args.seed,
+                                  noise_seed=_secrets.randbits(63))
 
             async def handler(chan: Any) -> None:
                 end = LinkEndpoint("receiver", chan, cfg, peer=args.peer, store=store, phy=phy)

@@ -254,3 +254,43 @@ async def test_receiver_store_failure_after_confirm_leaves_no_unmirrored_key(tmp
     assert got["a_rx"] == got["b_tx"] - 64
     with KeyStore(tmp_path / "alice.db") as sa, pytest.raises(KeyReuseError):
         sa.take("bob", "data-rx", [KeySegment(dummy, 0, 1)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["alice", "bob"])
+async def test_store_failure_before_the_peer_stores_leaves_nothing_usable(who, tmp_path
+                                                                         ) -> None:
+    """A real key-store failure in the first phases: the hub's -rx half (at PA) or the
+    transmitter's whole block (at BLOCK_DONE).  Block 0 is then abandoned at both
+    ends, and every -rx bit of it that was stored is burned; block 1 is stored whole."""
+    params = presets.get(PRESET)
+    sid = 0x401
+    meta = BlockMeta(link_session="test", created=0.0, eps_sec=1e-10, eps_cor=1e-15,
+                     leaked_ec_bits=0, auth_bits_spent=0)
+    # The block id of block 0's data A->B part, already present in the failing store.
+    clash = s.block_id(sid, 0, 2)
+    pool = ("bob", "data-tx") if who == "alice" else ("alice", "data-rx")
+    with KeyStore(tmp_path / f"{who}.db") as st:
+        st.add_block(*pool, clash, b"\x00" * 8, 64, meta)
+    r = await run_point_to_point(params, KM, 2, 10_000_000, workdir=tmp_path, seed=3,
+                                 session_id=sid, max_in_flight=1, compare=False,
+                                 inspect=lambda sa, sb: (
+                                     sa.available("bob", "data-tx"),
+                                     sb.available("alice", "data-rx"),
+                                     sa.available("bob", "data-rx"),
+                                     sb.available("alice", "data-tx")))
+    failing = r.alice if who == "alice" else r.bob
+    other = r.bob if who == "alice" else r.alice
+    assert {b.block: b for b in failing.blocks}[0].abort_detail == "key store failed"
+    peer0 = {b.block: b for b in other.blocks}[0]
+    assert peer0.abort_reason == "local" and peer0.aborted_by_peer
+    assert failing.stored == other.stored == 1                      # block 1
+    a_tx, b_rx, a_rx, b_tx = r.inspected
+    dummy_at_a_tx = 64 if who == "alice" else 0
+    dummy_at_b_rx = 64 if who == "bob" else 0
+    assert a_tx - dummy_at_a_tx == b_rx - dummy_at_b_rx > 0          # block 1 only
+    assert a_rx == b_tx > 0
+    if who == "alice":
+        # The hub stored its -rx half at PA, then burned it on Alice's ABORT.
+        with KeyStore(tmp_path / "bob.db") as sb, pytest.raises(KeyReuseError):
+            sb.take("alice", "data-rx", [KeySegment(clash, 0, 1)])
