@@ -6,7 +6,9 @@ starts a small block with BLOCK_START, checks the DETECTIONS answer is well-form
 then sends one message that contradicts the protocol and expects the target to
 abandon that block with ABORT(PROTOCOL) while keeping the connection usable
 (PING → PONG); a message naming a block that never existed must close the
-connection with ERROR PROTOCOL_VIOLATION.
+connection with ERROR PROTOCOL_VIOLATION.  A slot range the target already used,
+offered again on a new connection and session, must be refused the same way
+(re-used slots would re-use the transmitter's choices, hence raw key).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ async def _start_block(peer: Peer, session: int, n_intensities: int = 2
                        ) -> tuple[np.ndarray, np.ndarray]:
     """BLOCK_START for block 0; returns the reported (offsets, bases), validated.
 
-    The slot range comes from :func:`_probe_start`.
+    The slot range comes from :func:`_probe_start`; the first slot and the number of
+    intensities the target accepted are left in ``peer.scratch_start`` /
+    ``peer.scratch_intensities``.
     """
-    body = w.encode_block_start(0, _probe_start(), PROBE_SLOTS, n_intensities, 1e-10, 1e-15,
-                                0.11)
+    start = _probe_start()
+    body = w.encode_block_start(0, start, PROBE_SLOTS, n_intensities, 1e-10, 1e-15, 0.11)
     await peer.send(body, session=session)
     offsets, bases, received, last = [], [], 0, -1
     while True:
@@ -76,6 +80,8 @@ async def _start_block(peer: Peer, session: int, n_intensities: int = 2
         last = int(o[-1]) if len(o) else last
         if received >= int(ev.body.total):
             peer.scratch_session = ev.session  # type: ignore[attr-defined]
+            peer.scratch_start = start  # type: ignore[attr-defined]
+            peer.scratch_intensities = n_intensities  # type: ignore[attr-defined]
             return np.concatenate(offsets), np.concatenate(bases)
 
 
@@ -135,6 +141,24 @@ async def _wrong_state(ctx: CheckContext) -> None:
         await _start_block(peer, _session())
         await peer.send(w.ConfirmMsg(block=0),
                         session=peer.scratch_session)  # type: ignore[attr-defined]
+        await _expect_block_abort(peer)
+
+
+@conformance_check("link.replayed_slots", "BLOCK_START re-using a slot range the target "
+                   "already used (new connection, new session) → ABORT(protocol)",
+                   group="link", roles=("spoke",))
+async def _replayed_slots(ctx: CheckContext) -> None:
+    async with ctx.connection() as peer:
+        await _start_block(peer, _session())
+        start = int(peer.scratch_start)  # type: ignore[attr-defined]
+        n_int = int(peer.scratch_intensities)  # type: ignore[attr-defined]
+        await peer.send(w.encode_abort(0, AbortReason.CANCELLED),
+                        session=peer.scratch_session)  # type: ignore[attr-defined]
+    async with ctx.connection() as peer:
+        # The tail of the used range: overlapping, not merely identical, is refused.
+        replay = w.encode_block_start(0, start + PROBE_SLOTS // 2, PROBE_SLOTS, n_int,
+                                      1e-10, 1e-15, 0.11)
+        await peer.send(replay, session=_session())
         await _expect_block_abort(peer)
 
 

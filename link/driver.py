@@ -407,7 +407,11 @@ class LinkEndpoint:
 
         Returns when every started block has been stored or abandoned.  After an
         abandoned block the next one starts after ``backoff`` seconds (doubling
-        while blocks keep aborting, up to ``max_backoff``).
+        while blocks keep aborting, up to ``max_backoff``).  ``slot_base`` is a lower
+        bound: with a store, each block starts at or after the durable per-peer
+        high-water mark, which is advanced before the block starts
+        (:meth:`claim_tx_slots`), so blocks are consecutive but not necessarily at
+        ``slot_base + index * block_slots``.
         """
         if self.role != "transmitter":
             raise ValueError("only the transmitter starts blocks")

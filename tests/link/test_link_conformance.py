@@ -27,7 +27,8 @@ from qkdnet.sideband import serve_sideband
 LINK_CHECKS = [n for n, c in conformance.CHECKS.items() if c.group == "link"]
 
 
-async def _target(nursery: trio.Nursery, tmp_path, secret: bytes) -> int:
+async def _target(nursery: trio.Nursery, tmp_path, secret: bytes, *,
+                  link_store: bool = True) -> int:
     store = KeyStore(tmp_path / "target.db")
     store.import_bootstrap("conformance", secret, initiator=False)
     params = presets.get("snspd-metro")
@@ -35,7 +36,8 @@ async def _target(nursery: trio.Nursery, tmp_path, secret: bytes) -> int:
     cfg = LinkConfig.from_phy(params, 0)
 
     async def handler(chan: Any) -> None:
-        end = LinkEndpoint("receiver", chan, cfg, peer="conformance", store=store, phy=phy)
+        end = LinkEndpoint("receiver", chan, cfg, peer="conformance",
+                           store=store if link_store else None, phy=phy)
         await serve_link_channel(chan, end)
 
     def auth_for(name: str) -> Any:
@@ -48,10 +50,10 @@ async def _target(nursery: trio.Nursery, tmp_path, secret: bytes) -> int:
     return listeners[0].socket.getsockname()[1]
 
 
-async def _run(tmp_path) -> dict[str, conformance.CheckResult]:
+async def _run(tmp_path, *, link_store: bool = True) -> dict[str, conformance.CheckResult]:
     secret = secrets.token_bytes(1 << 16)
     async with trio.open_nursery() as nursery:
-        port = await _target(nursery, tmp_path, secret)
+        port = await _target(nursery, tmp_path, secret, link_store=link_store)
         keys, store = conformance.keys_from_secret(secret, tmp_path / "kit.db",
                                                    label="hub")
         ctx = conformance.CheckContext("127.0.0.1", port, "spoke", "conformance", keys)
@@ -94,3 +96,13 @@ async def test_link_checks_catch_a_receiver_that_skips_validation(tmp_path,
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+async def test_replayed_slots_check_catches_a_receiver_without_a_durable_mark(tmp_path
+                                                                          ) -> None:
+    """Without the key store's high-water mark the receiver only knows its own
+    session's slots: the replay on a new session gets past the link session (and
+    only the shared PHY's in-memory guard stops it, with the wrong reason)."""
+    results = await _run(tmp_path, link_store=False)
+    assert not results["link.replayed_slots"].passed
+    assert results["link.block_start"].passed
