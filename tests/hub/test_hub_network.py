@@ -152,7 +152,7 @@ async def test_forged_frames_are_dropped_and_hub_serves_others(tmp_path: Path) -
         # 1. Garbage bytes.
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"\x00\x00\x00\x30" + b"\xff" * 60)
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while await stream.receive_some(4096):
                 pass
         # 2. A well-formed HELLO claiming to be alice with the wrong keys.
@@ -183,7 +183,7 @@ async def test_impersonation_is_refused(tmp_path: Path) -> None:
         carol = net["carol"]
         await carol._send(w.HubData(src=b"alice", dst=b"bob", service=b"s", channel_id=1,
                                     msg_seq=0), carol._epoch)
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while carol.connected:
                 await trio.sleep(0.01)
         assert net.hub.status()["totals"]["impersonation"] == 1
@@ -233,7 +233,7 @@ async def test_flooding_spoke_is_throttled_while_others_flow(tmp_path: Path) -> 
             for i in range(50):
                 await ch.send_message(b"m%d" % i)
                 assert await inc.receive_message() == b"m%d" % i
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while net.hub.status()["spokes"]["mallory"]["drops"].get("throttled", 0) < 150:
                 await trio.sleep(0.02)
         st = net.hub.status()
@@ -285,8 +285,8 @@ async def test_hub_restart_keeps_pools_and_spokes_reconnect(tmp_path: Path) -> N
             st = await read_control_socket(tmp_path / "hub.sock")
             key_before = st["spokes"]["bob"]["key_bits"]["hub_to_spoke"]
             hub_scope.cancel()                     # the hub goes away
-            with pytest.raises(ChannelError) as info:
-                for _ in range(200):
+            with trio.fail_after(30), pytest.raises(ChannelError) as info:
+                while True:  # until the spoke has noticed (however loaded the machine)
                     await ch.send_message(b"during")
                     await trio.sleep(0.01)
             assert info.value.reason == w.HubReason.PEER_DISCONNECTED
@@ -303,10 +303,11 @@ async def test_hub_restart_keeps_pools_and_spokes_reconnect(tmp_path: Path) -> N
             # design when a process stops) and what "after" used are gone.
             assert st["spokes"]["bob"]["key_bits"]["hub_to_spoke"] >= key_before - (1 << 16)
             assert st["spokes"]["bob"]["key_bits"]["hub_to_spoke"] > 0
-            # Nothing was delivered twice.
-            with trio.move_on_after(0.3):
-                extra = await inc2.receive_message()
-                pytest.fail(f"unexpected extra message {extra!r}")
+            # Nothing was delivered twice: the next message after "after" is the marker
+            # (channels are in order, so a duplicate would have come first).
+            await ch2.send_message(b"marker")
+            assert await inc2.receive_message() == b"marker"
+            assert nodes["bob"].counters["duplicates_dropped"] == 0
         outer.cancel_scope.cancel()
     for st_ in stores.values():
         st_.close()

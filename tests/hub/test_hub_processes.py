@@ -69,7 +69,7 @@ def _check_results(folder: Path) -> None:
             assert result["received"][peer] == want, f"{peer}->{name} not intact/in order"
 
 
-def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -143,7 +143,7 @@ def test_node_daemon_cli_runs_reports_and_stops(tmp_path: Path) -> None:
     try:
         _wait_socket(tmp_path / "hub.keys.ctl", hub)
         _wait_socket(tmp_path / "alice.keys.ctl", node)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             res = subprocess.run([*QKDNET, "node", "status", "--json", "--config",
                                   "alice.toml"], cwd=tmp_path, capture_output=True,

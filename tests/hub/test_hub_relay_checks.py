@@ -29,7 +29,7 @@ async def _aborted_with(caplog: pytest.LogCaptureFixture, net: EmbeddedNetwork,
                         spoke: str, code: str) -> str:
     """Wait until the hub logs that ``spoke`` aborted its connection with ERROR
     ``code`` (a connection dropped without ERROR logs no "peer aborted")."""
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while True:
             for rec in caplog.records:
                 msg = rec.getMessage()
@@ -44,7 +44,7 @@ async def test_relay_gives_both_ends_the_same_key(tmp_path: Path) -> None:
         got = await net["alice"].relay_key("bob", 256)
         assert got.peer == "bob" and got.n_bits == 256
         bob_store = net.stores["bob"]
-        with trio.fail_after(5):  # bob stores his half before alice is told
+        with trio.fail_after(30):  # bob stores his half before alice is told
             while bob_store.available("alice", "e2e-rx") < 256:
                 await trio.sleep(0.01)
         a = net.stores["alice"].reserve("bob", "e2e-tx", 256)
@@ -79,7 +79,7 @@ async def test_replayed_relay_key_is_a_protocol_error(
         first = w.HubKeyRelay(peer=b"alice", request_id=9, role=1, e2e_block_id=1,
                               n_bits=64, segments=_segs(grant), masked=b"\x55" * 8)
         await _hub_sends(net, "bob", first)
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while net["bob"].counters["key_relays"] < 1:
                 await trio.sleep(0.01)
         # Same key bits again (a replay, or a hub reusing key): never a crash, never
