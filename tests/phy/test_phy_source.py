@@ -24,7 +24,7 @@ def test_lookup_is_a_pure_function_of_seed_and_slot() -> None:
 
 
 def test_choice_frequencies_and_independence() -> None:
-    p = presets.get("lim2014-apd")            # p_z 0.8, p_mu (0.7, 0.2, 0.1)
+    p = presets.get("lim2014-apd")            # p_z 0.7, p_mu (0.5, 0.3, 0.2)
     n = 2_000_000
     c = AliceSource(p, 3).lookup(np.arange(n, dtype=np.uint64))
     assert abs((c.basis == 0).mean() - p.p_z) < 4 * math.sqrt(0.16 / n)
