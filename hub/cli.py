@@ -38,6 +38,8 @@ def _link_dict(cfg: Any) -> dict[str, Any]:
                    "auth_reserve_bits": cfg.link.auth_reserve_bits,
                    "step_timeout": cfg.link.step_timeout},
         **phy_entry(cfg.phy_for(None)),
+        # [trace]: the link endpoints write one JSON-lines file per link session here.
+        "trace": str(cfg.trace.folder) if cfg.trace.enabled and cfg.trace.folder else None,
     }
     link["spokes"] = {name: phy_entry(cfg.phy_for(name)) for name in cfg.spokes}
     return link
@@ -108,7 +110,7 @@ def _run_hub(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("qkdnet hub needs --config FILE", source="command line",
                           key="--config", expected="a hub TOML file")
-    settings = hub_settings_from_file(args.config)
+    settings = hub_settings_from_config(_config_with_trace(args))
     daemon = HubDaemon(settings, link_runner=hub_link_runner(settings))
 
     async def main(task_status: Any) -> None:
@@ -131,7 +133,7 @@ def _run_node(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("qkdnet node needs --config FILE", source="command line",
                           key="--config", expected="a spoke TOML file")
-    settings = spoke_settings_from_file(args.config)
+    settings = spoke_settings_from_config(_config_with_trace(args))
     node = SpokeNode(settings, link_runner=spoke_link_runner(settings))
 
     async def main(task_status: Any) -> None:
@@ -150,6 +152,16 @@ def _run_node(args: argparse.Namespace) -> int:
     trio.run(run_until_signal, main)
     print(f"qkdnet node {settings.name}: stopped", file=sys.stderr)
     return 0
+
+
+def _config_with_trace(args: argparse.Namespace) -> Any:
+    """The node config, with ``--trace [DIR]`` switching tracing on."""
+    from qkdnet.config import load_config
+
+    cfg = load_config(args.config)
+    if args.trace is not None:
+        cfg = cfg.with_trace(True, args.trace or None)
+    return cfg
 
 
 def _app_socket(settings: Any) -> Path | None:
@@ -250,6 +262,9 @@ def register(commands: CommandSet) -> None:
                               description=f"{what}.\n\n  qkdnet {kind} --config FILE\n"
                                           f"  qkdnet {kind} status [--json] --config FILE")
         parser.add_argument("--config", metavar="FILE", help=f"the {kind} TOML config")
+        parser.add_argument("--trace", metavar="DIR", nargs="?", const="", default=None,
+                            help="write qlog-style JSON-lines traces of every link session "
+                                 "(into DIR, else the config's [trace] folder)")
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         status_parser = sub.add_parser(
             "status", help=f"show a running {kind}'s links, key and counters",

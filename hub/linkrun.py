@@ -24,9 +24,11 @@ spoke's photons from it unless the quantum port is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -113,11 +115,13 @@ def hub_link_runner(settings: Any) -> Any:
         phy = _phy(preset, km, seed, attack=attack, overrides=overrides,
                    noise_seed=secrets.randbits(63))
         config = _link_config(link, phy.params, 1)
-        endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
-                                phy=phy, on_block=_stats_sink(stats))
-        endpoint.register(frames)
-        task_status.started()
-        await endpoint.run()
+        with _link_tracer(link, daemon.settings.name,
+                          f"link-{spoke}-{time.time_ns() // 1_000_000}") as tracer:
+            endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
+                                    phy=phy, on_block=_stats_sink(stats), tracer=tracer)
+            endpoint.register(frames)
+            task_status.started()
+            await endpoint.run()
 
     return run
 
@@ -130,7 +134,7 @@ def spoke_link_runner(settings: Any) -> Any:
 
     async def run(node: Any, chan: Any, frames: Any, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from qkdnet.link.driver import LinkEndpoint, new_session_id, time_slot_base
+        from qkdnet.link.driver import new_session_id
 
         preset = link.get("preset", DEFAULT_PRESET)
         km = float(link.get("km", DEFAULT_KM))
@@ -140,17 +144,44 @@ def spoke_link_runner(settings: Any) -> Any:
         sid = new_session_id()
         phy = _phy(preset, km, seed, overrides=link.get("params"))
         config = _link_config(link, phy.params, sid)
-        endpoint = LinkEndpoint("transmitter", chan, config, peer=node.hub, store=node.store,
-                                source=phy.source, on_block=_stats_sink(node.link_stats))
-        endpoint.register(frames)
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(endpoint.run)
-            # Fresh slots per block: the emulated source is a function of (seed, slot).
-            # run_blocks starts each block at or after the store's durable per-hub
-            # high-water mark and advances it first; the wall-clock base also keeps a
-            # spoke whose store was replaced ahead of the hub's own mark.
-            await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
-            nursery.cancel_scope.cancel()
+        with _link_tracer(link, node.name, f"link-{node.hub}-{sid:08x}") as tracer:
+            await _run_transmitter(node, chan, frames, config, phy, block_slots, tracer,
+                                   task_status)
 
     return run
+
+
+async def _run_transmitter(node: Any, chan: Any, frames: Any, config: Any, phy: Any,
+                           block_slots: int, tracer: Any,
+                           task_status: trio.TaskStatus[None]) -> None:
+    from qkdnet.link.driver import LinkEndpoint, time_slot_base
+
+    endpoint = LinkEndpoint("transmitter", chan, config, peer=node.hub, store=node.store,
+                            source=phy.source, on_block=_stats_sink(node.link_stats),
+                            tracer=tracer)
+    endpoint.register(frames)
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        # Fresh slots per block: the emulated source is a function of (seed, slot).
+        # run_blocks starts each block at or after the store's durable per-hub
+        # high-water mark and advances it first; the wall-clock base also keeps a
+        # spoke whose store was replaced ahead of the hub's own mark.
+        await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
+        nursery.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def _link_tracer(link: dict[str, Any], node_name: str, session: str) -> Iterator[Any]:
+    """The qlog-style tracer of one link session (``[trace]``), or None when off."""
+    folder = link.get("trace")
+    if not folder:
+        yield None
+        return
+    from qkdnet.tracing import TraceFolder
+
+    traces = TraceFolder(folder, node=node_name, clock=trio.current_time)
+    try:
+        yield traces.session(session)
+    finally:
+        traces.close()

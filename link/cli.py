@@ -49,6 +49,8 @@ def register(commands: CommandSet) -> None:
     r.add_argument("--quantum-port", action="store_true",
                    help="send the pulses over TCP too: alice's quantum port -> fibre -> "
                         "bob's quantum port (default: in-process channel)")
+    r.add_argument("--trace", metavar="DIR", default=None,
+                   help="write a qlog-style JSON-lines trace of every block into DIR")
 
     a = link.add("alice", _cmd_alice, help="run the transmitter end (connects to bob)")
     _phy_args(a)
@@ -161,11 +163,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
 
     async def main() -> Any:
-        with tempfile.TemporaryDirectory(prefix="qkdnet-link-") as tmp:
-            return await run_point_to_point(
-                params, args.km, args.blocks, slots, workdir=tmp, attack=args.attack,
-                seed=args.seed, config_overrides=_overrides(args),
-                max_in_flight=args.in_flight, on_block=show, quantum_port=args.quantum_port)
+        from qkdnet.tracing import TraceFolder
+
+        traces = TraceFolder(args.trace, node="link-run", clock=trio.current_time) \
+            if args.trace else TraceFolder.disabled()
+        try:
+            with tempfile.TemporaryDirectory(prefix="qkdnet-link-") as tmp:
+                return await run_point_to_point(
+                    params, args.km, args.blocks, slots, workdir=tmp, attack=args.attack,
+                    seed=args.seed, config_overrides=_overrides(args),
+                    max_in_flight=args.in_flight, on_block=show,
+                    quantum_port=args.quantum_port,
+                    tracer=traces.session("link") if traces.enabled else None)
+        finally:
+            traces.close()
 
     result = trio.run(main)
     if args.json:
