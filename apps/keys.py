@@ -125,6 +125,21 @@ class MemoryKeyPool:
         Taken ranges are kept per block as sorted, merged intervals (receivers take
         in order, so this stays a handful of entries).
         """
+        ranges = self._check(refs)
+        for bid, lo, hi in ranges:
+            self._mark(bid, lo, hi)
+        return self._bytes(ranges)
+
+    def peek(self, refs: Sequence[Any]) -> bytes | memoryview:
+        """What :meth:`take` would return (and raise), without consuming anything."""
+        return self._bytes(self._check(refs))
+
+    def _bytes(self, ranges: Sequence[tuple[int, int, int]]) -> bytes | memoryview:
+        parts = [memoryview(self._blocks[bid][0])[lo:hi] for bid, lo, hi in ranges]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _check(self, refs: Sequence[Any]) -> list[tuple[int, int, int]]:
+        """The (block, first byte, end byte) ranges ``refs`` name, if all are untaken."""
         ranges = []
         for r in refs:
             if r.offset % 8 or r.n_bits % 8 or r.n_bits <= 0:
@@ -138,11 +153,7 @@ class MemoryKeyPool:
             if self._overlaps(bid, lo, hi) or any(
                     b == bid and lo < h and l2 < hi for b, l2, h in ranges[:i]):
                 raise KeyReuseError("key bits were already taken")
-        parts = []
-        for bid, lo, hi in ranges:
-            self._mark(bid, lo, hi)
-            parts.append(memoryview(self._blocks[bid][0])[lo:hi])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return ranges
 
     def _overlaps(self, bid: int, lo: int, hi: int) -> bool:
         taken = self._blocks[bid][1]
@@ -182,6 +193,9 @@ class MemoryStreamKeys:
     def take(self, refs: Sequence[Any]) -> bytes | memoryview:
         return self.rx.take(refs)
 
+    def peek(self, refs: Sequence[Any]) -> bytes | memoryview:
+        return self.rx.peek(refs)
+
     def available(self) -> int:
         return self.tx.available()
 
@@ -219,11 +233,20 @@ class KeyStoreStreamKeys:
                                              8 * math.ceil(n_bits / 8), deadline=deadline)
 
     def take(self, refs: Sequence[Any]) -> bytes:
-        from qkdnet.keystore import KeySegment
-        segs = [KeySegment(r.block_id, r.offset, r.n_bits) for r in refs]
-        data: bytes = self.store.take(self.peer, self.rx_purpose, segs)
+        data: bytes = self.store.take(self.peer, self.rx_purpose, _segments(refs))
+        return data
+
+    def peek(self, refs: Sequence[Any]) -> bytes:
+        """What :meth:`take` would return (and raise), without consuming anything."""
+        data: bytes = self.store.peek(self.peer, self.rx_purpose, _segments(refs))
         return data
 
     def available(self) -> int:
         n: int = self.store.available(self.peer, self.tx_purpose)
         return n
+
+
+def _segments(refs: Sequence[Any]) -> list[Any]:
+    from qkdnet.keystore import KeySegment
+
+    return [KeySegment(r.block_id, r.offset, r.n_bits) for r in refs]
