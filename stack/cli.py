@@ -126,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         return fail(f"{err.strerror or err} ({getattr(err, 'filename', None) or 'system call'})")
+    except Exception as err:  # a bug of ours: still one line, the traceback on request
+        if verbose:
+            traceback.print_exc()
+        return fail(f"internal error: {type(err).__name__}: {err} "
+                    "(run again with --verbose for the traceback, and please report it)")
 
 
 def run() -> None:

@@ -60,7 +60,13 @@ def _pcap_summary(args: argparse.Namespace) -> int:
     if not args.file.exists():
         raise ConfigError("no such file", source=str(args.file),
                           expected="a pcap file written by --pcap or a sniffer")
-    result = summarize(args.file, ports=tuple(args.port))
+    from scapy.error import Scapy_Exception
+
+    try:
+        result = summarize(args.file, ports=tuple(args.port))
+    except Scapy_Exception as err:
+        raise ConfigError(f"not a capture file ({err})", source=str(args.file),
+                          expected="a pcap or pcapng file") from err
     if args.json:
         emit_json(result)
     else:

@@ -48,3 +48,20 @@ def test_unknown_option_is_a_usage_error() -> None:
     result = run_cli("--no-such-option")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_config_errors_are_one_line_with_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nname = "x"\nrole = "spoke"\nhub = "hub"\n[netwrk]\n')
+    result = run_cli("node", "--config", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "did you mean 'network'" in result.stderr
+
+
+def test_a_file_that_is_not_a_capture_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a capture\n")
+    result = run_cli("pcap", "summary", str(junk))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "not a capture file" in result.stderr
