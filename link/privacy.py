@@ -22,6 +22,7 @@ FFT approach).
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from qkdnet.link.bits import as_packed, unpack
 
@@ -29,6 +30,11 @@ __all__ = ["CHUNK", "toeplitz_hash", "toeplitz_hash_direct"]
 
 #: Largest number of input bits handled by one convolution.
 CHUNK = 1 << 22
+#: Products with ``n_in + n_out − 1`` up to this size use one FFT; larger ones are blocked.
+_SMALL = 1 << 17
+#: Target block length of the blocked product (2B-point FFTs stay in cache).
+_BLOCK = 1 << 16
+_MIN_BLOCK = 1 << 13
 
 
 def _fast_len(n: int) -> int:
@@ -51,15 +57,57 @@ def _fast_len(n: int) -> int:
 def _conv_rows(x: np.ndarray, s: np.ndarray, n_out: int) -> np.ndarray:
     """Integer counts y_i = Σ_j s[i − j + len(x) − 1] x_j for i < n_out (float64 FFT)."""
     m = x.shape[0]
-    size = _fast_len(m + n_out - 1)
-    fx = np.fft.rfft(x.astype(np.float64), size)
-    fs = np.fft.rfft(s.astype(np.float64), size)
-    full = np.fft.irfft(fx * fs, size)
-    y = full[m - 1:m - 1 + n_out]
+    small = m + n_out - 1 <= _SMALL
+    y = _conv_single(x, s, n_out) if small else _conv_blocked(x, s, n_out)
     r = np.rint(y)
     if y.size and float(np.max(np.abs(y - r))) > 0.25:
         raise ArithmeticError("FFT Toeplitz product lost integer exactness")
     return r.astype(np.int64)
+
+
+def _conv_single(x: np.ndarray, s: np.ndarray, n_out: int) -> np.ndarray:
+    """One circular convolution of size >= len(x) + n_out − 1 (small products)."""
+    m = x.shape[0]
+    size = _fast_len(m + n_out - 1)
+    fx = np.fft.rfft(x.astype(np.float64), size)
+    fx *= np.fft.rfft(s.astype(np.float64), size)
+    return np.fft.irfft(fx, size)[m - 1:m - 1 + n_out]
+
+
+def _block_len(n_out: int) -> int:
+    """Block length B for :func:`_conv_blocked`: about ``_BLOCK`` and ``R·B`` just above
+    ``n_out`` (R output blocks), so little of the last output block is wasted."""
+    r = -(-n_out // _BLOCK)
+    return _fast_len(max(-(-n_out // r), _MIN_BLOCK))
+
+
+def _conv_blocked(x: np.ndarray, s: np.ndarray, n_out: int) -> np.ndarray:
+    """The Toeplitz product cut into B × B Toeplitz blocks, convolved in the frequency
+    domain with FFTs of size 2B (see the module docstring)."""
+    m = x.shape[0]
+    b = _block_len(n_out)
+    q, r = -(-m // b), -(-n_out // b)        # input chunks, output blocks
+    d = q + r - 1                            # distinct block diagonals
+    xf = np.zeros(q * b)                     # the only float copy of x
+    xf[:m] = x
+    fx = np.fft.rfft(xf.reshape(q, b), 2 * b, axis=1)
+    del xf
+    # seed, shifted so that diagonal t (= output block − input chunk + q − 1) reads
+    # sp[t·b : t·b + 2b]; zeros outside the seed only meet padding or dropped outputs
+    sp = np.zeros((d + 1) * b)
+    off = q * b - m
+    sp[off:off + s.shape[0]] = s
+    seg = as_strided(sp, (d, 2 * b), (b * sp.itemsize, sp.itemsize), writeable=False)
+    fs = np.fft.rfft(seg, axis=1)
+    del sp, seg
+    acc = np.empty((r, b + 1), dtype=np.complex128)
+    tmp = np.empty_like(acc)
+    np.multiply(fs[q - 1:q - 1 + r], fx[0], out=acc)
+    for k in range(1, q):                    # acc[i] += fs[i − k + q − 1] · fx[k]
+        np.multiply(fs[q - 1 - k:q - 1 - k + r], fx[k], out=tmp)
+        acc += tmp
+    del fs, fx, tmp
+    return np.fft.irfft(acc, 2 * b, axis=1)[:, b - 1:2 * b - 1].reshape(-1)[:n_out]
 
 
 def toeplitz_hash(bits_packed: bytes | np.ndarray, n_in: int, n_out: int,

@@ -91,3 +91,18 @@ def test_verification_tag_is_pinned() -> None:
     rng = np.random.default_rng(9)
     x = pack(rng.integers(0, 2, 1_000_001))
     assert verification_tag(x, b"v", 128, 1_000_001).hex() == "666e57fd507841278a69f56901a268fb"
+
+
+@pytest.mark.parametrize("n_in,n_out", [(3_001, 1_500), (2_000, 1), (700, 2_600), (4_096, 4_096),
+                                        (1, 900), (257, 255)])
+def test_toeplitz_blocked_path_matches_matrix_product(monkeypatch: pytest.MonkeyPatch,
+                                                       n_in: int, n_out: int) -> None:
+    # force the blocked product with tiny blocks: many chunks, diagonals and output blocks
+    monkeypatch.setattr(privacy, "_SMALL", 0)
+    monkeypatch.setattr(privacy, "_BLOCK", 256)
+    monkeypatch.setattr(privacy, "_MIN_BLOCK", 1)
+    rng = np.random.default_rng(n_in + 7 * n_out)
+    x = pack(rng.integers(0, 2, n_in))
+    s = pack(rng.integers(0, 2, n_in + n_out - 1))
+    assert np.array_equal(toeplitz_hash(x, n_in, n_out, s),
+                          privacy.toeplitz_hash_direct(x, n_in, n_out, s))
