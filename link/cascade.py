@@ -301,6 +301,15 @@ def _bitlen(x: np.ndarray) -> np.ndarray:
     return np.frexp(np.asarray(x, dtype=np.float64))[1].astype(np.int64)
 
 
+def _passes_in(passes: np.ndarray) -> np.ndarray:
+    """Distinct pass indices (small non-negative ints), ascending: what ``np.unique``
+    gives, by a bincount (unique's generic path costs ~10 µs a call, and it is called
+    several times per step)."""
+    if passes.shape[0] == 0:
+        return passes[:0]
+    return np.flatnonzero(np.bincount(passes))
+
+
 def _unpack(bits_packed: bytes | np.ndarray, n_bits: int) -> np.ndarray:
     raw = np.frombuffer(bits_packed, dtype=np.uint8) if isinstance(bits_packed, bytes | bytearray) \
         else np.asarray(bits_packed, dtype=np.uint8)
@@ -363,7 +372,7 @@ class CascadeResponder:
                 or ((starts < 0) | (starts >= ends) | (ends > n)).any():
             raise RemoteProtocolError("parity request range out of the key")
         out = np.empty(passes.shape[0], dtype=np.uint8)
-        for p in np.unique(passes):
+        for p in _passes_in(passes):
             p_ = int(p)
             sel = np.flatnonzero(passes == p)
             if self._plan.is_split(p_) and p_ not in self._prefix:
@@ -577,7 +586,7 @@ class CascadeCorrector:
 
     def _parities(self, passes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         out = np.empty(passes.shape[0], dtype=np.uint8)
-        for p in np.unique(passes):
+        for p in _passes_in(passes):
             sel = passes == p
             out[sel] = self._gather_parities(int(p), starts[sel], ends[sel])
         return out
@@ -648,7 +657,7 @@ class CascadeCorrector:
         """Keep the path of finished or cancelled searches (sub-block reuse,
         Martinez-Mateo et al. 2015): per block, the last search's node, its Alice
         parity and the parities of the siblings along its path."""
-        for p in np.unique(self._sp[sel]):
+        for p in _passes_in(self._sp[sel]):
             p_ = int(p)
             rec = self._rec[p_]
             if rec is None:
@@ -709,7 +718,7 @@ class CascadeCorrector:
                 return
             pos = np.empty(int(found.sum()), dtype=np.int64)
             fp, fs = self._sp[found], self._ss[found]
-            for p in np.unique(fp):
+            for p in _passes_in(fp):
                 sel = fp == p
                 pos[sel] = self._plan.perm(int(p))[fs[sel]]
             flips = np.unique(pos)
@@ -722,7 +731,7 @@ class CascadeCorrector:
             self._bits[flips] ^= 1
             self.bits_flipped += int(flips.shape[0])
             self._remember(found)
-            for p in np.unique(fp):
+            for p in _passes_in(fp):
                 self._searching[int(p)][self._sb[found][fp == p]] = False
             self._keep(~found)
             # Bob's block parities in every started pass follow the flips
@@ -743,7 +752,7 @@ class CascadeCorrector:
                     np.bitwise_xor.at(self._bobpar[p], blocks_of[p], 1)
             # cancel searches whose current range holds a flipped bit
             hit = np.zeros(self._sp.shape[0], dtype=bool)
-            for p in np.unique(self._sp):
+            for p in _passes_in(self._sp):
                 sel = np.flatnonzero(self._sp == p)
                 if not np.isin(self._sb[sel], blocks_of[int(p)]).any():
                     continue
@@ -753,7 +762,7 @@ class CascadeCorrector:
             if hit.any():
                 self.cancelled_searches += int(hit.sum())
                 self._remember(hit)
-                for p in np.unique(self._sp[hit]):
+                for p in _passes_in(self._sp[hit]):
                     self._searching[int(p)][self._sb[hit & (self._sp == p)]] = False
                 self._keep(~hit)
             # back-track: in every started pass, re-check the smallest known node holding
