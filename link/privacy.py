@@ -33,7 +33,7 @@ CHUNK = 1 << 22
 #: Products with ``n_in + n_out − 1`` up to this size use one FFT; larger ones are blocked.
 _SMALL = 1 << 17
 #: Target block length of the blocked product (2B-point FFTs stay in cache).
-_BLOCK = 1 << 16
+_BLOCK = 70_000
 _MIN_BLOCK = 1 << 13
 
 
