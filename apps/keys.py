@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,35 @@ from qkdnet.apps.wire import KeyRef
 from qkdnet.errors import KeyExhausted, KeyReuseError
 
 
-@dataclass(frozen=True)
 class MemoryGrant:
-    """Key handed to a sender: its references and the bytes (repr hides the bytes)."""
+    """Key handed to a sender: its references and the bytes (repr hides the bytes).
 
-    segments: tuple[KeyRef, ...]
-    data: bytes | memoryview
+    ``parts`` holds one zero-copy view per segment (into the pool's blocks), so a
+    sender that carves the grant piecewise (:class:`~qkdnet.apps.stream.KeyCursor`)
+    never copies key; ``data`` joins the parts, once, for callers that want one buffer.
+    """
+
+    __slots__ = ("_data", "parts", "segments")
+
+    def __init__(self, segments: tuple[KeyRef, ...], parts: tuple[memoryview, ...]) -> None:
+        self.segments = segments
+        self.parts = parts
+        self._data: bytes | memoryview | None = None
+
+    @property
+    def data(self) -> bytes | memoryview:
+        """All the grant's key bytes in one buffer (segment order)."""
+        if self._data is None:
+            self._data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        return self._data
 
     def __repr__(self) -> str:
-        return f"MemoryGrant(segments={len(self.segments)}, n_bits={8 * len(self.data)})"
+        return f"MemoryGrant(segments={len(self.segments)}, n_bits={8 * self.n_bytes})"
+
+    @property
+    def n_bytes(self) -> int:
+        """Key bytes in the grant."""
+        return sum(len(p) for p in self.parts)
 
 
 class MemoryKeyPool:
@@ -103,7 +122,7 @@ class MemoryKeyPool:
             if pos + k == len(data):
                 self._order.pop(0)
         self.reserved_bits += n_bits
-        return MemoryGrant(tuple(segs), parts[0] if len(parts) == 1 else b"".join(parts))
+        return MemoryGrant(tuple(segs), tuple(parts))
 
     async def wait_reserve(self, n_bits: int, deadline: float) -> MemoryGrant:
         """:meth:`reserve`, waiting for :meth:`add_key` until ``deadline``."""
@@ -133,6 +152,15 @@ class MemoryKeyPool:
     def peek(self, refs: Sequence[Any]) -> bytes | memoryview:
         """What :meth:`take` would return (and raise), without consuming anything."""
         return self._bytes(self._check(refs))
+
+    def peek_parts(self, refs: Sequence[Any]) -> list[memoryview]:
+        """:meth:`peek` as one zero-copy view per reference (no join of the pieces)."""
+        return [memoryview(self._blocks[bid][0])[lo:hi] for bid, lo, hi in self._check(refs)]
+
+    def consume(self, refs: Sequence[Any]) -> None:
+        """:meth:`take` without building the bytes (the caller peeked them already)."""
+        for bid, lo, hi in self._check(refs):
+            self._mark(bid, lo, hi)
 
     def _bytes(self, ranges: Sequence[tuple[int, int, int]]) -> bytes | memoryview:
         parts = [memoryview(self._blocks[bid][0])[lo:hi] for bid, lo, hi in ranges]
@@ -195,6 +223,12 @@ class MemoryStreamKeys:
 
     def peek(self, refs: Sequence[Any]) -> bytes | memoryview:
         return self.rx.peek(refs)
+
+    def peek_parts(self, refs: Sequence[Any]) -> list[memoryview]:
+        return self.rx.peek_parts(refs)
+
+    def consume(self, refs: Sequence[Any]) -> None:
+        self.rx.consume(refs)
 
     def available(self) -> int:
         return self.tx.available()

@@ -149,16 +149,19 @@ def peek_function(keys: object) -> Any:
 class KeyCursor:
     """Carves whole bytes off the front of a grant, with the references of each piece.
 
-    The grant's ``data`` is the packed concatenation of its segments, so a piece of
-    ``k`` bytes starting at byte ``p`` is bits ``8p … 8(p+k)`` of that concatenation.
+    The grant's key is the packed concatenation of its segments, so a piece of ``k``
+    bytes starting at byte ``p`` is bits ``8p … 8(p+k)`` of that concatenation. A grant
+    with ``parts`` (one buffer per segment, as :class:`~qkdnet.apps.keys.MemoryGrant`)
+    is carved without ever joining the parts: :meth:`carve_parts` returns views.
     """
 
-    __slots__ = ("_data", "_pos", "_segs")
+    __slots__ = ("_parts", "_segs")
 
     def __init__(self, grant: KeyGrantLike) -> None:
         self._segs: list[list[int]] = [[s.block_id, s.offset, s.n_bits] for s in grant.segments]
-        self._data = memoryview(grant.data)
-        self._pos = 0
+        parts = getattr(grant, "parts", None)
+        self._parts: collections.deque[memoryview] = collections.deque(
+            memoryview(p).cast("B") for p in (parts if parts is not None else (grant.data,)))
 
     def __repr__(self) -> str:  # never show key bytes
         return f"KeyCursor(remaining_bytes={self.remaining})"
@@ -168,8 +171,8 @@ class KeyCursor:
         """Whole bytes not yet carved."""
         return sum(s[2] for s in self._segs) // 8
 
-    def carve(self, n_bytes: int) -> tuple[list[KeyRef], memoryview]:
-        """The next ``n_bytes`` of key and the references naming exactly those bits."""
+    def carve_parts(self, n_bytes: int) -> tuple[list[KeyRef], list[memoryview]]:
+        """The next ``n_bytes`` of key as views, and the references naming those bits."""
         need = 8 * n_bytes
         refs: list[KeyRef] = []
         while need:
@@ -183,15 +186,48 @@ class KeyCursor:
             need -= take
             if seg[2] == 0:
                 self._segs.pop(0)
-        chunk = self._data[self._pos:self._pos + n_bytes]
-        self._pos += n_bytes
-        return refs, chunk
+        pieces: list[memoryview] = []
+        need = n_bytes
+        while need:
+            head = self._parts[0]
+            if len(head) <= need:
+                pieces.append(self._parts.popleft())
+                need -= len(head)
+            else:
+                pieces.append(head[:need])
+                self._parts[0] = head[need:]
+                need = 0
+        return refs, pieces
+
+    def carve(self, n_bytes: int) -> tuple[list[KeyRef], bytes | memoryview]:
+        """The next ``n_bytes`` of key in one buffer and the references naming them."""
+        refs, pieces = self.carve_parts(n_bytes)
+        return refs, pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _xor(data: bytes | memoryview, pad: bytes) -> bytes:
-    if not data:
-        return b""
-    return (np.frombuffer(data, np.uint8) ^ np.frombuffer(pad, np.uint8)).tobytes()
+def _split_key(pieces: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
+    """The first ``n`` bytes of a list of key views (copied: r or s) and the rest."""
+    head = bytearray()
+    rest = list(pieces)
+    while len(head) < n:
+        first = rest.pop(0)
+        k = n - len(head)
+        head += first[:k]
+        if len(first) > k:
+            rest.insert(0, first[k:])
+    return bytes(head), rest
+
+
+def _xor_pad(out: memoryview, data: memoryview, pad: list[memoryview]) -> None:
+    """``out = data XOR pad``, the pad given as views (no join), one numpy call each."""
+    pos = 0
+    arr_out = np.frombuffer(out, np.uint8)
+    arr_in = np.frombuffer(data, np.uint8)
+    for piece in pad:
+        n = len(piece)
+        np.bitwise_xor(arr_in[pos:pos + n], np.frombuffer(piece, np.uint8),
+                       out=arr_out[pos:pos + n])
+        pos += n
 
 
 class FrameAssembler:
@@ -258,14 +294,6 @@ class FrameAssembler:
         return out
 
 
-def _xor_into(out: bytearray | memoryview, data: bytes | memoryview, pad: bytes | memoryview
-              ) -> None:
-    """out[:] = data XOR pad, without intermediate copies."""
-    if len(data):
-        np.bitwise_xor(np.frombuffer(data, np.uint8), np.frombuffer(pad, np.uint8),
-                       out=np.frombuffer(out, np.uint8))
-
-
 # ---- sans-I/O core ---------------------------------------------------------------------
 
 
@@ -311,6 +339,10 @@ class SecureStreamCore:
     eof_received: bool = False
     #: ``peek(refs)``: the bits ``take`` would return, consuming nothing (None: take first).
     peek: Any = None
+    #: Optional zero-copy forms: ``peek_parts(refs)`` returns one view per reference,
+    #: ``consume(refs)`` is ``take`` without building the bytes.
+    peek_parts: Any = None
+    consume: Any = None
 
     def __post_init__(self) -> None:
         self._assembler = FrameAssembler(self.max_frame_size)
@@ -352,17 +384,19 @@ class SecureStreamCore:
             raise LocalProtocolError("a SecureStream frame needs key")
         first = self._tx_r is None
         n_key = len(payload) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
-        refs, key = cursor.carve(n_key)
+        refs, key = cursor.carve_parts(n_key)
         if first:
-            self._tx_r, key = bytes(key[:HASH_KEY_BYTES]), key[HASH_KEY_BYTES:]
+            self._tx_r, key = _split_key(key, HASH_KEY_BYTES)
         assert self._tx_r is not None
-        s, pad = bytes(key[:TAG_KEY_BYTES]), key[TAG_KEY_BYTES:]
+        s, pad = _split_key(key, TAG_KEY_BYTES)
         head = wire.encode_frame(mtype, self.session, self._tx_seq, refs, b"",
                                  payload_len=len(payload))
-        frame = bytearray(len(head) + len(payload) + wire.TAG_SIZE)
-        frame[:len(head)] = head
+        n_head = len(head)
+        frame = bytearray(n_head + len(payload) + wire.TAG_SIZE)
+        frame[:n_head] = head
         body = memoryview(frame)
-        _xor_into(body[len(head):len(head) + len(payload)], payload, pad)
+        if payload:
+            _xor_pad(body[n_head:n_head + len(payload)], memoryview(payload), pad)
         body[-wire.TAG_SIZE:] = Poly1305.generate_tag(self._tx_r + s, body[:-wire.TAG_SIZE])
         self._tx_seq += 1
         self.stats.frames_tx += 1
@@ -413,30 +447,32 @@ class SecureStreamCore:
                                       ErrorCode.MALFORMED_FRAME)
         try:
             # Peek, so that a frame failing its tag consumes nothing (see module doc).
-            key = (self.peek or self.take)(refs)
+            if self.peek_parts is not None:
+                pieces = [memoryview(p).cast("B") for p in self.peek_parts(refs)]
+            else:
+                pieces = [memoryview((self.peek or self.take)(refs)).cast("B")]
         except (LocalProtocolError, KeyExhausted) as err:  # includes KeyReuseError
             # A replayed or forged frame naming key we already used (or never had).
             raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
                                       ErrorCode.AUTHENTICATION_FAILED) from None
-        if len(key) != n_key:
+        if sum(len(p) for p in pieces) != n_key:
             raise AuthenticationError("key source returned the wrong amount of key",
                                       ErrorCode.AUTHENTICATION_FAILED)
-        kview = memoryview(key)
-        r = bytes(kview[:HASH_KEY_BYTES]) if first else self._rx_r
-        assert r is not None
+        r: bytes | None = self._rx_r
         if first:
-            kview = kview[HASH_KEY_BYTES:]
-        s, pad = bytes(kview[:TAG_KEY_BYTES]), kview[TAG_KEY_BYTES:]
+            r, pieces = _split_key(pieces, HASH_KEY_BYTES)
+        assert r is not None
+        s, pad = _split_key(pieces, TAG_KEY_BYTES)
         try:
             Poly1305.verify_tag(r + s, frame[:-wire.TAG_SIZE], bytes(frame[-wire.TAG_SIZE:]))
         except InvalidSignature:
             raise AuthenticationError(f"frame {head.seq} failed its Wegman-Carter tag check",
                                       ErrorCode.AUTHENTICATION_FAILED) from None
-        if self.peek is not None:
+        if self.peek is not None or self.peek_parts is not None:
             # Authentic: now spend the key for good. Nothing yielded since the peek (one
             # thread owns the source); failing here means another process took it.
             try:
-                self.take(refs)
+                (self.consume or self.take)(refs)
             except (LocalProtocolError, KeyExhausted) as err:
                 raise AuthenticationError(f"frame names unusable key ({type(err).__name__})",
                                           ErrorCode.AUTHENTICATION_FAILED) from None
@@ -449,7 +485,7 @@ class SecureStreamCore:
             self.eof_received = True
             return bytearray()
         plain = bytearray(len(ct))
-        _xor_into(plain, ct, pad)
+        _xor_pad(memoryview(plain), ct, pad)
         return plain
 
 
@@ -617,7 +653,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
         else:
             self._core = SecureStreamCore(session, keys.take,
                                           max_frame_payload=max_frame_payload,
-                                          peek=peek_function(keys))
+                                          peek=peek_function(keys),
+                                          peek_parts=getattr(keys, "peek_parts", None),
+                                          consume=getattr(keys, "consume", None))
         self._state = StreamState.OK
         self._broken_reason: str | None = None
         self._send = _Conflict("sending on")
