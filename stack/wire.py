@@ -64,7 +64,7 @@ from scapy.fields import (
     XLongField,
 )
 from scapy.layers.inet import TCP
-from scapy.packet import Packet, Raw, bind_layers
+from scapy.packet import NoPayload, Packet, Raw, bind_layers
 
 from qkdnet.errors import ErrorCode
 
@@ -192,35 +192,177 @@ class QkdHeader(Packet):
                        session: dict[str, Any]) -> Packet | None:
         """Whole frames from a TCP byte stream (scapy ``TCPSession``).
 
-        Returns ``None`` until a whole frame is buffered. Bytes after the frame come
-        back as padding, which scapy keeps for the next frame, so one segment holding
-        several frames and one frame spread over many segments both work. A length
-        field that cannot be right desynchronises the stream: the rest is returned raw.
+        Every whole frame buffered comes back as one chained packet; ``None`` means
+        no frame is complete yet. When scapy hands over the segment it just read
+        (``metadata["original"]``, as ``TCPSession`` does for captures) the stream is
+        reassembled here, per direction, by TCP sequence number (see
+        :class:`_CaptureStream`), so a retransmitted or overlapping segment yields no
+        frame twice. Without it (``StreamSocket``-style use) ``data`` is parsed as is.
+        A length field that cannot be right desynchronises the stream: the bytes
+        buffered are returned raw and parsing resumes at the next segment.
         """
-        if len(data) < 4:
-            return None
-        length = int.from_bytes(data[:4], "big")
-        if length < MIN_LENGTH or length > CAPTURE_MAX_LENGTH:
+        original = metadata.get("original")
+        tcp = original.getlayer(TCP) if isinstance(original, Packet) else None
+        if tcp is None:
+            return cls._stateless_reassemble(data)
+        ident = metadata.get("ident")
+        key = "qkdnet.wire:" + (ident.hex() if isinstance(ident, bytes) else repr(ident))
+        stream = session.get(key)
+        seq = int(tcp.seq)
+        if not isinstance(stream, _CaptureStream):
+            stream = session[key] = _CaptureStream(seq)
+        stream.add(seq, _segment_payload(tcp))
+        frames, stray = stream.take_frames()
+        if not frames:
+            return Raw(stray) if stray else None
+        pkt: Packet = cls(frames[0])
+        for frame in frames[1:]:
+            pkt.add_payload(cls(frame))
+        if stray:
+            pkt.add_payload(Raw(stray))
+        # Never any padding: scapy's own retransmission tracking is not relied on.
+        return pkt
+
+    @classmethod
+    def _stateless_reassemble(cls, data: bytes) -> Packet | None:
+        """Frames at the start of ``data``; leftover bytes come back as padding."""
+        frames, pos, bad = _split_frames(data)
+        if bad and not frames:
             return Raw(data)
-        if len(data) < 4 + length:
+        if not frames:
             return None
         # Chain every whole frame buffered into one result, leftover bytes as padding.
         # (Returning one frame at a time trips scapy 2.6-2.8's TCPSession, which
         # miscounts its sequence offset after two frames and a partial one.)
-        pkt: Packet = cls(data[:4 + length])
-        pos = 4 + length
-        while len(data) - pos >= 4:
-            nxt = int.from_bytes(data[pos:pos + 4], "big")
-            if nxt < MIN_LENGTH or nxt > CAPTURE_MAX_LENGTH or len(data) - pos < 4 + nxt:
-                break
-            pkt.add_payload(cls(data[pos:pos + 4 + nxt]))
-            pos += 4 + nxt
+        pkt: Packet = cls(frames[0])
+        for frame in frames[1:]:
+            pkt.add_payload(cls(frame))
         if pos < len(data):
             pkt.add_payload(conf.padding_layer(data[pos:]))
         return pkt
 
     def mysummary(self) -> str:
         return self.sprintf("QKD %type% sess=%session% seq=%seq% len=%length%")
+
+
+# --- capture reassembly -------------------------------------------------------------
+#
+# Theory of operation. scapy 2.8's TCPSession remembers how far a direction has been
+# delivered (``next_seq``) in per-flow metadata, but when a returned packet leaves no
+# padding it deletes that metadata first and records ``next_seq`` on the orphaned
+# copy. A segment that ended exactly on a frame boundary is then not recognised when
+# it is retransmitted, and its frames are dissected twice. Its ``next_seq`` is also
+# computed from the *first* segment of a multi-segment frame. So for captures
+# ``QkdHeader.tcp_reassemble`` keeps its own per-direction stream (in the TCPSession
+# ``session`` dict, keyed by scapy's one-way flow ident) built from each segment's
+# sequence number and payload, and ignores scapy's buffer: bytes below the stream's
+# end are dropped, segments beyond a gap are held until it fills.
+
+#: A segment this far (in sequence space) from the stream's end, either way, starts a
+#: new stream: a new connection reusing the 4-tuple (TCPSession shows
+#: ``tcp_reassemble`` no SYN) or a capture that lost that much.
+CAPTURE_MAX_JUMP = 1 << 24
+#: Out-of-order bytes held beyond a gap before the gap is taken as lost for good (a
+#: capture that dropped a segment): the partial frame is then reported as stray bytes
+#: and parsing resumes at the first held segment.
+CAPTURE_MAX_HELD = 1 << 20
+
+
+def _split_frames(data: bytes | bytearray) -> tuple[list[bytes], int, bool]:
+    """Whole frames at the start of ``data``, the offset after them, and whether the
+    bytes there hold a length field that cannot be right (a desynchronised stream)."""
+    frames: list[bytes] = []
+    pos = 0
+    while len(data) - pos >= 4:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if length < MIN_LENGTH or length > CAPTURE_MAX_LENGTH:
+            return frames, pos, True
+        if len(data) - pos < 4 + length:
+            break
+        frames.append(bytes(data[pos:pos + 4 + length]))
+        pos += 4 + length
+    return frames, pos, False
+
+
+def _segment_payload(tcp: Packet) -> bytes:
+    """The TCP payload bytes exactly as captured (scapy keeps them in ``original``)."""
+    pay = tcp.payload
+    if isinstance(pay, NoPayload):
+        return b""
+    raw = getattr(pay, "original", None)
+    return bytes(raw) if raw is not None else bytes(pay)
+
+
+class _CaptureStream:
+    """One direction of one TCP connection being read from a capture.
+
+    Offsets count stream bytes from ``base`` (the sequence number of the first byte);
+    ``end`` is the offset just past the last contiguous byte in hand, and ``pending``
+    holds the bytes from the first one not yet returned as a frame up to ``end``.
+    """
+
+    __slots__ = ("base", "end", "held", "pending", "stray")
+
+    def __init__(self, base: int) -> None:
+        self.base = base & 0xFFFFFFFF
+        self.end = 0
+        self.pending = bytearray()
+        self.held: dict[int, bytes] = {}
+        self.stray = bytearray()
+
+    def add(self, seq: int, payload: bytes) -> None:
+        """Take one segment: keep only bytes not seen before, in stream order."""
+        if not payload:
+            return
+        # Sequence numbers wrap at 2**32: place the segment relative to ``end``.
+        delta = (seq - self.base - self.end) & 0xFFFFFFFF
+        if delta >= 1 << 31:
+            delta -= 1 << 32
+        if abs(delta) > CAPTURE_MAX_JUMP:
+            self.stray += self.pending
+            self.pending = bytearray()
+            self.held.clear()
+            self.base, self.end, delta = seq & 0xFFFFFFFF, 0, 0
+        off = self.end + delta
+        if off > self.end:
+            if len(payload) > len(self.held.get(off, b"")):
+                self.held[off] = payload
+            if sum(len(p) for p in self.held.values()) > CAPTURE_MAX_HELD:
+                self._skip_gap()
+            return
+        self._append(off, payload)
+        self._drain_held()
+
+    def _append(self, off: int, payload: bytes) -> None:
+        if off + len(payload) > self.end:
+            self.pending += payload[self.end - off:]
+            self.end = off + len(payload)
+
+    def _drain_held(self) -> None:
+        while self.held:
+            off = min(self.held)
+            if off > self.end:
+                return
+            self._append(off, self.held.pop(off))
+
+    def _skip_gap(self) -> None:
+        self.stray += self.pending
+        self.pending = bytearray()
+        self.end = min(self.held)
+        self._drain_held()
+
+    def take_frames(self) -> tuple[list[bytes], bytes]:
+        """Whole frames now in hand, and bytes given up on (lost gap, bad length)."""
+        frames, pos, bad = _split_frames(self.pending)
+        if bad:
+            # Resynchronise at the next segment: drop what is buffered.
+            self.stray += self.pending[pos:]
+            self.pending = bytearray()
+        else:
+            del self.pending[:pos]
+        stray = bytes(self.stray)
+        self.stray = bytearray()
+        return frames, stray
 
 
 class QkdBody(Packet):
