@@ -245,9 +245,9 @@ class CascadePlan:
             if p == 0:
                 perm = np.arange(n, dtype=np.int32)
             elif self.is_split(p):
-                side = self.side(p)
-                perm = np.concatenate([np.flatnonzero(side == 0),
-                                       np.flatnonzero(side)]).astype(np.int32)
+                # side-0 bits then side-1 bits, each in key order: a stable sort of
+                # the 0/1 sides (radix sort for uint8, ~3x faster than two flatnonzero)
+                perm = np.argsort(self.side(p), kind="stable").astype(np.int32)
             else:
                 perm = np.arange(n, dtype=np.int32)
                 self._rng(p).shuffle(perm)
@@ -312,6 +312,30 @@ def _passes_in(passes: np.ndarray) -> np.ndarray:
     if passes.shape[0] == 0:
         return passes[:0]
     return np.flatnonzero(np.bincount(passes))
+
+
+def _sorted_distinct(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` for a 1-d integer array, by one sort (no hash table, no
+    ``numpy.ma`` import on first use)."""
+    a = np.sort(a)
+    if a.shape[0] < 2:
+        return a
+    keep = np.empty(a.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def _first_of_each(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_index=True)``: distinct values, ascending, and the index
+    of each one's first occurrence (stable sort, as np.unique does)."""
+    order = np.argsort(a, kind="stable")
+    v = a[order]
+    keep = np.empty(v.shape[0], dtype=bool)
+    if v.shape[0]:
+        keep[0] = True
+        np.not_equal(v[1:], v[:-1], out=keep[1:])
+    return v[keep], order[keep]
 
 
 def _unpack(bits_packed: bytes | np.ndarray, n_bits: int) -> np.ndarray:
@@ -454,6 +478,7 @@ class CascadeCorrector:
         self._prefix: dict[int, np.ndarray] = {}
         self._fpos: dict[int, np.ndarray] = {}
         self._fnew: dict[int, list[np.ndarray]] = {}
+        self._pbits: dict[int, np.ndarray] = {}   # other passes p > 0: bits in p's order
         self._resolving = False
         self._aw0 = self._aw1 = 0        # Alice's block parities of fetched split passes
         self._started_split = 0          # bit j: split pass split_ids[j] started
@@ -611,9 +636,15 @@ class CascadeCorrector:
         are queued in :meth:`_resolve_loop` and merged here). Exact because no bit is
         ever flipped twice (enforced there).
         """
+        if p == 0:
+            return _range_parities(self._bits, None, starts, ends)
         if not self._plan.is_split(p):
-            return _range_parities(self._bits, None if p == 0 else self._plan.perm(p),
-                                   starts, ends)
+            # Bob's bits in pass order, kept current by scattering each step's flips:
+            # one gather per range bit instead of two (through the permutation)
+            pb = self._pbits.get(p)
+            if pb is None:
+                pb = self._pbits[p] = self._bits[self._plan.perm(p)]
+            return _range_parities(pb, None, starts, ends)
         pre = self._prefix.get(p)
         if pre is None:
             pre = np.zeros(self._plan.n_bits + 1, dtype=np.uint8)
@@ -756,7 +787,7 @@ class CascadeCorrector:
             for p in _passes_in(fp):
                 sel = fp == p
                 pos[sel] = self._plan.perm(int(p))[fs[sel]]
-            flips = np.unique(pos)
+            flips = _sorted_distinct(pos)
             # With honest answers every search ends on a wrong bit, so no bit is ever
             # flipped twice; a second flip means the peer's parities contradict each other
             # (and could otherwise make Bob flip one bit back and forth forever).
@@ -764,6 +795,8 @@ class CascadeCorrector:
                 raise RemoteProtocolError("parity answers contradict each other")
             self._flipped[flips] = True
             self._bits[flips] ^= 1
+            for p, pb in self._pbits.items():
+                pb[self._plan.inverse(p)[flips]] ^= 1
             for pend in self._fnew.values():     # merged lazily in _gather_parities
                 pend.append(flips)
             self.bits_flipped += int(flips.shape[0])
@@ -791,7 +824,8 @@ class CascadeCorrector:
             hit = np.zeros(self._sp.shape[0], dtype=bool)
             for p in _passes_in(self._sp):
                 sel = np.flatnonzero(self._sp == p)
-                if not np.isin(self._sb[sel], blocks_of[int(p)]).any():
+                # _searching[p] marks exactly the blocks of pass p's active searches
+                if not self._searching[int(p)][blocks_of[int(p)]].any():
                     continue
                 where = np.sort(self._plan.inverse(int(p))[flips])
                 cnt = np.searchsorted(where, self._se[sel]) - np.searchsorted(where, self._ss[sel])
@@ -822,7 +856,7 @@ class CascadeCorrector:
                 free = ~self._searching[p][blk_all]
                 if not free.any():
                     continue
-                blk, first = np.unique(blk_all[free], return_index=True)
+                blk, first = _first_of_each(blk_all[free])
                 flip = flips[free][first]            # one candidate per block
                 root_odd = self._bobpar[p][blk] != self._alice_block[p][blk]
                 bs, be = self._plan.block_ranges(p)
