@@ -212,7 +212,8 @@ class QkdHeader(Packet):
         if not isinstance(stream, _CaptureStream):
             stream = session[key] = _CaptureStream(seq)
         stream.add(seq, _segment_payload(tcp))
-        frames, stray = stream.take_frames()
+        # After a FIN or RST nothing will fill a gap: parse what is held beyond it.
+        frames, stray = stream.take_frames(flush=bool(tcp.flags.F or tcp.flags.R))
         if not frames:
             return Raw(stray) if stray else None
         pkt: Packet = cls(frames[0])
@@ -262,10 +263,12 @@ class QkdHeader(Packet):
 #: new stream: a new connection reusing the 4-tuple (TCPSession shows
 #: ``tcp_reassemble`` no SYN) or a capture that lost that much.
 CAPTURE_MAX_JUMP = 1 << 24
-#: Out-of-order bytes held beyond a gap before the gap is taken as lost for good (a
-#: capture that dropped a segment): the partial frame is then reported as stray bytes
-#: and parsing resumes at the first held segment.
-CAPTURE_MAX_HELD = 1 << 20
+#: Out-of-order segments (and bytes) held beyond a gap before the gap is taken as lost
+#: for good (a capture that dropped a segment): the partial frame before it is then
+#: reported as stray bytes and parsing resumes at the first held segment. A FIN or RST
+#: gives up on gaps at once. Reordering inside a capture spans a few segments at most.
+CAPTURE_MAX_HELD_SEGMENTS = 8
+CAPTURE_MAX_HELD = 1 << 18
 
 
 def _split_frames(data: bytes | bytearray) -> tuple[list[bytes], int, bool]:
@@ -299,15 +302,19 @@ class _CaptureStream:
     Offsets count stream bytes from ``base`` (the sequence number of the first byte);
     ``end`` is the offset just past the last contiguous byte in hand, and ``pending``
     holds the bytes from the first one not yet returned as a frame up to ``end``.
+    ``starts`` lists where segments began inside ``pending``: after a bad length field,
+    parsing resumes at the next one (a sender starts a segment with a frame more often
+    than not, so that is the best guess at where frames line up again).
     """
 
-    __slots__ = ("base", "end", "held", "pending", "stray")
+    __slots__ = ("base", "end", "held", "pending", "starts", "stray")
 
     def __init__(self, base: int) -> None:
         self.base = base & 0xFFFFFFFF
         self.end = 0
         self.pending = bytearray()
         self.held: dict[int, bytes] = {}
+        self.starts: list[int] = []
         self.stray = bytearray()
 
     def add(self, seq: int, payload: bytes) -> None:
@@ -321,13 +328,15 @@ class _CaptureStream:
         if abs(delta) > CAPTURE_MAX_JUMP:
             self.stray += self.pending
             self.pending = bytearray()
+            self.starts.clear()
             self.held.clear()
             self.base, self.end, delta = seq & 0xFFFFFFFF, 0, 0
         off = self.end + delta
         if off > self.end:
             if len(payload) > len(self.held.get(off, b"")):
                 self.held[off] = payload
-            if sum(len(p) for p in self.held.values()) > CAPTURE_MAX_HELD:
+            if (len(self.held) > CAPTURE_MAX_HELD_SEGMENTS
+                    or sum(len(p) for p in self.held.values()) > CAPTURE_MAX_HELD):
                 self._skip_gap()
             return
         self._append(off, payload)
@@ -335,6 +344,8 @@ class _CaptureStream:
 
     def _append(self, off: int, payload: bytes) -> None:
         if off + len(payload) > self.end:
+            if off == self.end:
+                self.starts.append(off)
             self.pending += payload[self.end - off:]
             self.end = off + len(payload)
 
@@ -348,21 +359,36 @@ class _CaptureStream:
     def _skip_gap(self) -> None:
         self.stray += self.pending
         self.pending = bytearray()
+        self.starts.clear()
         self.end = min(self.held)
         self._drain_held()
 
-    def take_frames(self) -> tuple[list[bytes], bytes]:
-        """Whole frames now in hand, and bytes given up on (lost gap, bad length)."""
-        frames, pos, bad = _split_frames(self.pending)
-        if bad:
-            # Resynchronise at the next segment: drop what is buffered.
-            self.stray += self.pending[pos:]
-            self.pending = bytearray()
-        else:
+    def take_frames(self, *, flush: bool = False) -> tuple[list[bytes], bytes]:
+        """Whole frames now in hand, and bytes given up on (lost gap, bad length).
+
+        ``flush`` gives up on every gap, parsing each held run of bytes in turn.
+        """
+        out: list[bytes] = []
+        while True:
+            frames, pos, bad = _split_frames(self.pending)
+            out += frames
+            first = self.end - len(self.pending)
+            if bad:
+                # Resynchronise at the next segment start; drop the bytes before it.
+                nxt = next((o for o in self.starts if o > first + pos), self.end)
+                self.stray += self.pending[pos:nxt - first]
+                pos = nxt - first
             del self.pending[:pos]
+            first += pos
+            self.starts = [o for o in self.starts if o > first]
+            if bad and self.pending:
+                continue
+            if not (flush and self.held):
+                break
+            self._skip_gap()
         stray = bytes(self.stray)
         self.stray = bytearray()
-        return frames, stray
+        return out, stray
 
 
 class QkdBody(Packet):

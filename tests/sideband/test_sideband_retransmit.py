@@ -221,3 +221,38 @@ def test_a_new_connection_on_the_same_ports_starts_afresh(tmp_path: Path) -> Non
     second.seg(True, s2, 0, len(s2))
     path = _write(tmp_path, first.pkts + second.pkts)
     assert [seq for _, seq in _dissected(path)] == [0, 1, 2, 10, 11]
+
+
+def _lossy_flow(n_frames: int, *, fin: bool) -> tuple[list[Packet], int]:
+    """One frame per segment; frame 2's segment and the head of frame 5's are missing,
+    as in a capture whose sniffer dropped packets. Returns packets and the stray bytes
+    (frame 5's tail, which starts inside its tag)."""
+    f = [_ping(i) for i in range(n_frames)]
+    s = b"".join(f)
+    bounds = [0, *_boundaries(f)]
+    flow = _Flow()
+    tail = 12
+    for i in range(n_frames):
+        if i == 2:
+            continue
+        if i == 5:
+            flow.seg(True, s, bounds[6] - tail, bounds[6])
+            continue
+        flow.seg(True, s, bounds[i], bounds[i + 1])
+    if fin:
+        flow._tcp(True, "FA", flow.isn[True] + len(s), b"")
+    return flow.pkts, tail
+
+
+@pytest.mark.parametrize("fin", [True, False])
+def test_segments_lost_from_the_capture(tmp_path: Path, fin: bool) -> None:
+    # With a FIN the held segments are parsed at once; without one, after a few
+    # segments have piled up behind the gap. Either way every whole frame is reported.
+    n = 8 if fin else 20
+    pkts, tail = _lossy_flow(n, fin=fin)
+    path = _write(tmp_path, pkts)
+    want = [i for i in range(n) if i not in (2, 5)]
+    assert [seq for _, seq in _dissected(path)] == want
+    summary = summarize(path, detect=False)
+    assert summary["frames"] == len(want)
+    assert summary["undecodable_bytes"] == tail
