@@ -9,7 +9,10 @@ connection gets a :class:`PcapFlow` from :meth:`PcapRecorder.flow`.
 :func:`summarize` reads any capture (self-written or sniffed) with scapy's
 ``TCPSession`` and :meth:`qkdnet.wire.QkdHeader.tcp_reassemble`, and reports sessions,
 per-type counts, what the link layer announced, authentication failures, aborts and a
-timeline. Layers contribute per-type summarisers: either list field names in their
+timeline. Retransmitted or overlapping TCP segments count once (the reassembly follows
+TCP sequence numbers); frames are deliberately not de-duplicated by their header
+``seq``, so a frame replayed as new TCP bytes still shows up.
+Layers contribute per-type summarisers: either list field names in their
 body class's ``summary_fields`` (``qber``, ``block_bits``, ``leaked_bits``,
 ``final_key_bits``) or call :func:`register_summarizer` with a function returning such
 a dict (an ``"event"`` key adds a line to the timeline).
