@@ -41,7 +41,11 @@ all its block parities anyway), which saves one round trip per pass without chan
 what is disclosed; Bob still compares each pass only when he reaches it.
 
 Alice computes any range parity in O(1) from a prefix-XOR array of her permuted key
-per pass (built once per pass and cached in :class:`CascadeResponder`).
+per pass (built once per pass and cached in :class:`CascadeResponder`). Bob's key
+changes as he corrects it, so he gathers each range's bits (from a copy of his key
+kept in the pass's order), except in two-block passes, where ranges are ~n/2 long:
+there he XORs a prefix array of his *initial* key with the parity of the count of
+flipped positions in the range (each bit is flipped at most once).
 
 Parameters (:meth:`CascadeParams.for_qber`): after Yan et al. 2008 and Martinez-Mateo,
 Pacher, Peev, Ciurana, Martin, "Demystifying the information reconciliation protocol
@@ -355,7 +359,13 @@ def _range_parities(bits: np.ndarray, perm: np.ndarray | None, starts: np.ndarra
     lengths = ends - starts
     offsets = np.zeros(lengths.shape[0], dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    # gather index of every range bit: a running sum of +1 steps, with a jump to the
+    # next range's start at each range boundary (one cumsum; ~6x faster than
+    # arange + repeat). Ranges are non-empty (Bob builds them).
+    idx = np.ones(int(offsets[-1] + lengths[-1]), dtype=np.int64)
+    idx[0] = starts[0]
+    idx[offsets[1:]] = starts[1:] - ends[:-1] + 1
+    np.cumsum(idx, out=idx)
     return np.bitwise_xor.reduceat(bits[idx] if perm is None else bits[perm[idx]], offsets)
 
 
