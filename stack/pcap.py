@@ -233,6 +233,20 @@ def detect_ports(path: str | Path) -> set[int]:
     return found
 
 
+#: The layers' wire modules: importing one binds its bodies (and summarisers) by type.
+LAYER_WIRE_MODULES = ("qkdnet.link.wire", "qkdnet.hub.wire", "qkdnet.apps.wire")
+
+
+def _load_layer_bodies() -> None:
+    """Bind every layer's bodies, so a capture names and decodes them all."""
+    import importlib
+    import importlib.util
+
+    for module in LAYER_WIRE_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
 def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
               detect: bool = True) -> dict[str, Any]:
     """Summarise the sideband frames in a capture (see module docstring).
@@ -240,6 +254,7 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
     Port 7787 and ``ports`` are decoded; with ``detect`` so is every port that a flow
     opened with a HELLO frame (nodes often listen on other ports).
     """
+    _load_layer_bodies()
     for port in set(ports) | (detect_ports(path) if detect else set()):
         bind_port(port)
     packets = sniff(offline=str(path), session=TCPSession)

@@ -331,3 +331,10 @@ async def test_hub_pcap_records_hub_frames(tmp_path: Path) -> None:
     assert {n for s in summary["sessions"] for n in s["names"].values()} == {
         "alice", "bob", "hub"}
     assert b"recorded" not in pcap.read_bytes()  # only ciphertext on the wire
+    # A fresh process (nothing imported but the CLI) names the hub's frames too.
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "qkdnet", "pcap", "summary", str(pcap),
+                          "--json"], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout)["per_type"]["HubData"]["frames"] == 2
