@@ -75,6 +75,7 @@ class MemoryKeyPool:
         self._changed = trio.Event()
         self.name = name
         self.reserved_bits = 0
+        self._free_bytes = 0  # unreserved bytes over all blocks (available() is O(1))
         if capacity_bits:
             self.add_key(capacity_bits)
 
@@ -91,13 +92,14 @@ class MemoryKeyPool:
             self._blocks[bid] = (self._rng.bytes(size), [])
             self._next_free[bid] = 0
             self._order.append(bid)
+            self._free_bytes += size
             n -= size
         self._changed.set()
         self._changed = trio.Event()
 
     def available(self) -> int:
         """Bits not yet reserved."""
-        return sum(8 * (len(self._blocks[b][0]) - self._next_free[b]) for b in self._order)
+        return 8 * self._free_bytes
 
     def reserve(self, n_bits: int) -> MemoryGrant:
         """Hand out ``n_bits`` (a multiple of 8) fresh bits, or raise KeyExhausted."""
@@ -118,6 +120,7 @@ class MemoryKeyPool:
             segs.append(KeyRef(bid, 8 * pos, 8 * k))
             parts.append(memoryview(data)[pos:pos + k])
             self._next_free[bid] = pos + k
+            self._free_bytes -= k
             need -= k
             if pos + k == len(data):
                 self._order.pop(0)
