@@ -180,6 +180,10 @@ class KeyCursor:
         """Whole bytes not yet carved."""
         return sum(s[2] for s in self._segs) // 8
 
+    def bytes_within(self, max_segments: int) -> int:
+        """Whole bytes the next carve can take while naming at most ``max_segments``."""
+        return sum(s[2] for s in self._segs[:max_segments]) // 8
+
     def carve_parts(self, n_bytes: int) -> tuple[list[KeyRef], list[memoryview]]:
         """The next ``n_bytes`` of key as views, and the references naming those bits."""
         need = 8 * n_bytes
@@ -375,14 +379,36 @@ class SecureStreamCore:
     def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor | None
                   ) -> list[bytes | bytearray]:
         """Frames (one per ``max_frame_payload`` bytes) carrying ``payload``."""
+        frames, n = self.seal_some(payload, cursor)
+        if n < len(payload):
+            raise LocalProtocolError("key grant used beyond its length")
+        return frames
+
+    def seal_some(self, payload: bytes | memoryview, cursor: KeyCursor | None
+                  ) -> tuple[list[bytes | bytearray], int]:
+        """Frames carrying as much of ``payload`` as ``cursor``'s key covers, and how much.
+
+        A frame carries up to ``max_frame_payload`` bytes, fewer if its key would
+        otherwise span more than ``wire.MAX_REFS`` segments (a grant made of many small
+        key blocks): then the frames are shorter, need more tag keys than
+        :meth:`key_bytes_for` counted, and the caller reserves key for the rest.
+        """
         if self.eof_sent:
             raise LocalProtocolError("data after end of stream")
-        view = memoryview(payload)
+        if cursor is None:
+            raise LocalProtocolError("a SecureStream frame needs key")
+        view = memoryview(payload).cast("B")
         out: list[bytes | bytearray] = []
-        for start in range(0, len(view), self.max_frame_payload):
-            out.append(self._seal(AppMsgType.STREAM_DATA,
-                                  view[start:start + self.max_frame_payload], cursor))
-        return out
+        pos = 0
+        while pos < len(view):
+            overhead = TAG_KEY_BYTES + (HASH_KEY_BYTES if self._tx_r is None else 0)
+            n = min(self.max_frame_payload, len(view) - pos,
+                    cursor.bytes_within(wire.MAX_REFS) - overhead)
+            if n <= 0:
+                break
+            out.append(self._seal(AppMsgType.STREAM_DATA, view[pos:pos + n], cursor))
+            pos += n
+        return out, pos
 
     def seal_eof(self, cursor: KeyCursor | None) -> bytes | bytearray:
         """The authenticated end-of-stream frame for this direction."""
@@ -675,6 +701,11 @@ class HopSecuredCore:
             self.stats.payload_bytes_tx += len(piece)
         return out
 
+    def seal_some(self, payload: bytes | memoryview, cursor: KeyCursor | None
+                  ) -> tuple[list[bytes], int]:
+        """All of ``payload`` as HOP_DATA frames (no key involved)."""
+        return self.seal_data(payload, cursor), len(payload)
+
     def seal_eof(self, cursor: KeyCursor | None) -> bytes:
         """The HOP_EOF frame."""
         frame = wire.encode_hop_frame(AppMsgType.HOP_EOF, self.session, self._tx_seq, b"")
@@ -895,12 +926,16 @@ class SecureStream(trio.abc.HalfCloseableStream):
             chunk = max(self._core.max_frame_payload,
                         (MAX_GRANT_BITS // 8) // self._core.max_frame_payload
                         * self._core.max_frame_payload)
-            for start in range(0, len(view), chunk):
-                piece = view[start:start + chunk]
+            while view:
+                piece = view[:chunk]
                 cursor = await self._get_key(self._core.key_bytes_for(len(piece)))
                 self._check()
-                for frame in self._core.seal_data(piece, cursor):
+                frames, n = self._core.seal_some(piece, cursor)
+                if not n:  # cannot happen with segments of at least one bit
+                    raise self._break("key too fragmented to carry any payload")
+                for frame in frames:
                     await self._transport_send(frame)
+                view = view[n:]
 
     async def wait_send_all_might_not_block(self) -> None:
         """Block until the transport could accept data."""

@@ -6,17 +6,21 @@
 * The receiver opens frames as their bytes arrive (no reassembly): any split of the
   byte stream gives the same plaintext, nothing is released before the tag holds,
   and a forged frame fed in pieces still burns no key.
+* Key made of many small blocks gives shorter frames, never frames naming more key
+  segments than a receiver accepts.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import trio
+import trio.testing
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from qkdnet.apps import wire
 from qkdnet.apps.keys import MemoryKeyPool, MemoryStreamKeys
-from qkdnet.apps.stream import KeyCursor, SecureStreamCore
+from qkdnet.apps.stream import KeyCursor, SecureStream, SecureStreamCore
 from qkdnet.errors import ErrorCode, KeyReuseError, RemoteProtocolError
 from qkdnet.wire import QkdHeader
 
@@ -120,3 +124,20 @@ def test_nothing_is_released_before_the_tag_and_forgeries_burn_nothing(where: in
     assert honest.receive_data(frame[-1:]) == (b"secret" * 1000, False)
     with pytest.raises(KeyReuseError):
         bob.peek(refs)  # spent by the honest frame
+
+
+async def test_fragmented_key_gives_shorter_frames_never_too_many_refs() -> None:
+    # Key in 100-byte blocks: a 512 KiB frame would name over 5000 segments, more
+    # than a receiver accepts; the sender cuts frames to fit and reserves the rest.
+    alice, bob = _keys(100)
+    a_raw, b_raw = trio.testing.memory_stream_pair()
+    a, b = SecureStream(a_raw, alice, session=SESSION), SecureStream(b_raw, bob, session=SESSION)
+    payload = np.random.default_rng(9).bytes(300_000)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, payload)
+        while len(got) < len(payload):
+            got += await b.receive_some()
+    assert bytes(got) == payload
+    assert a.stats.frames_tx >= len(payload) // (wire.MAX_REFS * 100)
+    assert a.stats.key_per_payload_bit() <= 1.03
