@@ -482,7 +482,7 @@ class SecureStreamCore:
         elif self._prefix_size:
             target = self._prefix_size
         else:
-            target = min(self._frame_size, _REFS_START)
+            target = min(self._frame_size, wire.REFS_START)
         k = min(target - len(pre), len(view))
         pre += view[:k]
         view = view[k:]
@@ -501,16 +501,7 @@ class SecureStreamCore:
             # Header and reference count are in: check them before anything else.
             head = wire.decode_header(bytes(pre) + bytes(wire.TAG_SIZE))
             self._check_header(head)
-            if self._frame_size < _REFS_START + wire.TAG_SIZE:
-                wire.decode_body(bytes(pre))  # raises: too short for a body
-            n_refs = int.from_bytes(pre[wire.HEADER_SIZE:_REFS_START], "big")
-            if n_refs == 0 or n_refs > wire.MAX_REFS:
-                raise RemoteProtocolError(f"frame names {n_refs} key segments",
-                                          ErrorCode.MALFORMED_FRAME)
-            self._prefix_size = _REFS_START + wire.KEYREF.size * n_refs
-            if self._prefix_size > self._frame_size - wire.TAG_SIZE:
-                raise RemoteProtocolError("key references overrun the frame",
-                                          ErrorCode.MALFORMED_FRAME)
+            self._prefix_size = wire.prefix_size(pre, self._frame_size)
             return view
         self._incoming = self._start(bytes(pre), self._frame_size)
         self._pre = bytearray()
@@ -535,9 +526,7 @@ class SecureStreamCore:
     def _start(self, prefix: bytes, size: int) -> _Incoming:
         """Checks on the whole prefix, then peek the key and set up MAC and plaintext."""
         head = wire.decode_header(prefix + bytes(wire.TAG_SIZE))
-        n_refs = (len(prefix) - _REFS_START) // wire.KEYREF.size
-        refs = [wire.KeyRef(*wire.KEYREF.unpack_from(prefix, _REFS_START + i * wire.KEYREF.size))
-                for i in range(n_refs)]
+        refs = wire.decode_refs(prefix)
         n_ct = size - len(prefix) - wire.TAG_SIZE
         first = self._rx_r is None
         n_key = n_ct + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
@@ -593,9 +582,6 @@ class SecureStreamCore:
             self.eof_received = True
             return bytearray()
         return inc.plain
-
-
-_REFS_START = wire.HEADER_SIZE + wire.N_REFS.size
 
 
 class _Incoming:

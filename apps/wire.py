@@ -140,6 +140,34 @@ def decode_header(frame: bytes | memoryview) -> FrameHeader:
     return FrameHeader(length, version, mtype, flags, session, seq, ablock, aoff)
 
 
+#: Bytes of header and reference count: where the key references of a body start.
+REFS_START = HEADER_SIZE + N_REFS.size
+
+
+def prefix_size(start: bytes | bytearray | memoryview, frame_size: int) -> int:
+    """Bytes of header, reference count and references, from the first REFS_START bytes.
+
+    For a receiver that reads a frame piecewise; the checks (and messages) are those
+    of :func:`decode_body`.
+    """
+    if frame_size < REFS_START + TAG_SIZE:
+        raise RemoteProtocolError("frame too short for its body", ErrorCode.MALFORMED_FRAME)
+    (n_refs,) = N_REFS.unpack_from(start, HEADER_SIZE)
+    if n_refs == 0 or n_refs > MAX_REFS:
+        raise RemoteProtocolError(f"frame names {n_refs} key segments", ErrorCode.MALFORMED_FRAME)
+    size = REFS_START + KEYREF.size * n_refs
+    if size > frame_size - TAG_SIZE:
+        raise RemoteProtocolError("key references overrun the frame", ErrorCode.MALFORMED_FRAME)
+    return size
+
+
+def decode_refs(prefix: bytes | bytearray | memoryview) -> list[KeyRef]:
+    """The key references of a prefix (header, count, references) checked by prefix_size."""
+    n_refs = (len(prefix) - REFS_START) // KEYREF.size
+    return [KeyRef(*KEYREF.unpack_from(prefix, REFS_START + i * KEYREF.size))
+            for i in range(n_refs)]
+
+
 def decode_body(frame: bytes | memoryview) -> tuple[list[KeyRef], memoryview]:
     """Split a whole frame (header … tag) into its key references and payload."""
     view = memoryview(frame)

@@ -73,6 +73,8 @@ def test_sealed_frames_match_the_slow_construction_and_scapy() -> None:
         s, pad = key[pos:pos + 16], key[pos + 16:pos + 16 + len(piece)]
         pos += 16 + len(piece)
         refs, _ = wire.decode_body(memoryview(frame))
+        n_prefix = wire.prefix_size(frame[:wire.REFS_START], len(frame))
+        assert wire.decode_refs(frame[:n_prefix]) == refs  # the receiver's piecewise parse
         ct = bytes(a ^ b for a, b in zip(piece, pad, strict=True))
         head = wire.encode_frame(wire.AppMsgType.STREAM_DATA, SESSION, seq, refs, ct)
         assert bytes(frame) == head + Poly1305.generate_tag(r + s, head)
