@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from qkdnet.apps import wire
 from qkdnet.apps.keys import MemoryKeyPool, MemoryStreamKeys
-from qkdnet.apps.stream import KeyCursor, SecureStream, SecureStreamCore
+from qkdnet.apps.stream import DEFAULT_FRAME_PAYLOAD, KeyCursor, SecureStream, SecureStreamCore
 from qkdnet.errors import ErrorCode, KeyReuseError, RemoteProtocolError
 from qkdnet.wire import QkdHeader
 
@@ -143,3 +143,19 @@ async def test_fragmented_key_gives_shorter_frames_never_too_many_refs() -> None
     assert bytes(got) == payload
     assert a.stats.frames_tx >= len(payload) // (wire.MAX_REFS * 100)
     assert a.stats.key_per_payload_bit() <= 1.03
+
+
+async def test_largest_frames_with_most_references_are_accepted() -> None:
+    # 4 KiB key blocks: a full-size frame names about MAX_REFS segments and must still
+    # be within the receiver's MAX_FRAME_SIZE.
+    alice, bob = _keys(4097)
+    a_raw, b_raw = trio.testing.memory_stream_pair()
+    a, b = SecureStream(a_raw, alice, session=SESSION), SecureStream(b_raw, bob, session=SESSION)
+    payload = np.random.default_rng(10).bytes(2 * DEFAULT_FRAME_PAYLOAD)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, payload)
+        while len(got) < len(payload):
+            got += await b.receive_some()
+    assert bytes(got) == payload
+    assert a.stats.frames_tx <= 4
