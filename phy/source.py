@@ -176,45 +176,6 @@ def truncated_poisson(rng: np.random.Generator, lam: np.ndarray,
         todo, lam_t, tgt_t, term_t, cdf_t = (
             todo[still], lam_t[still], tgt_t[still], term_t[still], cdf_t[still])
     return out
-    # P(N = 1 | N >= 1) = λ e^-λ / (1 − e^-λ): most draws stop there, cheaply.
-    u = rng.random(n)
-    p1 = lam * np.exp(-lam) / -np.expm1(-lam)
-    todo = np.flatnonzero(u > p1)
-    if todo.size == 0:
-        return out
-    # Inverse CDF for the rest: target u' = e^-λ + u·(1 − e^-λ) on the full law.
-    lam_t = lam[todo]
-    e = np.exp(-lam_t)
-    tgt_t = e + u[todo] * -np.expm1(-lam_t)
-    term_t = e * lam_t
-    cdf_t = e + term_t
-    k = 1
-    while todo.size and k < MAX_PHOTONS:
-        k += 1
-        term_t = term_t * lam_t / k
-        cdf_t = cdf_t + term_t
-        out[todo] = k
-        still = cdf_t < tgt_t
-        todo, lam_t, tgt_t, term_t, cdf_t = (
-            todo[still], lam_t[still], tgt_t[still], term_t[still], cdf_t[still])
-    return out
-    e = np.exp(-lam)
-    # Target CDF value within the conditional law: u' = e^-λ + u·(1 − e^-λ).
-    target = e + rng.random(n) * (-np.expm1(-lam))
-    term = e * lam                    # P(N = 1)
-    cdf = e + term
-    todo = np.flatnonzero(cdf < target)
-    lam_t, tgt_t, term_t, cdf_t = lam[todo], target[todo], term[todo], cdf[todo]
-    k = 1
-    while todo.size and k < MAX_PHOTONS:
-        k += 1
-        term_t = term_t * lam_t / k
-        cdf_t = cdf_t + term_t
-        out[todo] = k
-        still = cdf_t < tgt_t
-        todo, lam_t, tgt_t, term_t, cdf_t = (
-            todo[still], lam_t[still], tgt_t[still], term_t[still], cdf_t[still])
-    return out
 
 
 class AliceSource:
