@@ -130,6 +130,26 @@ class StreamKeys(Protocol):
         ...
 
 
+def check_stream_header(head: wire.FrameHeader, allowed_types: tuple[int, ...], *,
+                        eof_received: bool, session: int, expected_seq: int) -> None:
+    """Refuse a stream frame of the wrong type, after EOF, of another stream, or out of order.
+
+    These checks come before any key is looked at, so a replay costs the receiver nothing.
+    """
+    if head.type not in allowed_types:
+        raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
+                                  ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    if eof_received:
+        raise RemoteProtocolError("frame after end of stream", ErrorCode.PROTOCOL_VIOLATION)
+    if head.session != session:
+        raise RemoteProtocolError("frame belongs to another stream",
+                                  ErrorCode.PROTOCOL_VIOLATION)
+    if head.seq != expected_seq:
+        kind = "replayed" if head.seq < expected_seq else "reordered or dropped"
+        raise RemoteProtocolError(f"frame {kind}: sequence {head.seq}, expected {expected_seq}",
+                                  ErrorCode.REPLAY_OR_REORDER)
+
+
 def peek_function(keys: object) -> Any:
     """A ``peek(refs) -> bytes`` for ``keys``: the rx bits ``take`` would return, unconsumed.
 
@@ -511,19 +531,9 @@ class SecureStreamCore:
         return view
 
     def _check_header(self, head: wire.FrameHeader) -> None:
-        if head.type not in (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF):
-            raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
-                                      ErrorCode.UNKNOWN_MESSAGE_TYPE)
-        if self.eof_received:
-            raise RemoteProtocolError("frame after end of stream", ErrorCode.PROTOCOL_VIOLATION)
-        if head.session != self.session:
-            raise RemoteProtocolError("frame belongs to another stream",
-                                      ErrorCode.PROTOCOL_VIOLATION)
-        if head.seq != self._rx_seq:
-            kind = "replayed" if head.seq < self._rx_seq else "reordered or dropped"
-            raise RemoteProtocolError(
-                f"frame {kind}: sequence {head.seq}, expected {self._rx_seq}",
-                ErrorCode.REPLAY_OR_REORDER)
+        check_stream_header(head, (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF),
+                            eof_received=self.eof_received, session=self.session,
+                            expected_seq=self._rx_seq)
 
     def _start(self, prefix: bytes, size: int) -> _Incoming:
         """Checks on the whole prefix, then peek the key and set up MAC and plaintext."""
@@ -707,20 +717,9 @@ class HopSecuredCore:
         out: list[bytearray] = []
         for frame in self._assembler.feed(data):
             head = wire.decode_header(frame)
-            if head.type not in (AppMsgType.HOP_DATA, AppMsgType.HOP_EOF):
-                raise RemoteProtocolError(f"unexpected message type {head.type:#x} in a stream",
-                                          ErrorCode.UNKNOWN_MESSAGE_TYPE)
-            if self.eof_received:
-                raise RemoteProtocolError("frame after end of stream",
-                                          ErrorCode.PROTOCOL_VIOLATION)
-            if head.session != self.session:
-                raise RemoteProtocolError("frame belongs to another stream",
-                                          ErrorCode.PROTOCOL_VIOLATION)
-            if head.seq != self._rx_seq:
-                kind = "replayed" if head.seq < self._rx_seq else "reordered or dropped"
-                raise RemoteProtocolError(
-                    f"frame {kind}: sequence {head.seq}, expected {self._rx_seq}",
-                    ErrorCode.REPLAY_OR_REORDER)
+            check_stream_header(head, (AppMsgType.HOP_DATA, AppMsgType.HOP_EOF),
+                                eof_received=self.eof_received, session=self.session,
+                                expected_seq=self._rx_seq)
             payload = frame[wire.HEADER_SIZE:-wire.TAG_SIZE]
             self._rx_seq += 1
             self.stats.frames_rx += 1
