@@ -407,15 +407,8 @@ class HubRouter:
                                     "an earlier message of this channel failed")
         n_bits = 8 * len(body.ciphertext)
         to_hub = dst == self.hub_name
-        if not to_hub:
-            have = self.keys.available(dst, "data-tx")
-            if have < n_bits:
-                if now >= item.deadline:
-                    return True, self._fail(
-                        entry, dst, item, w.HubReason.KEY_EXHAUSTED, f"hub->{dst}",
-                        str(KeyExhausted(n_bits, have, pool=f"({dst}, data-tx)",
-                                         hop=f"hub->{dst}")), n_bits, have)
-                return False, []
+        if not to_hub and (short := self._key_short(entry, dst, item, dst, n_bits, now)):
+            return short
         segs = [_StoreSegment(int(s.block_id), int(s.offset), int(s.n_bits))
                 for s in body.segments]
         try:
@@ -465,20 +458,27 @@ class HubRouter:
         self.totals["relayed_bytes"] += len(ciphertext)
         return True, self._out(dst, fwd)
 
+    def _key_short(self, entry: SpokeEntry, dst: str, item: _Item, who: str, n_bits: int,
+                   now: float) -> tuple[bool, list[Action]] | None:
+        """None if hub->``who`` holds ``n_bits`` of key; else wait, or fail past the deadline."""
+        have = self.keys.available(who, "data-tx")
+        if have >= n_bits:
+            return None
+        if now < item.deadline:
+            return False, []
+        hop = f"hub->{who}"
+        return True, self._fail(
+            entry, dst, item, w.HubReason.KEY_EXHAUSTED, hop,
+            str(KeyExhausted(n_bits, have, pool=f"({who}, data-tx)", hop=hop)), n_bits, have)
+
     def _relay_key(self, entry: SpokeEntry, dst: str, item: _Item,
                    now: float) -> tuple[bool, list[Action]]:
         body = item.body
         src = entry.name
         n = int(body.n_bits)
         for who in (src, dst):
-            have = self.keys.available(who, "data-tx")
-            if have < n:
-                if now >= item.deadline:
-                    return True, self._fail(
-                        entry, dst, item, w.HubReason.KEY_EXHAUSTED, f"hub->{who}",
-                        str(KeyExhausted(n, have, pool=f"({who}, data-tx)",
-                                         hop=f"hub->{who}")), n, have)
-                return False, []
+            if short := self._key_short(entry, dst, item, who, n, now):
+                return short
         try:
             ga = self.keys.reserve(src, "data-tx", n)
             gb = self.keys.reserve(dst, "data-tx", n)
