@@ -107,10 +107,7 @@ def _run_hub(args: argparse.Namespace) -> int:
     from qkdnet.hub.daemon import HubDaemon, run_until_signal
     from qkdnet.hub.linkrun import hub_link_runner
 
-    if not args.config:
-        raise ConfigError("qkdnet hub needs --config FILE", source="command line",
-                          key="--config", expected="a hub TOML file")
-    settings = hub_settings_from_config(_config_with_trace(args))
+    settings = hub_settings_from_config(_config_with_trace(args, "hub"))
     daemon = HubDaemon(settings, link_runner=hub_link_runner(settings))
 
     async def main(task_status: Any) -> None:
@@ -130,10 +127,7 @@ def _run_node(args: argparse.Namespace) -> int:
     from qkdnet.hub.linkrun import spoke_link_runner
     from qkdnet.hub.node import SpokeNode
 
-    if not args.config:
-        raise ConfigError("qkdnet node needs --config FILE", source="command line",
-                          key="--config", expected="a spoke TOML file")
-    settings = spoke_settings_from_config(_config_with_trace(args))
+    settings = spoke_settings_from_config(_config_with_trace(args, "node"))
     node = SpokeNode(settings, link_runner=spoke_link_runner(settings))
 
     async def main(task_status: Any) -> None:
@@ -154,10 +148,14 @@ def _run_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_with_trace(args: argparse.Namespace) -> Any:
-    """The node config, with ``--trace [DIR]`` switching tracing on."""
+def _config_with_trace(args: argparse.Namespace, kind: str) -> Any:
+    """The ``--config`` file of ``qkdnet KIND``, with ``--trace [DIR]`` switching tracing on."""
     from qkdnet.config import load_config
 
+    if not args.config:
+        raise ConfigError(f"qkdnet {kind} needs --config FILE", source="command line",
+                          key="--config",
+                          expected=f"a {'hub' if kind == 'hub' else 'spoke'} TOML file")
     cfg = load_config(args.config)
     if args.trace is not None:
         cfg = cfg.with_trace(True, args.trace or None)
