@@ -253,10 +253,10 @@ def _split_key(pieces: list[memoryview], n: int) -> tuple[bytes, list[memoryview
     return bytes(head), rest
 
 
-def _xor_pad(out: memoryview, data: memoryview, pad: list[memoryview]) -> None:
-    """``out = data XOR pad``, the pad given as views (no join), one numpy call each."""
+def _xor_pad(arr_out: np.ndarray[Any, Any], data: bytes | memoryview,
+             pad: list[memoryview]) -> None:
+    """``arr_out = data XOR pad``, the pad given as views (no join), one numpy call each."""
     pos = 0
-    arr_out = np.frombuffer(out, np.uint8)
     arr_in = np.frombuffer(data, np.uint8)
     for piece in pad:
         n = len(piece)
@@ -399,7 +399,7 @@ class SecureStreamCore:
         return n_payload + TAG_KEY_BYTES * frames + first
 
     def seal_data(self, payload: bytes | memoryview, cursor: KeyCursor | None
-                  ) -> list[bytes | bytearray]:
+                  ) -> list[bytes | bytearray | memoryview]:
         """Frames (one per ``max_frame_payload`` bytes) carrying ``payload``."""
         frames, n = self.seal_some(payload, cursor)
         if n < len(payload):
@@ -407,7 +407,7 @@ class SecureStreamCore:
         return frames
 
     def seal_some(self, payload: bytes | memoryview, cursor: KeyCursor | None
-                  ) -> tuple[list[bytes | bytearray], int]:
+                  ) -> tuple[list[bytes | bytearray | memoryview], int]:
         """Frames carrying as much of ``payload`` as ``cursor``'s key covers, and how much.
 
         A frame carries up to ``max_frame_payload`` bytes, fewer if its key would
@@ -420,7 +420,7 @@ class SecureStreamCore:
         if cursor is None:
             raise LocalProtocolError("a SecureStream frame needs key")
         view = memoryview(payload).cast("B")
-        out: list[bytes | bytearray] = []
+        out: list[bytes | bytearray | memoryview] = []
         pos = 0
         while pos < len(view):
             overhead = TAG_KEY_BYTES + (HASH_KEY_BYTES if self._tx_r is None else 0)
@@ -432,14 +432,14 @@ class SecureStreamCore:
             pos += n
         return out, pos
 
-    def seal_eof(self, cursor: KeyCursor | None) -> bytes | bytearray:
+    def seal_eof(self, cursor: KeyCursor | None) -> bytes | bytearray | memoryview:
         """The authenticated end-of-stream frame for this direction."""
         frame = self._seal(AppMsgType.STREAM_EOF, b"", cursor)
         self.eof_sent = True
         return frame
 
     def _seal(self, mtype: int, payload: bytes | memoryview, cursor: KeyCursor | None
-              ) -> bytes | bytearray:
+              ) -> memoryview:
         if cursor is None:
             raise LocalProtocolError("a SecureStream frame needs key")
         first = self._tx_r is None
@@ -452,12 +452,15 @@ class SecureStreamCore:
         head = wire.encode_frame(mtype, self.session, self._tx_seq, refs, b"",
                                  payload_len=len(payload))
         n_head = len(head)
-        frame = bytearray(n_head + len(payload) + wire.TAG_SIZE)
+        end = n_head + len(payload)
+        # Uninitialised (np.empty, not a zero-filled bytearray): every byte is written
+        # below: header, ciphertext, tag.
+        arr = np.empty(end + wire.TAG_SIZE, np.uint8)
+        frame = memoryview(arr)  # type: ignore[arg-type]
         frame[:n_head] = head
-        body = memoryview(frame)
         if payload:
-            _xor_pad(body[n_head:n_head + len(payload)], memoryview(payload), pad)
-        body[-wire.TAG_SIZE:] = Poly1305.generate_tag(self._tx_r + s, body[:-wire.TAG_SIZE])
+            _xor_pad(arr[n_head:end], payload, pad)
+        frame[end:] = Poly1305.generate_tag(self._tx_r + s, frame[:end])
         self._tx_seq += 1
         self.stats.frames_tx += 1
         self.stats.payload_bytes_tx += len(payload)
@@ -870,7 +873,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return self._break(f"transport error: {err.strerror or err}")
         return err
 
-    async def _transport_send(self, data: bytes | bytearray) -> None:
+    async def _transport_send(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self.transport.send_all(data)
         except trio.Cancelled:
