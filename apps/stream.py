@@ -242,6 +242,9 @@ class KeyCursor:
 
 def _split_key(pieces: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
     """The first ``n`` bytes of a list of key views (copied: r or s) and the rest."""
+    first = pieces[0]
+    if len(first) > n:  # the usual case: one slice, no loop
+        return bytes(first[:n]), [first[n:], *pieces[1:]]
     head = bytearray()
     rest = list(pieces)
     while len(head) < n:
@@ -384,6 +387,7 @@ class SecureStreamCore:
     _frame_size: int = field(default=0, repr=False)
     _prefix_size: int = field(default=0, repr=False)
     _incoming: _Incoming | None = field(default=None, repr=False)
+    _head: wire.FrameHeader | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (f"SecureStreamCore(session={self.session:#x}, tx_seq={self._tx_seq}, "
@@ -491,6 +495,17 @@ class SecureStreamCore:
                     if plain:
                         out.append(plain)
                 continue
+            if not self._pre and len(view) >= wire.REFS_START + wire.TAG_SIZE:
+                # Fast path: the frame's length, header and reference count are all in
+                # this read (the usual case), so check them without collecting a copy.
+                size = self._check_size(int.from_bytes(view[:4], "big") + 4)
+                head = wire.decode_header(view)
+                self._check_header(head)
+                n_prefix = wire.prefix_size(view, size)
+                if len(view) >= n_prefix:
+                    self._incoming = self._start(head, view[:n_prefix], size)
+                    view = view[n_prefix:]
+                    continue
             view = self._feed_prefix(view)
         return out, self.eof_received
 
@@ -514,33 +529,39 @@ class SecureStreamCore:
         if len(pre) < target:
             return view
         if target == 4:
-            self._frame_size = size = int.from_bytes(pre, "big") + 4
-            if size > self.max_frame_size:
-                raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
-                                          ErrorCode.FRAME_TOO_LARGE)
-            if size < wire.HEADER_SIZE + wire.TAG_SIZE:
-                raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
-                                          ErrorCode.MALFORMED_FRAME)
+            self._frame_size = self._check_size(int.from_bytes(pre, "big") + 4)
             return view
         if not self._prefix_size:
             # Header and reference count are in: check them before anything else.
-            head = wire.decode_header(bytes(pre) + bytes(wire.TAG_SIZE))
-            self._check_header(head)
+            self._head = wire.decode_header(bytes(pre) + bytes(wire.TAG_SIZE))
+            self._check_header(self._head)
             self._prefix_size = wire.prefix_size(pre, self._frame_size)
             return view
-        self._incoming = self._start(bytes(pre), self._frame_size)
+        assert self._head is not None
+        self._incoming = self._start(self._head, bytes(pre), self._frame_size)
         self._pre = bytearray()
         self._frame_size = self._prefix_size = 0
         return view
+
+    def _check_size(self, size: int) -> int:
+        """``size`` (of a whole frame) if a frame may be that big, else RemoteProtocolError."""
+        if size > self.max_frame_size:
+            raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
+                                      ErrorCode.FRAME_TOO_LARGE)
+        if size < wire.HEADER_SIZE + wire.TAG_SIZE:
+            raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
+                                      ErrorCode.MALFORMED_FRAME)
+        return size
 
     def _check_header(self, head: wire.FrameHeader) -> None:
         check_stream_header(head, (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF),
                             eof_received=self.eof_received, session=self.session,
                             expected_seq=self._rx_seq)
 
-    def _start(self, prefix: bytes, size: int) -> _Incoming:
-        """Checks on the whole prefix, then peek the key and set up MAC and plaintext."""
-        head = wire.decode_header(prefix + bytes(wire.TAG_SIZE))
+    def _start(self, head: wire.FrameHeader, prefix: bytes | memoryview, size: int
+               ) -> _Incoming:
+        """Checks on the whole prefix (header checked already), then peek the key and
+        set up MAC and plaintext."""
         refs = wire.decode_refs(prefix)
         n_ct = size - len(prefix) - wire.TAG_SIZE
         first = self._rx_r is None
@@ -888,11 +909,15 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return None
         n_bits = 8 * n_bytes
         try:
-            if self.policy.wait:
+            try:
+                # Key at hand: no extra trip through the scheduler (the transport's
+                # send is this send_all's checkpoint).
+                grant = self.keys.reserve(n_bits)
+            except KeyExhausted:
+                if not self.policy.wait:
+                    raise
                 grant = await self.keys.wait_reserve(
                     n_bits, trio.current_time() + self.policy.timeout)
-            else:
-                grant = self.keys.reserve(n_bits)
         except KeyExhausted as err:
             raise self._break(f"out of key: {err}") from err
         self._core.stats.key_bits_reserved += n_bits
