@@ -200,16 +200,20 @@ class CascadePlan:
 
     def split_ones(self, p: int) -> int:
         """How many key bits are on side 1 of split pass ``p`` (all passes counted at once:
-        a byte histogram per lane of the side words, then bit sums over the histogram)."""
+        a histogram per 16-bit lane of the side words, then bit sums over it)."""
         if self._ones is None:
             w = self.side_words()
-            w = w.astype(w.dtype.newbyteorder("<"), copy=False)   # lane 0 = bits 0..7
-            lanes = w.view(np.uint8).reshape(w.shape[0], w.dtype.itemsize)
-            bitsof = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)[:, ::-1]
+            w = w.astype(w.dtype.newbyteorder("<"), copy=False)   # lane 0 = bits 0..15
+            lanes = w.view(np.uint16).reshape(w.shape[0], w.dtype.itemsize // 2)
+            bitsof = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None],
+                                   axis=1)[:, ::-1].astype(np.int64)   # [byte, bit]
             counts = []
             for lane in range(lanes.shape[1]):
-                hist = np.bincount(lanes[:, lane], minlength=256).astype(np.int64)
-                counts.append(hist @ bitsof.astype(np.int64))
+                # one 65536-bin histogram (half the passes over the words of byte-wide
+                # ones); rows: high byte, columns: low byte
+                hist = np.bincount(lanes[:, lane], minlength=1 << 16).reshape(256, 256)
+                counts.append(hist.sum(axis=0) @ bitsof)   # bits 16·lane + 0..7
+                counts.append(hist.sum(axis=1) @ bitsof)   # bits 16·lane + 8..15
             self._ones = np.concatenate(counts)
         return int(self._ones[self.split_bit(p)])
 
