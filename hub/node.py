@@ -174,6 +174,7 @@ class Channel:
         self._tx_seq = 0
         self._rx_next = 0
         self._last_acked = -1
+        self._ack_due = -1  # highest message read by the application
         self._unacked: set[int] = set()
         self._window = trio.Semaphore(node.settings.window)
         self._send_lock = trio.Lock()
@@ -248,16 +249,32 @@ class Channel:
             await self._inbox_event.wait()
         seq, data = self._inbox.popleft()
         self.messages_received += 1
-        # Acks are cumulative: one acknowledges every message up to ``seq``. Ack when
-        # the application has caught up (inbox empty) or every ACK_EVERY messages,
-        # which keeps a pipelined sender's window open at a fraction of the frames.
-        if not self._inbox or seq - self._last_acked >= ACK_EVERY:
-            self._last_acked = seq
-            await self.node._send_quietly(w.HubDeliveryAck(
-                kind=int(w.NackKind.DATA), src=self.node.name.encode(),
-                dst=self.peer.encode(), channel_id=self.channel_id, end=self.end ^ 1,
-                msg_seq=seq), self.epoch)
+        # Acks are cumulative: one acknowledges every message up to ``seq``. Ack every
+        # ACK_EVERY messages, and when the application has caught up (inbox empty)
+        # after letting the connection's reader run once more: a message that had
+        # already reached this process is then in the inbox, and the next read acks
+        # it too. One ack per burst keeps a pipelined sender's window open at a
+        # fraction of the frames (each costs both hops a tag key and a frame's work).
+        self._ack_due = seq
+        if seq - self._last_acked >= ACK_EVERY:
+            await self._send_ack()
+        elif not self._inbox:
+            await trio.sleep(0)
+            if not self._inbox:
+                await self._send_ack()
         return data
+
+    async def _send_ack(self) -> None:
+        """Acknowledge every message up to ``_ack_due`` (if not done already)."""
+        seq = self._ack_due
+        if seq <= self._last_acked or self.error is not None or self.closed:
+            return
+        self._last_acked = seq
+        self.node.counters["acks_sent"] += 1
+        await self.node._send_quietly(w.HubDeliveryAck(
+            kind=int(w.NackKind.DATA), src=self.node.name.encode(),
+            dst=self.peer.encode(), channel_id=self.channel_id, end=self.end ^ 1,
+            msg_seq=seq), self.epoch)
 
     def __aiter__(self) -> Channel:
         return self
@@ -387,6 +404,7 @@ class SpokeNode:
             "connects": 0, "connect_failures": 0, "messages_sent": 0,
             "messages_received": 0, "duplicates_dropped": 0, "nacks": 0,
             "channels_opened": 0, "channels_accepted": 0, "key_relays": 0,
+            "acks_sent": 0,
         }
         self.last_error: str | None = None
         self._stopping = False

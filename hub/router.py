@@ -437,6 +437,7 @@ class HubRouter:
             if to_hub:
                 self.local_bytes += len(buf)
                 self.totals["local_delivered"] += 1
+                entry.frames_out += 1
                 return True, [Send(src, w.HubDeliveryAck(
                     kind=int(w.NackKind.DATA), src=dst.encode(), dst=src.encode(),
                     channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq))]

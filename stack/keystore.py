@@ -370,6 +370,20 @@ class _Lease:
         return None
 
 
+@dataclass(slots=True)
+class _Span:
+    """Bytes ``[b0, b1)`` of chunk ``idx`` (row ``rowid``) as read (``data``)."""
+
+    idx: int
+    b0: int
+    b1: int
+    rowid: int
+    data: bytes
+
+    def __repr__(self) -> str:  # data is key material
+        return f"_Span(chunk {self.idx}, bytes {self.b0}..{self.b1})"
+
+
 # ---------------------------------------------------------------------- the store
 
 
@@ -822,8 +836,9 @@ class KeyStore:
         if not segs:
             raise LocalProtocolError(f"{what}() needs at least one segment")
         by_block: dict[int, list[KeySegment]] = {}
-        for s in segs:
-            by_block.setdefault(s.block_id, []).append(s)
+        if len(segs) > 1:  # one segment cannot overlap itself
+            for s in segs:
+                by_block.setdefault(s.block_id, []).append(s)
         for bsegs in by_block.values():
             ordered = sorted(bsegs, key=lambda s: s.offset)
             for a, b in itertools.pairwise(ordered):
@@ -844,18 +859,38 @@ class KeyStore:
         :class:`KeyReuseError` if any bit was taken before (nothing is taken then) and
         :class:`KeyExhausted` if a block is unknown or shorter than a segment.
         """
-        segs, pool, pool_id = self._check_take(peer, purpose, segments, "take")
-        pieces: list[tuple[bytes, int]] = []
+        return self.take_many([(peer, purpose, segments)])[0]
+
+    def take_many(self, requests: Sequence[tuple[str, str, Sequence[KeySegment]]]
+                  ) -> list[bytes]:
+        """Several :meth:`take` calls, ``(peer, purpose, segments)`` each, in ONE
+        transaction: all of them or none.
+
+        Returns one ``bytes`` per request, as :meth:`take` would. If any request would
+        raise (:class:`KeyReuseError`, :class:`KeyExhausted`, :class:`LocalProtocolError`)
+        nothing at all is taken and that error is raised; two requests naming the
+        same bits of one pool count as reuse. A receiver uses it to spend every key
+        one frame names (e.g. its pad and its tag key) with a single durable commit.
+        """
+        if not requests:
+            raise LocalProtocolError("take_many() needs at least one request")
+        checked = [(peer, purpose, *self._check_take(peer, purpose, segments, "take"))
+                   for peer, purpose, segments in requests]
+        out: list[bytes] = []
         with self._tx():
-            for s in segs:
-                pieces.append((self._take_one(pool, pool_id, s), s.n_bits))
-        total = sum(s.n_bits for s in segs)
-        if self.tracer.enabled:
-            self.tracer.event("keystore", "take", {
-                "peer": peer, "purpose": purpose, "n_bits": total,
-                "segments": [[s.block_id, s.offset, s.n_bits] for s in segs]})
+            for _peer, _purpose, segs, pool, pool_id in checked:
+                out.append(concat_bits([(self._take_one(pool, pool_id, s), s.n_bits)
+                                        for s in segs]))
+        total = 0
+        for peer, purpose, segs, _pool, _pid in checked:
+            n_bits = sum(s.n_bits for s in segs)
+            total += n_bits
+            if self.tracer.enabled:
+                self.tracer.event("keystore", "take", {
+                    "peer": peer, "purpose": purpose, "n_bits": n_bits,
+                    "segments": [[s.block_id, s.offset, s.n_bits] for s in segs]})
         self._maybe_checkpoint(total)
-        return concat_bits(pieces)
+        return out
 
     def peek(self, peer: str, purpose: str, segments: Sequence[KeySegment]) -> bytes:
         """The bits :meth:`take` would return for ``segments``, consuming nothing.
@@ -872,52 +907,106 @@ class KeyStore:
         return concat_bits(pieces)
 
     def _locate(self, pool: str, pool_id: int, s: KeySegment
-                ) -> tuple[bytes, int, int, int, dict[int, bytearray]]:
+                ) -> tuple[bytes, int, int, int, list[_Span]]:
         """Check segment ``s`` is takeable; return its bits, the block's seq, size, used
-        count and the chunk rows read. Reads only."""
+        count and the byte spans of the chunks it covers. Reads only."""
         row = self.db.execute(
-            "SELECT seq, n_bits, used FROM blocks WHERE pool_id=? AND block_id=?",
-            (pool_id, _to_sql_id(s.block_id))).fetchone()
+            "SELECT b.seq, b.n_bits, b.used, EXISTS (SELECT 1 FROM taken t "
+            " WHERE t.seq = b.seq AND t.start < ? AND t.stop > ?) "
+            "FROM blocks b WHERE b.pool_id=? AND b.block_id=?",
+            (s.stop, s.offset, pool_id, _to_sql_id(s.block_id))).fetchone()
         if row is None:
             raise KeyExhausted(s.n_bits, 0, pool=f"{pool} block {s.block_id:#x} (unknown)")
-        seq, n, used = (int(v) for v in row)
+        seq, n, used, overlap = (int(v) for v in row)
         if s.stop > n:
             raise KeyExhausted(s.n_bits, max(0, n - s.offset),
                                pool=f"{pool} block {s.block_id:#x} at bit {s.offset}")
-        clash = used >= n or self.db.execute(
-            "SELECT 1 FROM taken WHERE seq=? AND start < ? AND stop > ? LIMIT 1",
-            (seq, s.stop, s.offset)).fetchone() is not None
-        if clash:
+        if used >= n or overlap:
             raise KeyReuseError(
                 f"key bits {s.offset}..{s.stop - 1} of block {s.block_id:#x} in {pool} "
                 "were already taken")
-        data, chunks = self._read_bits(seq, s.offset, s.stop)
-        return data, seq, n, used, chunks
+        data, spans = self._read_span(seq, s.offset, s.stop)
+        return data, seq, n, used, spans
+
+    def _read_span(self, seq: int, start: int, stop: int) -> tuple[bytes, list[_Span]]:
+        """Bits ``[start, stop)`` of block ``seq``, reading only the bytes that hold
+        them (not whole chunks), and where each piece lives (for :meth:`_zero_spans`)."""
+        first, last = start // CHUNK_BITS, (stop - 1) // CHUNK_BITS
+        spans: list[_Span] = []
+        for idx in range(first, last + 1):
+            c0 = idx * CHUNK_BITS
+            b0 = (max(start, c0) - c0) // 8
+            b1 = (min(stop, c0 + CHUNK_BITS) - c0 + 7) // 8
+            spans.append(_Span(idx, b0, b1, 0, b""))
+        rows = self.db.execute(
+            "SELECT idx, rowid, substr(data, ? + 1, ?) FROM chunks "
+            "WHERE seq=? AND idx BETWEEN ? AND ? ORDER BY idx",
+            # One substr for all rows: the first chunk from its start byte, the others
+            # from byte 0; ask each for at most the bytes of one chunk.
+            (0, CHUNK_BYTES, seq, first, last)).fetchall() if first != last else \
+            self.db.execute(
+                "SELECT idx, rowid, substr(data, ? + 1, ?) FROM chunks WHERE seq=? AND idx=?",
+                (spans[0].b0, spans[0].b1 - spans[0].b0, seq, first)).fetchall()
+        if len(rows) != len(spans):
+            # Only reachable if the file was edited behind our back.
+            raise LocalProtocolError(f"key store is missing key chunks of a block (seq {seq})")
+        for span, (_idx, rowid, data) in zip(spans, rows, strict=True):
+            span.rowid = int(rowid)
+            span.data = bytes(data) if first == last else bytes(data[span.b0:span.b1])
+            if len(span.data) != span.b1 - span.b0:
+                raise LocalProtocolError(
+                    f"key store holds a short key chunk of a block (seq {seq})")
+        joined = b"".join(sp.data for sp in spans)
+        return extract_bits(joined, start - (first * CHUNK_BITS + spans[0].b0 * 8),
+                            stop - start), spans
+
+    def _zero_spans(self, spans: list[_Span], start: int, stop: int,
+                    gone: set[int], seq: int) -> None:
+        """Delete the chunks in ``gone``; in the others zero bits ``[start, stop)`` in
+        place, writing only the bytes that held them (incremental BLOB I/O)."""
+        for span in spans:
+            if span.idx in gone:
+                self.db.execute("DELETE FROM chunks WHERE seq=? AND idx=?", (seq, span.idx))
+                continue
+            base = span.idx * CHUNK_BITS + span.b0 * 8
+            buf = bytearray(span.data)
+            _zero_bits(buf, max(start, base) - base, min(stop, base + 8 * len(buf)) - base)
+            with self.db.blobopen("chunks", "data", span.rowid) as blob:
+                blob.seek(span.b0)
+                blob.write(bytes(buf))
 
     def _take_one(self, pool: str, pool_id: int, s: KeySegment) -> bytes:
-        data, seq, n, used, chunks = self._locate(pool, pool_id, s)
-        start, stop = s.offset, s.stop
-        left = self.db.execute("SELECT start FROM taken WHERE seq=? AND stop=?",
-                               (seq, start)).fetchone()
-        if left is not None:
-            start = int(left[0])
-            self.db.execute("DELETE FROM taken WHERE seq=? AND start=?", (seq, start))
-        right = self.db.execute("SELECT stop FROM taken WHERE seq=? AND start=?",
-                                (seq, stop)).fetchone()
-        if right is not None:
-            self.db.execute("DELETE FROM taken WHERE seq=? AND start=?", (seq, stop))
-            stop = int(right[0])
+        data, seq, n, used, spans = self._locate(pool, pool_id, s)
         used += s.n_bits
         self.db.execute("UPDATE blocks SET used=? WHERE seq=?", (used, seq))
         if used == n:
             self._retire(seq)
             return data
-        self.db.execute("INSERT INTO taken (seq, start, stop) VALUES (?, ?, ?)",
-                        (seq, start, stop))
+        # Merge with the taken ranges that touch this one (at most one on each side:
+        # stored ranges are merged, and none overlaps [offset, stop)).
+        start, stop = s.offset, s.stop
+        left = right = None
+        for r_start, r_stop in self.db.execute(
+                "SELECT start, stop FROM taken WHERE seq=? AND (stop=? OR start=?)",
+                (seq, start, stop)).fetchall():
+            if r_stop == start:
+                left = int(r_start)
+            else:
+                right = int(r_stop)
+        if right is not None:
+            self.db.execute("DELETE FROM taken WHERE seq=? AND start=?", (seq, stop))
+            stop = right
+        if left is not None:
+            start = left
+            self.db.execute("UPDATE taken SET stop=? WHERE seq=? AND start=?",
+                            (stop, seq, start))
+        else:
+            self.db.execute("INSERT INTO taken (seq, start, stop) VALUES (?, ?, ?)",
+                            (seq, start, stop))
         # A chunk is gone once the merged range around this segment covers it.
-        gone = [i for i in chunks
-                if start <= i * CHUNK_BITS and min((i + 1) * CHUNK_BITS, n) <= stop]
-        self._scrub(seq, chunks, s.offset, s.stop, gone)
+        gone = {sp.idx for sp in spans
+                if start <= sp.idx * CHUNK_BITS and min((sp.idx + 1) * CHUNK_BITS, n) <= stop}
+        self._zero_spans(spans, s.offset, s.stop, gone, seq)
         return data
 
     # -------------------------------------------------------------- bootstrap

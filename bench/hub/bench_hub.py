@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -72,52 +73,30 @@ async def _latency(net: Any, dst: str, n: int) -> float:
 async def bench_paths(n: int, size: int, lease_bits: int) -> dict[str, Any]:
     folder = _tmpdir()
     need = 8 * size * (3 * n + n // 10 + 10) + (1 << 20)
-    async with embedded_network(["alice", "bob"], folder, prefill_key=need,
-                                auth_bits=1 << 22, window=64, lease_bits=lease_bits) as net:
-        listener = net["bob"].listen("sink")
+    async with (embedded_network(["alice", "bob"], folder, prefill_key=need,
+                                 auth_bits=1 << 22, window=64, lease_bits=lease_bits) as net,
+                trio.open_nursery() as nursery):
+        nursery.start_soon(_drain, net["bob"])
+        async def status() -> dict[str, Any]:
+            return dict(net.hub.status())
 
-        async def drain() -> None:
-            async with trio.open_nursery() as nursery:
-                async for ch in listener:
-                    async def read(ch: Any = ch) -> None:
-                        async for _ in ch:
-                            pass
-                    nursery.start_soon(read, ch)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            await _throughput(net, "bob", max(4, n // 10), size)   # warm-up
-            hop = await _throughput(net, "hub", n, size)
-            relay = await _throughput(net, "bob", n, size)
-            hop2 = await _throughput(net, "hub", n, size)          # drift check
-            lat_hop = await _latency(net, "hub", 200)
-            lat_relay = await _latency(net, "bob", 200)
-            nursery.cancel_scope.cancel()
-    single = (hop + hop2) / 2
-    return {
-        "message_bytes": size, "messages": n,
-        "single_hop_MBps": single / 1e6, "relayed_MBps": relay / 1e6,
-        "relayed_over_single_hop": relay / single,
-        "single_hop_rtt_ms": lat_hop * 1e3, "relayed_rtt_ms": lat_relay * 1e3,
-        "added_latency_ms": (lat_relay - lat_hop) * 1e3,
-    }
+        result = await _measure(net, n, size,
+                                _Phases({"all": os.getpid()}, hub_status=status))
+        nursery.cancel_scope.cancel()
+    return result
 
 
-async def bench_paths_split(n: int, size: int, lease_bits: int) -> dict[str, Any]:
-    """The same measurement with the hub in its own OS process (``qkdnet hub``)."""
-    import signal
+def _deployment(folder: Path, n: int, size: int, lease_bits: int) -> int:
+    """Key stores, bootstrap secrets and config files for hub, alice and bob in
+    ``folder`` (TEST-ONLY prefilled key); returns the hub's sideband port."""
     import socket
-    import subprocess
-    from pathlib import Path
 
-    from qkdnet.hub.cli import spoke_settings_from_file
-    from qkdnet.hub.node import SpokeNode, prefill_pair
+    from qkdnet.hub.node import prefill_pair
     from qkdnet.keystore import KeyStore
 
-    folder = Path(_tmpdir())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port = int(sock.getsockname()[1])
     need = 8 * size * (3 * n + n // 10 + 10) + (1 << 20)
     hub_store = KeyStore(folder / "hub.keys")
     lines = ['[node]\nname = "hub"\nrole = "hub"\n',
@@ -141,6 +120,150 @@ async def bench_paths_split(n: int, size: int, lease_bits: int) -> dict[str, Any
             '[link]\nenabled = false\n')
     hub_store.close()
     (folder / "hub.toml").write_text("".join(lines))
+    return port
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    if pid == os.getpid():
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Phases:
+    """Per-phase CPU seconds of each process, and optional cProfile toggling.
+
+    ``procs`` maps a role name to a pid. When ``profile_dir`` is set, child processes
+    (started with ``--child ... --profile-dir``) start profiling on SIGUSR1 and dump
+    on SIGUSR2; this process profiles itself directly.
+    """
+
+    def __init__(self, procs: dict[str, int], profile_dir: Path | None = None,
+                 profiled: tuple[str, ...] = ("hop", "relay"),
+                 hub_status: Any = None) -> None:
+        self.procs = procs
+        self.profile_dir = profile_dir
+        self.profiled = profiled
+        self.hub_status = hub_status  # async () -> the hub's status dict
+        self.cpu: dict[str, dict[str, float]] = {}
+        self.frames: dict[str, int] = {}
+        self._prof: Any = None
+        self._frames0 = 0
+
+    async def _hub_frames(self) -> int:
+        """Frames the hub received plus frames it sent, all spokes."""
+        if self.hub_status is None:
+            return 0
+        st = await self.hub_status()
+        return sum(int(sp.get("frames_in", 0)) + int(sp.get("frames_out", 0))
+                   for sp in st["spokes"].values())
+
+    async def start(self, phase: str) -> dict[str, float]:
+        self._frames0 = await self._hub_frames()
+        if self.profile_dir is not None and phase in self.profiled:
+            import cProfile
+            import signal
+            (self.profile_dir / "phase").write_text(phase)
+            for pid in self.procs.values():
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGUSR1)
+            self._prof = cProfile.Profile(time.process_time)
+            self._prof.enable()
+        return {role: _proc_cpu(pid) for role, pid in self.procs.items()}
+
+    async def stop(self, phase: str, before: dict[str, float]) -> None:
+        after = {role: _proc_cpu(pid) for role, pid in self.procs.items()}
+        self.frames[phase] = await self._hub_frames() - self._frames0
+        if self._prof is not None:
+            import signal
+            self._prof.disable()
+            assert self.profile_dir is not None
+            me = next(r for r, p in self.procs.items() if p == os.getpid())
+            self._prof.dump_stats(self.profile_dir / f"{me}-{phase}.prof")
+            self._prof = None
+            for pid in self.procs.values():
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGUSR2)
+            for role, pid in self.procs.items():  # let the children write their dumps
+                for _ in range(500):
+                    if pid == os.getpid() or (
+                            self.profile_dir / f"{role}-{phase}.prof").exists():
+                        break
+                    time.sleep(0.02)
+        self.cpu[phase] = {role: after[role] - before[role] for role in after}
+
+
+def _control_status(folder: Path) -> Any:
+    """An async function returning the status of the hub process serving ``folder``."""
+    from qkdnet.hub.daemon import read_control_socket
+
+    async def status() -> dict[str, Any]:
+        return await read_control_socket(folder / "hub.keys.ctl")
+    return status
+
+
+async def _drain(node: Any) -> None:
+    """Accept every channel on service "sink" and read it to the end."""
+    listener = node.listen("sink")
+    async with trio.open_nursery() as nursery:
+        async for ch in listener:
+            async def read(ch: Any = ch) -> None:
+                async for _ in ch:
+                    pass
+            nursery.start_soon(read, ch)
+
+
+async def _measure(net: Any, n: int, size: int, phases: _Phases | None = None
+                   ) -> dict[str, Any]:
+    """The throughput and latency runs shared by every configuration."""
+    async def timed(phase: str, dst: str) -> float:
+        before = await phases.start(phase) if phases else {}
+        rate = await _throughput(net, dst, n, size)
+        if phases:
+            await phases.stop(phase, before)
+        return rate
+
+    await _throughput(net, "bob", max(4, n // 10), size)   # warm-up
+    hop = await timed("hop", "hub")
+    relay = await timed("relay", "bob")
+    hop2 = await timed("hop2", "hub")                      # drift check
+    lat_hop = await _latency(net, "hub", 200)
+    lat_relay = await _latency(net, "bob", 200)
+    single = (hop + hop2) / 2
+    out: dict[str, Any] = {
+        "message_bytes": size, "messages": n,
+        "single_hop_MBps": single / 1e6, "relayed_MBps": relay / 1e6,
+        "relayed_over_single_hop": relay / single,
+        "single_hop_rtt_ms": lat_hop * 1e3, "relayed_rtt_ms": lat_relay * 1e3,
+        "added_latency_ms": (lat_relay - lat_hop) * 1e3,
+    }
+    if phases:
+        hop_cpu = {r: (phases.cpu["hop"][r] + phases.cpu["hop2"][r]) / (2 * n)
+                   for r in phases.procs}
+        out["cpu_ms_per_message"] = {
+            "single_hop": {r: v * 1e3 for r, v in hop_cpu.items()},
+            "relayed": {r: v / n * 1e3 for r, v in phases.cpu["relay"].items()}}
+        if phases.hub_status is not None:
+            out["hub_frames_per_message"] = {
+                "single_hop": (phases.frames["hop"] + phases.frames["hop2"]) / (2 * n),
+                "relayed": phases.frames["relay"] / n}
+    return out
+
+
+async def bench_paths_split(n: int, size: int, lease_bits: int) -> dict[str, Any]:
+    """The same measurement with the hub in its own OS process (``qkdnet hub``)."""
+    import signal
+    import subprocess
+
+    from qkdnet.hub.cli import spoke_settings_from_file
+    from qkdnet.hub.node import SpokeNode
+
+    folder = Path(_tmpdir())
+    _deployment(folder, n, size, lease_bits)
     hub = subprocess.Popen([sys.executable, "-m", "qkdnet", "hub", "--config", "hub.toml"],
                            cwd=folder, stderr=subprocess.DEVNULL)
     try:
@@ -152,36 +275,108 @@ async def bench_paths_split(n: int, size: int, lease_bits: int) -> dict[str, Any
             await alice.wait_connected()
             await bob.wait_connected()
             net = {"alice": alice, "bob": bob}
-            listener = bob.listen("sink")
-
-            async def drain() -> None:
-                async with trio.open_nursery() as nursery:
-                    async for ch in listener:
-                        async def read(ch: Any = ch) -> None:
-                            async for _ in ch:
-                                pass
-                        nursery.start_soon(read, ch)
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain)
-                await _throughput(net, "bob", max(4, n // 10), size)
-                hop = await _throughput(net, "hub", n, size)
-                relay = await _throughput(net, "bob", n, size)
-                hop2 = await _throughput(net, "hub", n, size)
-                lat_hop = await _latency(net, "hub", 200)
-                lat_relay = await _latency(net, "bob", 200)
+                nursery.start_soon(_drain, bob)
+                phases = _Phases({"hub": hub.pid, "alice+bob": os.getpid()},
+                                 hub_status=_control_status(folder))
+                result = await _measure(net, n, size, phases)
                 nursery.cancel_scope.cancel()
     finally:
         hub.send_signal(signal.SIGTERM)
         hub.wait(10)
-    single = (hop + hop2) / 2
-    return {
-        "message_bytes": size, "messages": n,
-        "single_hop_MBps": single / 1e6, "relayed_MBps": relay / 1e6,
-        "relayed_over_single_hop": relay / single,
-        "single_hop_rtt_ms": lat_hop * 1e3, "relayed_rtt_ms": lat_relay * 1e3,
-        "added_latency_ms": (lat_relay - lat_hop) * 1e3,
-    }
+    return result
+
+
+async def bench_paths_three(n: int, size: int, lease_bits: int,
+                            profile_dir: Path | None = None) -> dict[str, Any]:
+    """The deployment shape: alice (this process), hub and bob each in its own OS
+    process. With ``profile_dir``, every process writes ``<role>-<phase>.prof``
+    (cProfile) for the single-hop and relayed runs."""
+    import signal
+    import subprocess
+
+    from qkdnet.hub.cli import spoke_settings_from_file
+    from qkdnet.hub.node import SpokeNode
+
+    folder = Path(_tmpdir())
+    _deployment(folder, n, size, lease_bits)
+    extra = ["--profile-dir", str(profile_dir)] if profile_dir else []
+    me = [sys.executable, os.path.abspath(__file__)]
+    hub = subprocess.Popen([*me, "--child", "hub", "--config", "hub.toml", *extra],
+                           cwd=folder, stderr=(folder / "hub.err").open("wb"))
+    bob = None
+    try:
+        while not (folder / "hub.keys.ctl").exists():
+            await trio.sleep(0.05)
+        bob = subprocess.Popen([*me, "--child", "sink", "--config", "bob.toml", *extra],
+                               cwd=folder, stderr=(folder / "bob.err").open("wb"))
+        while not (folder / "bob.ready").exists():
+            if bob.poll() is not None:
+                raise RuntimeError("the bob process exited early")
+            await trio.sleep(0.05)
+        alice = SpokeNode(spoke_settings_from_file(folder / "alice.toml"))
+        async with alice.running():
+            await alice.wait_connected()
+            phases = _Phases({"alice": os.getpid(), "hub": hub.pid, "bob": bob.pid},
+                             profile_dir, hub_status=_control_status(folder))
+            result = await _measure({"alice": alice}, n, size, phases)
+    finally:
+        for proc in (bob, hub):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+    return result
+
+
+def _child(role: str, config: str, profile_dir: str | None) -> int:
+    """``--child hub|sink``: run one party of :func:`bench_paths_three`.
+
+    SIGUSR1 starts cProfile and SIGUSR2 dumps it to ``<profile_dir>/<role>-<phase>.prof``
+    (the phase name is in ``<profile_dir>/phase``) when ``profile_dir`` is given.
+    """
+    import signal
+
+    name = "hub" if role == "hub" else "bob"
+    if profile_dir is not None:
+        import cProfile
+        box: list[Any] = []
+
+        def on(_sig: int, _frame: Any) -> None:
+            box[:] = [cProfile.Profile(time.process_time),
+                      (Path(profile_dir) / "phase").read_text()]
+            box[0].enable()
+            print(f"profiling {box[1]}", file=sys.stderr, flush=True)
+
+        def off(_sig: int, _frame: Any) -> None:
+            print(f"dump {box[1] if box else None}", file=sys.stderr, flush=True)
+            if box:
+                prof, phase = box
+                prof.disable()
+                prof.dump_stats(Path(profile_dir) / f"{name}-{phase}.prof")
+                box.clear()
+
+        signal.signal(signal.SIGUSR1, on)
+        signal.signal(signal.SIGUSR2, off)
+    if role == "hub":
+        from qkdnet.cli import main as qkdnet_main
+        return qkdnet_main(["hub", "--config", config])
+
+    from qkdnet.hub.cli import spoke_settings_from_file
+    from qkdnet.hub.daemon import run_until_signal
+    from qkdnet.hub.node import SpokeNode
+
+    node = SpokeNode(spoke_settings_from_file(config))
+
+    async def main(task_status: Any) -> None:
+        async with node.running(), trio.open_nursery() as nursery:
+            await node.wait_connected()
+            nursery.start_soon(_drain, node)
+            task_status.started()
+            Path("bob.ready").touch()
+            await trio.sleep_forever()
+
+    trio.run(run_until_signal, main)
+    return 0
 
 
 async def bench_spokes(n_spokes: int) -> dict[str, Any]:
@@ -229,6 +424,13 @@ async def bench_spokes(n_spokes: int) -> dict[str, Any]:
 
 
 
+_CONFIGS = {
+    "one": "hub, alice and bob in one process",
+    "split": "hub in its own process (alice and bob in another)",
+    "three": "alice, hub and bob each in its own process (the deployment shape)",
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=300)
@@ -236,21 +438,45 @@ def main() -> int:
     ap.add_argument("--spokes", type=int, default=200)
     ap.add_argument("--lease-bits", type=int, default=1 << 22,
                     help="key-store lease per pool (both paths; see [keystore] lease_bits)")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated subset of: one, split, three, spokes (default: all)")
+    ap.add_argument("--profile-dir", type=Path, default=None,
+                    help="three-process run: each process writes <role>-<phase>.prof")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", choices=("hub", "sink"), help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    spokes = trio.run(bench_spokes, args.spokes)  # first: max-RSS only grows
-    paths = trio.run(bench_paths, args.messages, args.size, args.lease_bits)
-    split = trio.run(bench_paths_split, args.messages, args.size, args.lease_bits)
-    result = {"paths_one_process": paths, "paths_hub_process": split, "spokes": spokes}
+    if args.child:
+        return _child(args.child, args.config,
+                      str(args.profile_dir) if args.profile_dir else None)
+    chosen = (args.configs or "one,split,three,spokes").split(",")
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    if "spokes" in chosen:
+        result["spokes"] = trio.run(bench_spokes, args.spokes)  # first: max-RSS only grows
+    if "one" in chosen:
+        result["one"] = trio.run(bench_paths, args.messages, args.size, args.lease_bits)
+    if "split" in chosen:
+        result["split"] = trio.run(bench_paths_split, args.messages, args.size,
+                                   args.lease_bits)
+    if "three" in chosen:
+        result["three"] = trio.run(bench_paths_three, args.messages, args.size,
+                                   args.lease_bits, args.profile_dir)
+    result["cpus"] = os.cpu_count()
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
-    s = spokes
-    for label, p in (("hub, alice and bob in one process", paths),
-                     ("hub in its own process (alice and bob in another)", split)):
+    for key, label in _CONFIGS.items():
+        p = result.get(key)
+        if p is None:
+            continue
         print(f"{label}: {p['messages']} x {p['message_bytes']} B messages, acked, "
               f"key-store lease {args.lease_bits} bits")
+        if key == "three":
+            print(f"  note: {os.cpu_count()} CPU cores for 3 busy processes (plus whatever "
+                  "else runs on this machine): they share the cores")
         print(f"  single hop (alice->hub)     {p['single_hop_MBps']:8.2f} MB/s   (baseline)")
         print(f"  relayed (alice->hub->bob)   {p['relayed_MBps']:8.2f} MB/s")
         print(f"  ratio relayed / single hop  {p['relayed_over_single_hop']:8.2f}      "
@@ -258,12 +484,22 @@ def main() -> int:
         print(f"  latency, 64 B message to ack: single hop {p['single_hop_rtt_ms']:.3f} ms, "
               f"relayed {p['relayed_rtt_ms']:.3f} ms, added by the relay "
               f"{p['added_latency_ms']:.3f} ms")
-    print(f"spokes per hub: {s['connected']}/{s['spokes']} connected, "
-          f"{s['delivered']}/{s['spokes']} messages delivered (target >= 200); "
-          f"setup {s['setup_s']:.1f} s, exchange {s['exchange_s']:.2f} s")
-    print(f"memory per spoke (hub + node in one process): "
-          f"{s['heap_KiB_per_spoke']:.1f} KiB Python heap, "
-          f"{s['max_rss_KiB_per_spoke']:.1f} KiB max-RSS growth")
+        frames = p.get("hub_frames_per_message")
+        if frames:
+            print(f"  frames through the hub per message (in + out): single hop "
+                  f"{frames['single_hop']:.2f}, relayed {frames['relayed']:.2f}")
+        for path, cpu in p.get("cpu_ms_per_message", {}).items():
+            parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
+            print(f"  CPU ms per message, {path:10s}: {parts} "
+                  f"(sum {sum(cpu.values()):.2f})")
+    s = result.get("spokes")
+    if s is not None:
+        print(f"spokes per hub: {s['connected']}/{s['spokes']} connected, "
+              f"{s['delivered']}/{s['spokes']} messages delivered (target >= 200); "
+              f"setup {s['setup_s']:.1f} s, exchange {s['exchange_s']:.2f} s")
+        print(f"memory per spoke (hub + node in one process): "
+              f"{s['heap_KiB_per_spoke']:.1f} KiB Python heap, "
+              f"{s['max_rss_KiB_per_spoke']:.1f} KiB max-RSS growth")
     return 0
 
 
