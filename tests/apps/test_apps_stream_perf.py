@@ -160,8 +160,9 @@ async def test_two_process_benchmark_smoke_run() -> None:
             for kind in ("tcp", "secure") for write in (4096, 64 << 10)]
     results = await bench._two_process(jobs)
     assert len(results) == len(jobs)
-    for job, (rate, key) in zip(jobs, results, strict=True):
-        assert rate > 0
+    for job, result in zip(jobs, results, strict=True):
+        assert result["rate"] > 0 and result["cpu_tx"] > 0 and result["cpu_rx"] > 0
+        key = result["key"]
         if job["kind"] == "secure":  # one 16-byte tag key per frame, one r per stream
             assert 1.0 < key <= 1.0 + 16 / job["write"] + 0.001
         else:
