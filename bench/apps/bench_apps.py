@@ -11,12 +11,17 @@ same way in the same run:
    prints the load);
 
    both as a table over write sizes (``send_all`` of 4 KiB, 64 KiB, 1 MiB), with
-   in-memory test key pre-generated (so the key generator is not measured), MB/s of
-   payload and the ratio to TCP; key bits consumed per payload bit (reserved from
-   the source / payload sent);
+   in-memory test key pre-generated (so the key generator is not measured; each end
+   reads its own copy, as two hosts do): MB/s of payload and the ratio to TCP; CPU
+   time per MiB (the process; in two processes each end, the busier one setting the
+   pace) and the ratio of CPU times, which other jobs on a shared machine disturb far
+   less than wall-clock MB/s; key bits consumed per payload bit (reserved from the
+   source / payload sent);
 3. the SecureStream core alone (seal and open, no I/O): the one-time pad and
    Poly1305 cost CPU time TCP does not spend, which bounds the ratio to TCP;
-4. SecureStream on the durable key store's e2e pools (one hop, one process);
+4. SecureStream on the durable key store's e2e pools (one hop, one process); whether
+   Poly1305 and numpy XOR would gain from a second thread (they would need to release
+   the GIL, and a core would need to be free: sha256 shows the latter);
 5. a hop-secured stream relayed through a real hub (two padded, tagged hops; TEST-ONLY
    prefilled key) against the one-hop SecureStream over TCP with key-store key, and
    the key each link spends per payload bit.
