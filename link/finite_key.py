@@ -29,7 +29,9 @@ estimated from basis X (basis 1); Lim 2014 uses the opposite letters, so their
 4. ``ℓ = ⌊s0 + s1 (1 − h(φ)) − λ_EC − 6 log2(c/ε_sec) − log2(2/ε_cor)⌋``.
 
 The one-decoy vacuum upper bound needed for ``s1`` follows Rusca 2018: vacuum
-contributions err with probability 1/2, so ``s0 <= 2 · τ_0 (e^{μ2}/p2) · m^+_{μ2}``.
+contributions err with probability 1/2, so ``s0 <= 2 · (τ_0 (e^{μ2}/p2) · (m_{μ2} + δ(m))
++ δ(n))``; the second Hoeffding term covers the realised vacuum errors falling short of
+s0/2 (δ(x) = sqrt(x/2 · ln(19/ε_sec)), n and m the basis' detections and errors).
 
 All bound functions are written on numpy arrays, so a grid of intensities and
 probabilities can be evaluated in one call (used by :func:`optimise_key_rate`).
@@ -171,12 +173,12 @@ def _gamma(a: float, b: np.ndarray, c: np.ndarray, d: np.ndarray, events: int) -
     return np.sqrt(np.maximum(val, 0.0))
 
 
-def _hoeffding(total: np.ndarray, events: int, eps: float) -> np.ndarray:
-    return np.sqrt(np.maximum(total, 0.0) / 2.0 * math.log(events / eps))
+def _hoeffding(total: np.ndarray, events: int, eps: Any) -> np.ndarray:
+    return np.sqrt(np.maximum(total, 0.0) / 2.0 * np.log(events / np.asarray(eps)))
 
 
 def _bounds_two_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
-                      eps_sec: float) -> tuple[Any, ...]:
+                      eps_sec: Any) -> tuple[Any, ...]:
     """Lim 2014 bounds on arrays; returns (s0_z, s1_z, s1_x, v1_x, phi, gamma)."""
     c = 21
     m1, m2, m3 = mu
@@ -201,7 +203,7 @@ def _bounds_two_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
 
 
 def _bounds_one_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
-                      eps_sec: float) -> tuple[Any, ...]:
+                      eps_sec: Any) -> tuple[Any, ...]:
     """Rusca 2018 bounds on arrays; returns (s0_z, s1_z, s1_x, v1_x, phi, gamma)."""
     c = 19
     m1, m2 = mu[0], mu[1]
@@ -216,7 +218,7 @@ def _bounds_one_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
         s0 = np.maximum(t0 / (m1 - m2) * (m1 * lo[1] - m2 * hi[0]), 0.0)
         # vacuum upper bound from the decoy's errors (vacuum errs with probability 1/2)
         dm = _hoeffding(m[0] + m[1], c, eps_sec)
-        s0_up = 2.0 * t0 * pref[1] * (m[1] + dm)
+        s0_up = 2.0 * (t0 * pref[1] * (m[1] + dm) + d)
         s1 = t1 * m1 / (m2 * (m1 - m2)) * (
             lo[1] - m2**2 / m1**2 * hi[0] - (m1**2 - m2**2) / m1**2 * s0_up / t0)
         return s0, np.maximum(s1, 0.0)
@@ -229,7 +231,7 @@ def _bounds_one_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
     return s0_z, s1_z, s1_x, v1, *_phase(v1, s1_x, s1_z, eps_sec, c)
 
 
-def _phase(v1: Any, s1_x: Any, s1_z: Any, eps_sec: float, c: int) -> tuple[Any, Any]:
+def _phase(v1: Any, s1_x: Any, s1_z: Any, eps_sec: Any, c: int) -> tuple[Any, Any]:
     ratio = np.where(s1_x > 0, v1 / np.maximum(s1_x, 1e-300), 0.5)
     g = _gamma(eps_sec, ratio, s1_x, s1_z, c)
     phi = np.where(s1_x > 0, np.minimum(ratio + g, 0.5), 0.5)
@@ -237,8 +239,9 @@ def _phase(v1: Any, s1_x: Any, s1_z: Any, eps_sec: float, c: int) -> tuple[Any, 
 
 
 def _ell(s0: Any, s1: Any, phi: Any, leak: Any, params: FiniteKeyParams,
-         c: int) -> tuple[Any, float]:
-    penalty = 6.0 * math.log2(c / params.eps_sec) + math.log2(2.0 / params.eps_cor)
+         c: int, eps_sec: Any = None) -> tuple[Any, Any]:
+    eps = params.eps_sec if eps_sec is None else np.asarray(eps_sec)
+    penalty = 6.0 * np.log2(c / eps) + math.log2(2.0 / params.eps_cor)
     return s0 + s1 * (1.0 - binary_entropy(phi)) - leak - penalty, penalty
 
 
@@ -355,19 +358,25 @@ def expected_stats(model: ChannelModel, km: float, n_pulses: float | np.ndarray,
 
 def optimise_key_rate(model: ChannelModel, km: float, n_key: float, *, decoys: int = 2,
                       params: FiniteKeyParams | None = None,
-                      grid: dict[str, Sequence[float]] | None = None) -> tuple[float, dict]:
+                      grid: dict[str, Sequence[float]] | None = None,
+                      eps_sec_per_bit: float | None = None) -> tuple[float, dict]:
     """Best key rate ℓ/N (bits per pulse) over a coarse grid, for a fixed key-basis block.
 
     As in Lim 2014 the block is fixed by the number ``n_key`` of key-basis detections;
     N (pulses sent) follows from the channel. The grid (μ1, μ2, p1, p2, p_z; μ3 fixed
     at ``mu3``) is coarse — a planning aid, not a full optimiser. Returns
     ``(rate, best_point)``; rate 0 when no grid point gives ℓ > 0.
+
+    ``eps_sec_per_bit`` (κ) replaces the fixed ``params.eps_sec`` by ε_sec = κ·ℓ, solved
+    per grid point by fixed-point iteration; Lim 2014's figures use κ = 1e-15.
     """
     params = params or FiniteKeyParams()
     g = {
         "mu1": np.linspace(0.3, 0.9, 7), "mu2": np.array([0.04, 0.07, 0.1, 0.15, 0.2, 0.3]),
-        "p1": np.array([0.5, 0.6, 0.7, 0.8, 0.9]), "p2": np.array([0.1, 0.2, 0.3, 0.4]),
-        "pz": np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95]), "mu3": np.array([2e-4]),
+        "p1": np.array([0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9]),
+        "p2": np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),
+        "pz": np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]),
+        "mu3": np.array([2e-4]),
     }
     if grid:
         g.update({k: np.asarray(v, dtype=np.float64) for k, v in grid.items()})
@@ -388,10 +397,16 @@ def optimise_key_rate(model: ChannelModel, km: float, n_key: float, *, decoys: i
     e_z = m_z.sum(axis=0) / np.maximum(n_z.sum(axis=0), 1e-300)
     leak = model.f_ec * n_z.sum(axis=0) * binary_entropy(e_z)
     fn = _bounds_two_decoy if decoys == 2 else _bounds_one_decoy
+    c = 21 if decoys == 2 else 19
+    eps = np.full(mu1.shape, params.eps_sec)
     with np.errstate(all="ignore"):
-        s0, s1, _s1x, _v1, phi, _g = fn(list(n_z), list(m_z), list(n_x), list(m_x), mu_l, p_l,
-                                        params.eps_sec)
-        raw, _ = _ell(s0, s1, phi, leak, params, 21 if decoys == 2 else 19)
+        for _ in range(1 if eps_sec_per_bit is None else 25):
+            s0, s1, _s1x, _v1, phi, _g = fn(list(n_z), list(m_z), list(n_x), list(m_x), mu_l,
+                                            p_l, eps)
+            raw, _ = _ell(s0, s1, phi, leak, params, c, eps)
+            if eps_sec_per_bit is not None:
+                eps = np.clip(eps_sec_per_bit * np.maximum(np.floor(np.nan_to_num(raw)), 1.0),
+                              1e-300, 0.5)
         rate = np.where(ok & (phi < 0.5), np.floor(raw) / n_pulses, 0.0)
     rate = np.nan_to_num(rate, nan=0.0)
     i = int(np.argmax(rate))
