@@ -405,7 +405,9 @@ class HubRouter:
         if chan in self._failed:
             return True, self._nack(src, item, w.HubReason.CHANNEL_FAILED, f"hub->{dst}",
                                     "an earlier message of this channel failed")
-        n_bits = 8 * len(body.ciphertext)
+        ciphertext = body.ciphertext  # scapy attribute reads are slow: read once
+        n_bytes = len(ciphertext)
+        n_bits = 8 * n_bytes
         to_hub = dst == self.hub_name
         if not to_hub and (short := self._key_short(entry, dst, item, dst, n_bits, now)):
             return short
@@ -427,15 +429,15 @@ class HubRouter:
             return True, self._fail(entry, dst, item, w.HubReason.PROTOCOL_VIOLATION,
                                     f"{src}->hub", "the frame names key bits already "
                                     "used (replayed or forged key reference)")
-        with self._scratch.use(len(body.ciphertext)) as buf:
-            buf[:] = np.frombuffer(body.ciphertext, dtype=np.uint8)
+        with self._scratch.use(n_bytes) as buf:
+            buf[:] = np.frombuffer(ciphertext, dtype=np.uint8)
             _xor_into(buf, k_in)
             del k_in  # the store's copy: the router keeps no reference to it
             # buf now holds the plaintext: the only place it exists at the hub, and
             # _Scratch zeroes it on every way out of this block.
-            entry.bytes_in += len(buf)
+            entry.bytes_in += n_bytes
             if to_hub:
-                self.local_bytes += len(buf)
+                self.local_bytes += n_bytes
                 self.totals["local_delivered"] += 1
                 entry.frames_out += 1
                 return True, [Send(src, w.HubDeliveryAck(
@@ -456,8 +458,8 @@ class HubRouter:
             src=body.src, dst=body.dst, service=body.service, channel_id=body.channel_id,
             end=body.end, msg_seq=body.msg_seq, segments=segments, ciphertext=ciphertext)
         self.totals["relayed"] += 1
-        self.totals["relayed_bytes"] += len(ciphertext)
-        return True, self._out(dst, fwd)
+        self.totals["relayed_bytes"] += n_bytes
+        return True, self._out(dst, fwd, n_bytes)
 
     def _key_short(self, entry: SpokeEntry, dst: str, item: _Item, who: str, n_bits: int,
                    now: float) -> tuple[bool, list[Action]] | None:
@@ -512,7 +514,8 @@ class HubRouter:
         # B first: its store holds the key before A can use it on any path via B.
         return True, self._out(dst, to_b) + self._out(src, to_a)
 
-    def _out(self, dst: str, body: Packet) -> list[Action]:
+    def _out(self, dst: str, body: Packet, data_bytes: int | None = None) -> list[Action]:
+        """Send ``body`` to ``dst``; ``data_bytes``: its ciphertext length, if known."""
         out = self.spokes.get(dst)
         if out is None:
             return []
@@ -520,7 +523,7 @@ class HubRouter:
         if isinstance(body, w.HubData | w.HubKeyRelay):
             out.unsent += 1  # the daemon calls sent() when it has written these
         if isinstance(body, w.HubData):
-            out.bytes_out += len(body.ciphertext)
+            out.bytes_out += len(body.ciphertext) if data_bytes is None else data_bytes
         return [Send(dst, body)]
 
     @staticmethod
