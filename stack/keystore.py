@@ -65,7 +65,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -552,34 +552,6 @@ class KeyStore:
             (pool_id,)).fetchone()
         return int(row[0])
 
-    def _read_bits(self, seq: int, start: int, stop: int
-                   ) -> tuple[bytes, dict[int, bytearray]]:
-        """Bits ``[start, stop)`` of block ``seq`` and the chunk rows they came from."""
-        first, last = start // CHUNK_BITS, (stop - 1) // CHUNK_BITS
-        rows = self.db.execute(
-            "SELECT idx, data FROM chunks WHERE seq=? AND idx BETWEEN ? AND ? ORDER BY idx",
-            (seq, first, last)).fetchall()
-        if len(rows) != last - first + 1:
-            # Only reachable if the file was edited behind our back.
-            raise LocalProtocolError(f"key store is missing key chunks of a block (seq {seq})")
-        chunks = {int(i): bytearray(d) for i, d in rows}
-        joined = b"".join(bytes(chunks[i]) for i in range(first, last + 1))
-        return extract_bits(joined, start - first * CHUNK_BITS, stop - start), chunks
-
-    def _scrub(self, seq: int, chunks: dict[int, bytearray], start: int, stop: int,
-               fully_consumed: Iterable[int]) -> None:
-        """Delete chunks in ``fully_consumed``; zero bits ``[start, stop)`` in the others."""
-        gone = set(fully_consumed)
-        for idx in gone:
-            self.db.execute("DELETE FROM chunks WHERE seq=? AND idx=?", (seq, idx))
-        for idx, data in chunks.items():
-            if idx in gone:
-                continue
-            c0 = idx * CHUNK_BITS
-            _zero_bits(data, max(start, c0) - c0, min(stop, c0 + len(data) * 8) - c0)
-            self.db.execute("UPDATE chunks SET data=? WHERE seq=? AND idx=?",
-                            (bytes(data), seq, idx))
-
     def _retire(self, seq: int) -> None:
         self.db.execute("DELETE FROM chunks WHERE seq=?", (seq,))
         self.db.execute("DELETE FROM taken WHERE seq=?", (seq,))
@@ -784,14 +756,15 @@ class KeyStore:
     def _consume_in_block(self, seq: int, block_id: int, n: int, cur: int, k: int) -> _Run:
         """Inside a transaction: move block ``seq``'s cursor by ``k``, scrub, return the bits."""
         new = cur + k
-        data, chunks = self._read_bits(seq, cur, new)
+        data, spans = self._read_span(seq, cur, new)
         self.db.execute("UPDATE blocks SET cursor=?, used=? WHERE seq=?", (new, new, seq))
         if new == n:
             self._retire(seq)
         else:
-            gone = [i for i in chunks if (i + 1) * CHUNK_BITS <= new]
-            # Zero from the chunk's start: bits before ``cur`` are zero already.
-            self._scrub(seq, chunks, 0, new, gone)
+            # Bits before ``cur`` are consumed already, so a chunk ending at or before
+            # ``new`` is wholly consumed: delete it; zero the consumed bits of the rest.
+            gone = {sp.idx for sp in spans if (sp.idx + 1) * CHUNK_BITS <= new}
+            self._zero_spans(spans, cur, new, gone, seq)
         return _Run(block_id, cur, cur, new, data)
 
     def _after_consume(self, peer: str, purpose: str, n_bits: int, runs: list[_Run]) -> None:
@@ -964,9 +937,12 @@ class KeyStore:
                     gone: set[int], seq: int) -> None:
         """Delete the chunks in ``gone``; in the others zero bits ``[start, stop)`` in
         place, writing only the bytes that held them (incremental BLOB I/O)."""
+        if gone:  # contiguous chunk indices: one statement
+            assert max(gone) - min(gone) + 1 == len(gone)
+            self.db.execute("DELETE FROM chunks WHERE seq=? AND idx BETWEEN ? AND ?",
+                            (seq, min(gone), max(gone)))
         for span in spans:
             if span.idx in gone:
-                self.db.execute("DELETE FROM chunks WHERE seq=? AND idx=?", (seq, span.idx))
                 continue
             base = span.idx * CHUNK_BITS + span.b0 * 8
             buf = bytearray(span.data)
