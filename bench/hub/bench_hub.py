@@ -319,10 +319,14 @@ async def bench_paths_split(n: int, size: int, lease_bits: int, rounds: int
 
 
 async def bench_paths_three(n: int, size: int, lease_bits: int, rounds: int,
-                            profile_dir: Path | None = None) -> dict[str, Any]:
+                            profile_dir: Path | None = None,
+                            own_sessions: bool = False) -> dict[str, Any]:
     """The deployment shape: alice (this process), hub and bob each in its own OS
     process. With ``profile_dir``, every process writes ``<role>-<phase>.prof``
-    (cProfile) for the single-hop and relayed runs."""
+    (cProfile) for the single-hop and relayed runs. With ``own_sessions`` hub and bob
+    start in sessions of their own, as daemons do: with Linux's autogroup scheduling
+    each session then gets its own share of the CPUs (instead of the three sharing
+    one session's share with everything else on the machine)."""
     import signal
     import subprocess
 
@@ -334,13 +338,15 @@ async def bench_paths_three(n: int, size: int, lease_bits: int, rounds: int,
     extra = ["--profile-dir", str(profile_dir)] if profile_dir else []
     me = [sys.executable, os.path.abspath(__file__)]
     hub = subprocess.Popen([*me, "--child", "hub", "--config", "hub.toml", *extra],
-                           cwd=folder, stderr=(folder / "hub.err").open("wb"))
+                           cwd=folder, stderr=(folder / "hub.err").open("wb"),
+                           start_new_session=own_sessions)
     bob = None
     try:
         while not (folder / "hub.keys.ctl").exists():
             await trio.sleep(0.05)
         bob = subprocess.Popen([*me, "--child", "sink", "--config", "bob.toml", *extra],
-                               cwd=folder, stderr=(folder / "bob.err").open("wb"))
+                               cwd=folder, stderr=(folder / "bob.err").open("wb"),
+                               start_new_session=own_sessions)
         while not (folder / "bob.ready").exists():
             if bob.poll() is not None:
                 raise RuntimeError("the bob process exited early")
@@ -455,6 +461,22 @@ async def bench_spokes(n_spokes: int) -> dict[str, Any]:
 
 
 
+def _sched_note(own_sessions: bool) -> str:
+    """How Linux shares the CPUs between the benchmark's processes."""
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "scheduler grouping unknown"
+    if autogroup != "1":
+        return "autogroup scheduling is off: each process competes on its own"
+    if own_sessions:
+        return ("autogroup scheduling is on and hub and bob run in sessions of their own: "
+                "each session gets an equal share of the cores")
+    return ("autogroup scheduling is on and all three run in one session: together they "
+            "get one session's share of the cores (one core if another session keeps "
+            "one busy); try --own-sessions")
+
+
 _CONFIGS = {
     "one": "hub, alice and bob in one process",
     "split": "hub in its own process (alice and bob in another)",
@@ -475,6 +497,9 @@ def main() -> int:
                     help="three-process run: each process writes <role>-<phase>.prof")
     ap.add_argument("--rounds", type=int, default=3,
                     help="single-hop/relayed run pairs per configuration (best of each)")
+    ap.add_argument("--own-sessions", action="store_true",
+                    help="three-process run: start hub and bob in sessions of their own "
+                         "(with autogroup scheduling each then gets its own CPU share)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=("hub", "sink"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -496,7 +521,8 @@ def main() -> int:
                                    args.lease_bits, args.rounds)
     if "three" in chosen:
         result["three"] = trio.run(bench_paths_three, args.messages, args.size,
-                                   args.lease_bits, args.rounds, args.profile_dir)
+                                   args.lease_bits, args.rounds, args.profile_dir,
+                                   args.own_sessions)
     result["cpus"] = os.cpu_count()
     if args.json:
         json.dump(result, sys.stdout, indent=2)
@@ -512,6 +538,7 @@ def main() -> int:
             print(f"  note: {os.cpu_count()} CPU cores for 3 busy processes (plus whatever "
                   "else runs on this machine): they share the cores; on 3 hosts each "
                   "would have its own")
+            print(f"  note: {_sched_note(args.own_sessions)}")
         print(f"  single hop (alice->hub)     {p['single_hop_MBps']:8.2f} MB/s   (baseline)")
         print(f"  relayed (alice->hub->bob)   {p['relayed_MBps']:8.2f} MB/s")
         print(f"  ratio relayed / single hop  {p['relayed_over_single_hop']:8.2f}      "
