@@ -259,7 +259,9 @@ class Channel:
         if seq - self._last_acked >= ACK_EVERY:
             await self._send_ack()
         elif not self._inbox:
-            await trio.sleep(0)
+            # A yield that cannot be cancelled: the message is already out of the
+            # inbox, and a cancellation here would lose it.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             if not self._inbox:
                 await self._send_ack()
         return data
