@@ -40,9 +40,11 @@ and bob in sessions of their own, as daemons would be). The output says which.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,8 +59,12 @@ from qkdnet.hub.node import embedded_network
 
 
 def _tmpdir() -> str:
-    return tempfile.mkdtemp(prefix="qkdnet-bench-hub-",
-                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    """A scratch folder for key stores, removed when this process exits (it is in
+    /dev/shm, i.e. memory, when that exists, and each run fills it with key)."""
+    folder = tempfile.mkdtemp(prefix="qkdnet-bench-hub-",
+                              dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 async def _throughput(net: Any, dst: str, n: int, size: int) -> float:
