@@ -53,6 +53,7 @@ from qkdnet.errors import (
     RemoteProtocolError,
 )
 from qkdnet.hub import wire as w
+from qkdnet.hub.router import as_built
 from qkdnet.keystore import BlockMeta, KeySegment, KeyStore
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, connect_sideband
 from qkdnet.wire import Close, Role
@@ -273,10 +274,10 @@ class Channel:
             return
         self._last_acked = seq
         self.node.counters["acks_sent"] += 1
-        await self.node._send_quietly(w.HubDeliveryAck(
+        await self.node._send_quietly(as_built(w.HubDeliveryAck(
             kind=int(w.NackKind.DATA), src=self.node.name.encode(),
             dst=self.peer.encode(), channel_id=self.channel_id, end=self.end ^ 1,
-            msg_seq=seq), self.epoch)
+            msg_seq=seq)), self.epoch)
 
     def __aiter__(self) -> Channel:
         return self
