@@ -63,7 +63,7 @@ def hub_settings_from_config(cfg: Any) -> Any:
         control_socket=control_socket_for(Path(cfg.keystore.path)),
         key_wait=r.key_wait, queue_frames=r.queue_frames, queue_bytes=r.queue_bytes,
         window=r.window or 64, pcap=cfg.pcap.path, link=_link_dict(cfg),
-        lease_bits=cfg.keystore.lease_bits)
+        lease_bits=cfg.keystore.lease_bits, retired_keep=cfg.keystore.retired_keep)
 
 
 def spoke_settings_from_config(config: Any) -> Any:
@@ -85,7 +85,7 @@ def spoke_settings_from_config(config: Any) -> Any:
         control_socket=control_socket_for(Path(cfg.keystore.path)),
         key_wait=r.key_wait, window=r.window or 32, open_timeout=r.open_timeout,
         pcap=cfg.pcap.path, link=_link_dict(cfg), lease_bits=cfg.keystore.lease_bits,
-        app_socket=cfg.network.app_socket)
+        retired_keep=cfg.keystore.retired_keep, app_socket=cfg.network.app_socket)
 
 
 def hub_settings_from_file(path: str | Path) -> Any:

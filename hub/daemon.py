@@ -34,6 +34,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.errors import ConfigError, ErrorCode, QkdnetError, RemoteProtocolError
 from qkdnet.hub import wire as w
 from qkdnet.hub.router import Disconnect, HubRouter, Send
-from qkdnet.keystore import KeyStore
+from qkdnet.keystore import KeyStore, prune_retired_periodically
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, serve_sideband
 from qkdnet.wire import Role
 
@@ -82,6 +83,8 @@ class HubSettings:
     #: Key-store lease per pool: bigger is faster for big messages, and burns up to
     #: this many bits per pool when the process stops (see qkdnet.keystore).
     lease_bits: int = 1 << 16
+    #: Used-up block records kept per pool (``[keystore] retired_keep``).
+    retired_keep: int = 100_000
 
 
 @dataclass
@@ -157,6 +160,8 @@ class HubDaemon:
                     await nursery.start(serve_control_socket, self.settings.control_socket,
                                         self.status)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(partial(prune_retired_periodically, store,
+                                           keep=self.settings.retired_keep))
                 log.info("hub %s listening on port %d", self.settings.name, self.port)
                 task_status.started(self)
         finally:

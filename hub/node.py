@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from qkdnet.errors import (
 )
 from qkdnet.hub import wire as w
 from qkdnet.hub.router import as_built
-from qkdnet.keystore import BlockMeta, KeySegment, KeyStore
+from qkdnet.keystore import BlockMeta, KeySegment, KeyStore, prune_retired_periodically
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, connect_sideband
 from qkdnet.wire import Close, Role
 
@@ -103,6 +104,8 @@ class SpokeSettings:
     link: dict[str, Any] = field(default_factory=dict)
     #: Key-store lease per pool (see HubSettings.lease_bits).
     lease_bits: int = 1 << 16
+    #: Used-up block records kept per pool (``[keystore] retired_keep``).
+    retired_keep: int = 100_000
     #: Where ``qkdnet node`` serves the apps layer's local API (None: apps default).
     app_socket: Path | None = None
 
@@ -440,6 +443,8 @@ class SpokeNode:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connection_loop)
+                nursery.start_soon(partial(prune_retired_periodically, store,
+                                           keep=self.settings.retired_keep))
                 if self.settings.control_socket is not None:
                     from qkdnet.hub.daemon import serve_control_socket
                     await nursery.start(serve_control_socket, self.settings.control_socket,

@@ -189,6 +189,10 @@ class KeystoreConfig:
     path: Path = Path("keystore.sqlite")
     #: Bits one durable transaction leases for small reservations (see qkdnet.keystore).
     lease_bits: int = field(default=1 << 16, metadata=_meta(_positive, "a positive integer"))
+    #: Used-up block records kept per pool; daemons prune older ones hourly (their ids
+    #: could then be added again, so keep more than a peer could ever resend).
+    retired_keep: int = field(default=100_000,
+                              metadata=_meta(_positive, "a positive integer"))
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ __all__ = [
     "BOOTSTRAP_BLOCK_BASE",
     "BOOTSTRAP_MIN_BYTES",
     "CHUNK_BYTES",
+    "PRUNE_EVERY_S",
     "PURPOSES",
     "BlockMeta",
     "KeyGrant",
@@ -88,6 +89,7 @@ __all__ = [
     "PoolStatus",
     "concat_bits",
     "extract_bits",
+    "prune_retired_periodically",
 ]
 
 
@@ -1165,3 +1167,17 @@ class KeyStore:
         return [{"peer": p.peer, "purpose": p.purpose, "available_bits": p.available_bits,
                  "live_blocks": p.live_blocks, "retired_blocks": p.retired_blocks,
                  "leased_bits": p.leased_bits} for p in self.pools()]
+
+
+#: How often a daemon prunes used-up block records (seconds).
+PRUNE_EVERY_S = 3600.0
+
+
+async def prune_retired_periodically(store: KeyStore, *, keep: int = 100_000,
+                                     every: float = PRUNE_EVERY_S) -> None:
+    """Housekeeping task for long-running daemons: :meth:`KeyStore.prune_retired` at
+    start and then every ``every`` seconds, so the only part of the file that grows
+    with time stays bounded. Runs until cancelled."""
+    while True:
+        store.prune_retired(keep)
+        await trio.sleep(every)
