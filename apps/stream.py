@@ -137,6 +137,18 @@ class StreamKeys(Protocol):
         ...
 
 
+def check_frame_size(size: int, max_frame_size: int) -> int:
+    """``size`` (of a whole frame, length prefix included) if a frame may be that big,
+    else RemoteProtocolError."""
+    if size > max_frame_size:
+        raise RemoteProtocolError(f"frame of {size} bytes exceeds {max_frame_size}",
+                                  ErrorCode.FRAME_TOO_LARGE)
+    if size < wire.HEADER_SIZE + wire.TAG_SIZE:
+        raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
+                                  ErrorCode.MALFORMED_FRAME)
+    return size
+
+
 def check_stream_header(head: wire.FrameHeader, allowed_types: tuple[int, ...], *,
                         eof_received: bool, session: int, expected_seq: int) -> None:
     """Refuse a stream frame of the wrong type, after EOF, of another stream, or out of order.
@@ -291,14 +303,6 @@ class FrameAssembler:
         self._partial: bytearray | None = None
         self._fill = 0
 
-    def _check(self, size: int) -> None:
-        if size > self.max_frame_size:
-            raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
-                                      ErrorCode.FRAME_TOO_LARGE)
-        if size < wire.HEADER_SIZE + wire.TAG_SIZE:
-            raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
-                                      ErrorCode.MALFORMED_FRAME)
-
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Whole frames completed by ``data``, in order."""
         view = memoryview(data).cast("B")
@@ -320,14 +324,14 @@ class FrameAssembler:
                 if len(self._hdr) < 4:
                     break
                 size = int.from_bytes(self._hdr, "big") + 4
-                self._check(size)
+                check_frame_size(size, self.max_frame_size)
                 self._partial = bytearray(size)
                 self._partial[:4] = self._hdr
                 self._fill = 4
                 self._hdr = bytearray()
                 continue
             size = int.from_bytes(view[:4], "big") + 4
-            self._check(size)
+            check_frame_size(size, self.max_frame_size)
             if len(view) >= size:
                 out.append(view[:size])
                 view = view[size:]
@@ -505,7 +509,8 @@ class SecureStreamCore:
             if not self._pre and len(view) >= wire.REFS_START + wire.TAG_SIZE:
                 # Fast path: the frame's length, header and reference count are all in
                 # this read (the usual case), so check them without collecting a copy.
-                size = self._check_size(int.from_bytes(view[:4], "big") + 4)
+                size = check_frame_size(int.from_bytes(view[:4], "big") + 4,
+                                        self.max_frame_size)
                 head = wire.decode_header(view)
                 self._check_header(head)
                 n_prefix = wire.prefix_size(view, size)
@@ -536,7 +541,8 @@ class SecureStreamCore:
         if len(pre) < target:
             return view
         if target == 4:
-            self._frame_size = self._check_size(int.from_bytes(pre, "big") + 4)
+            self._frame_size = check_frame_size(int.from_bytes(pre, "big") + 4,
+                                                self.max_frame_size)
             return view
         if not self._prefix_size:
             # Header and reference count are in: check them before anything else.
@@ -549,16 +555,6 @@ class SecureStreamCore:
         self._pre = bytearray()
         self._frame_size = self._prefix_size = 0
         return view
-
-    def _check_size(self, size: int) -> int:
-        """``size`` (of a whole frame) if a frame may be that big, else RemoteProtocolError."""
-        if size > self.max_frame_size:
-            raise RemoteProtocolError(f"frame of {size} bytes exceeds {self.max_frame_size}",
-                                      ErrorCode.FRAME_TOO_LARGE)
-        if size < wire.HEADER_SIZE + wire.TAG_SIZE:
-            raise RemoteProtocolError(f"frame of {size} bytes is shorter than its header",
-                                      ErrorCode.MALFORMED_FRAME)
-        return size
 
     def _check_header(self, head: wire.FrameHeader) -> None:
         check_stream_header(head, (AppMsgType.STREAM_DATA, AppMsgType.STREAM_EOF),
