@@ -195,7 +195,7 @@ class BobDetector:
             dkeys.sort(kind="stable")
             keys = np.insert(keys, np.searchsorted(keys, dkeys), dkeys)
         if keys.size > 1 and (not single or dpos.size):
-            keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+            keys = np.compress(np.concatenate([[True], keys[1:] != keys[:-1]]), keys)
         if p.dead_gates > 0 or p.p_afterpulse > 0 or any(x.size for x in self._pending):
             keys = self._dead_time(keys, start + n)
         return self._squash(keys, rng)
@@ -227,14 +227,15 @@ class BobDetector:
             alive = gsub > last[dsub] + d
             keep = np.ones(keys.shape[0], dtype=bool)
             keep[sub[~alive]] = False
-            sub, gsub, dsub = sub[alive], gsub[alive], dsub[alive]
+            sub, gsub = np.compress(alive, sub), np.compress(alive, gsub)
+            dsub = np.compress(alive, dsub)
             # Filter all four detectors in one call: lay their clicks end to end,
             # detector k at offset k·2^40 (gates relative to the chunk start).
             order = np.argsort(dsub.astype(np.uint8), kind="stable")   # radix sort
             span = 1 << 40
             rel = gsub[order] - (int(gates[0]) - d - 1) + dsub[order] * span
             keep[sub[order]] = dead_time_filter(rel, d, -span)
-            keys = keys[keep]
+            keys = np.compress(keep, keys)     # ~4x faster than keys[keep]
             self._update_last(keys)
             return keys
         parts = []
@@ -273,21 +274,34 @@ class BobDetector:
         if first.all():   # one detector per gate: nothing to squash
             d8 = det.astype(np.uint8)
             return gate.view(np.uint64), d8 >> 1, d8 & 1
-        starts = np.flatnonzero(first)
-        mask = np.bitwise_or.reduceat(np.left_shift(1, det), starts)
-        g = gate[starts]
+        # A gate with one click keeps that detector's arm and bit; only gates with
+        # several clicks (rare: multi-photon pulses, dark counts) need squashing, so
+        # that work runs on those entries alone, and the result is written at the
+        # first click of each such gate before one click per gate is kept.
+        arm = det >> 1
+        bit = det & 1
+        repeat = ~first
+        member = repeat.copy()
+        member[:-1] |= repeat[1:]                 # every click of a multi-click gate
+        heads = np.flatnonzero(first & member)
+        mask = np.bitwise_or.reduceat(np.left_shift(1, np.compress(member, det)),
+                                      np.flatnonzero(np.compress(member, first)))
         z_any = (mask & 3) != 0
         x_any = (mask & 12) != 0
         both = z_any & x_any
-        arm = x_any.astype(np.int64)
+        m_arm = x_any.astype(np.int64)
         if both.any():
-            arm[both] = rng.integers(0, 2, size=int(both.sum()))
-        sub = (mask >> (2 * arm)) & 3
-        bit = sub >> 1
-        double = sub == 3
+            m_arm[both] = rng.integers(0, 2, size=int(both.sum()))
+        m_sub = (mask >> (2 * m_arm)) & 3
+        m_bit = m_sub >> 1
+        double = m_sub == 3
         if double.any():
-            bit[double] = rng.integers(0, 2, size=int(double.sum()))
-        return g.astype(np.uint64), arm.astype(np.uint8), bit.astype(np.uint8)
+            m_bit[double] = rng.integers(0, 2, size=int(double.sum()))
+        arm[heads] = m_arm
+        bit[heads] = m_bit
+        # np.compress: the same elements as a boolean index, ~4x faster
+        return (np.compress(first, gate).astype(np.uint64),
+                np.compress(first, arm).astype(np.uint8), np.compress(first, bit).astype(np.uint8))
 
 
 class QuantumChannel:
