@@ -44,14 +44,21 @@ MAX_PHOTONS = 255
 MAX_SLOT = 2**60
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser applied elementwise to a uint64 array (wraps mod 2^64)."""
-    z = x.astype(np.uint64, copy=True)
-    z ^= z >> _U64(30)
+def splitmix64(x: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """The splitmix64 finaliser applied elementwise to a uint64 array (wraps mod 2^64).
+
+    ``in_place=True`` mixes ``x`` itself (which must be a uint64 array) and returns it.
+    """
+    z = x if in_place else x.astype(np.uint64, copy=True)
+    tmp = np.empty_like(z)          # one scratch array for the three shifts
+    np.right_shift(z, _U64(30), out=tmp)
+    z ^= tmp
     z *= _M1
-    z ^= z >> _U64(27)
+    np.right_shift(z, _U64(27), out=tmp)
+    z ^= tmp
     z *= _M2
-    z ^= z >> _U64(31)
+    np.right_shift(z, _U64(31), out=tmp)
+    z ^= tmp
     return z
 
 
@@ -210,7 +217,9 @@ class AliceSource:
         return SlotChoices(self._basis(h), self._bit(h), self._intensity(h))
 
     def _hash(self, slots: np.ndarray) -> np.ndarray:
-        return splitmix64(slots * _GOLDEN + self._key)
+        z = slots * _GOLDEN
+        z += self._key
+        return splitmix64(z, in_place=True)
 
     def _basis(self, h: np.ndarray) -> np.ndarray:
         return ((h >> _U64(40)) >= self._z_thr).astype(np.uint8)
@@ -246,7 +255,8 @@ class AliceSource:
         p_k = -np.expm1(-lam)               # P(at least one photon survives) per intensity
         p_max = float(p_k.max())
         pos = bernoulli_positions(rng, p_max, n_slots)
-        slots = pos.astype(np.uint64) + np.uint64(start_slot)
+        slots = pos.astype(np.uint64)
+        slots += np.uint64(start_slot)
         h = self._hash(slots)
         intensity = self._intensity(h)
         # One uniform per candidate: below a_k = p_k / p_max it accepts the slot, and
