@@ -172,9 +172,8 @@ class BobDetector:
             gate = batch.slots.astype(np.int64)
             sb, sv = batch.basis, batch.bit
         else:
-            idx = np.repeat(np.arange(photons.shape[0]), photons)
-            gate = batch.slots[idx].astype(np.int64)
-            sb, sv = batch.basis[idx], batch.bit[idx]
+            gate = np.repeat(batch.slots, photons).astype(np.int64)
+            sb, sv = np.repeat(batch.basis, photons), np.repeat(batch.bit, photons)
         m = gate.shape[0]
         # Passive basis choice per photon, then the measurement: in the photon's own
         # basis its bit (flipped by misalignment), in the other basis a fair coin.
