@@ -259,15 +259,25 @@ class Channel:
         # already reached this process is then in the inbox, and the next read acks
         # it too. One ack per burst keeps a pipelined sender's window open at a
         # fraction of the frames (each costs both hops a tag key and a frame's work).
+        prev_due, prev_acked = self._ack_due, self._last_acked
         self._ack_due = seq
-        if seq - self._last_acked >= ACK_EVERY:
-            await self._send_ack()
-        elif not self._inbox:
-            # A yield that cannot be cancelled: the message is already out of the
-            # inbox, and a cancellation here would lose it.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            if not self._inbox:
+        try:
+            if seq - self._last_acked >= ACK_EVERY:
                 await self._send_ack()
+            elif not self._inbox:
+                # A yield that cannot be cancelled (the message is out of the inbox).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not self._inbox:
+                    await self._send_ack()
+        except BaseException:
+            # Cancelled (or failed) while sending the ack, e.g. waiting for the
+            # connection's send lock: the ack frame was not written and the message
+            # was not handed out, so it is neither delivered nor acknowledged. Put it
+            # back for the next read instead of losing it under a later cumulative ack.
+            self._inbox.appendleft((seq, data))
+            self.messages_received -= 1
+            self._ack_due, self._last_acked = prev_due, prev_acked
+            raise
         return data
 
     async def _send_ack(self) -> None:
@@ -276,11 +286,11 @@ class Channel:
         if seq <= self._last_acked or self.error is not None or self.closed:
             return
         self._last_acked = seq
-        self.node.counters["acks_sent"] += 1
         await self.node._send_quietly(as_built(w.HubDeliveryAck(
             kind=int(w.NackKind.DATA), src=self.node.name.encode(),
             dst=self.peer.encode(), channel_id=self.channel_id, end=self.end ^ 1,
             msg_seq=seq)), self.epoch)
+        self.node.counters["acks_sent"] += 1
 
     def __aiter__(self) -> Channel:
         return self

@@ -93,6 +93,11 @@ __all__ = [
 ]
 
 
+#: How long a transaction waits for another connection's lock (SQLite busy timeout).
+_BUSY_TIMEOUT_MS = 10_000
+#: How long the checkpoint after every ``checkpoint_bytes`` of consumption waits.
+_OPPORTUNISTIC_WAIT_MS = 50
+
 #: Pool purposes; ``-tx`` pools are reserved from, ``-rx`` pools are taken from.
 PURPOSES: tuple[str, ...] = ("data-tx", "data-rx", "auth-tx", "auth-rx", "e2e-tx", "e2e-rx")
 #: Key bytes per stored chunk row (the unit of deletion).
@@ -317,7 +322,7 @@ class _Run:
     base: int
     pos: int
     stop: int
-    buf: bytes
+    buf: bytes = field(repr=False)     # key material: never in a repr or traceback
 
     @property
     def remaining(self) -> int:
@@ -423,7 +428,7 @@ class KeyStore:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, timeout=10.0)
+                self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
         except (OSError, sqlite3.Error) as err:
             raise ConfigError(f"cannot open the key store: {err}", source=str(self.path),
                               expected="a writable SQLite file path") from err
@@ -489,20 +494,35 @@ class KeyStore:
         state = "closed" if self._db is None else "open"
         return f"KeyStore({str(self.path)!r}, {state})"
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the main file and truncate it (scrubbed pages land on disk)."""
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file and truncate it (scrubbed pages land on disk).
+
+        Returns False when another connection's reader blocked it (SQLite reports that
+        rather than raising): consumed key may then still sit in the main file, so the
+        next consumption tries again instead of waiting for another ``checkpoint_bytes``.
+        """
+        busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            self.log.warning("WAL checkpoint blocked by another reader; consumed key is "
+                             "erased from the main file at the next checkpoint")
+            return False
         self._scrubbed_since_checkpoint = 0
+        return True
 
     def _maybe_checkpoint(self, scrubbed_bits: int) -> None:
         self._scrubbed_since_checkpoint += scrubbed_bits // 8
         if self._scrubbed_since_checkpoint >= self.checkpoint_bytes:
+            # Do not stall the caller for the connection's 10 s busy timeout while
+            # another connection reads: try briefly, and again at the next consumption.
+            self.db.execute(f"PRAGMA busy_timeout={_OPPORTUNISTIC_WAIT_MS}")
             try:
                 self.checkpoint()
             except sqlite3.OperationalError as err:
                 # Another connection is busy; the scrubbed pages reach the main file at the
                 # next checkpoint. The consumption itself is already committed.
                 self.log.debug("WAL checkpoint postponed: %s", err)
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
     class _Tx:
         """``with self._tx():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception."""
@@ -1179,5 +1199,9 @@ async def prune_retired_periodically(store: KeyStore, *, keep: int = 100_000,
     start and then every ``every`` seconds, so the only part of the file that grows
     with time stays bounded. Runs until cancelled."""
     while True:
-        store.prune_retired(keep)
+        try:
+            store.prune_retired(keep)
+        except sqlite3.OperationalError as err:
+            # another process held the database too long: housekeeping can wait an hour
+            store.log.warning("pruning used-up block records postponed: %s", err)
         await trio.sleep(every)
