@@ -137,13 +137,13 @@ class CascadePlan:
     * passes with two blocks (the n/2 passes of the Yan schedule): a uniformly random
       split of the key into two sets, each kept in key order; block 0 is the set
       with side bit 0, so its size varies around n/2 (``block_ranges`` gives it). Their
-      block parities need no permutation at all (masked popcounts), so the
-      permutation is only built if a search happens in that pass.
+      block parities need no permutation at all (masked popcounts); a search in such
+      a pass takes the key in pass order as two compressions and maps positions both
+      ways through running side counts (:meth:`key_index`, :meth:`position`), so no
+      permutation array is built for them during a run.
 
-    Permutations are cached (int32, 4 bytes per bit per pass; inverses where asked).
-    A two-block pass never builds one during a run: its order is two compressions of
-    the key, and positions map both ways through running side counts
-    (:meth:`key_index`, :meth:`position`).
+    Permutations of the shuffled passes are cached (int32, 4 bytes per bit per pass;
+    inverses where asked).
     """
 
     def __init__(self, n_bits: int, qber: float, seed: int,
