@@ -15,6 +15,7 @@ its ``data-rx`` pool for the sender). All integers are big-endian.
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
 from typing import Any
 
@@ -30,6 +31,7 @@ from scapy.fields import (
 from scapy.packet import Packet, bind_layers
 
 from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.fastcodec import FastCodec
 from qkdnet.wire import QkdBody, QkdHeader
 
 
@@ -109,14 +111,14 @@ def _name(field: str) -> list[Any]:
     ]
 
 
-class _Body(QkdBody):
+class _Body(FastCodec, QkdBody):
     """Base of hub bodies: nothing follows a body inside a frame."""
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
 
 
-class KeySegmentField(Packet):
+class KeySegmentField(FastCodec, Packet):
     """One key reference: ``block_id`` u64, ``offset`` u32 (bits), ``n_bits`` u32."""
 
     name = "KeySegment"
@@ -306,6 +308,13 @@ def name_of(raw: bytes, what: str) -> str:
     return text
 
 
+@functools.cache
+def _name_fields_of(cls: type[Packet]) -> tuple[str, ...]:
+    """The name fields (1-64 bytes of UTF-8 with a length byte) a body class has."""
+    return tuple(n for n in ("spoke", "src", "dst", "service", "peer", "hub")
+                 if any(f.name == n for f in cls.fields_desc))
+
+
 def check(pkt: Packet) -> Packet:
     """Validate a dissected hub body; returns it or raises RemoteProtocolError.
 
@@ -318,13 +327,14 @@ def check(pkt: Packet) -> Packet:
         raise _bad(f"not a hub message: {cls.__name__}")
     if not _is_no_payload(pkt):
         raise _bad(f"{cls.__name__}: {len(bytes(pkt.payload))} trailing bytes")
-    for fname in ("spoke", "src", "dst", "service", "peer", "hub"):
-        if any(f.name == fname for f in cls.fields_desc):
-            if fname == "hub" and not pkt.hub:
-                continue
-            name_of(bytes(getattr(pkt, fname)), fname)
-            if getattr(pkt, f"{fname}_len") not in (None, len(getattr(pkt, fname))):
-                raise _bad(f"{cls.__name__}: {fname} truncated")
+    get = pkt.getfieldval
+    for fname in _name_fields_of(cls):
+        raw = get(fname)
+        if fname == "hub" and not raw:
+            continue
+        name_of(bytes(raw), fname)
+        if get(f"{fname}_len") not in (None, len(raw)):
+            raise _bad(f"{cls.__name__}: {fname} truncated")
     if cls in (HubData, HubKeyRelay):
         segs = pkt.segments
         if pkt.nseg not in (None, len(segs)) or len(segs) > MAX_SEGMENTS:
