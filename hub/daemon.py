@@ -197,12 +197,15 @@ class HubDaemon:
         self._execute(self.router.connect(spoke, trio.current_time()))
         frames = FrameRouter()
 
-        async def on_hub_frame(_chan: SidebandChannel, ev: FrameReceived) -> None:
+        def on_hub_frame(_chan: SidebandChannel, ev: FrameReceived) -> None:
+            # Never yields: the router only queues frames for the writer tasks, so the
+            # key this frame takes is committed with the rest of its read (one commit
+            # per read, see FrameRouter.register_sync) before anything goes out.
             assert self.router is not None
             self._execute(self.router.receive(spoke, ev.body, trio.current_time()))
             self._wake.set()
 
-        frames.register(HUB_TYPES, on_hub_frame)
+        frames.register_sync(HUB_TYPES, on_hub_frame)
         try:
             with sess.cancel:
                 async with trio.open_nursery() as nursery:

@@ -555,7 +555,17 @@ class SpokeNode:
                 await chan.abort(err)
                 raise
 
-        frames.register(HUB_TYPES, on_hub_frame)
+        def on_hub_frame_now(_c: SidebandChannel, ev: FrameReceived) -> bool:
+            # DATA and acks without yielding (their key is committed with the rest of
+            # the read, see FrameRouter.register_sync); anything that must wait or send
+            # goes to on_hub_frame.
+            try:
+                return self._on_frame_now(ev.body)
+            except RemoteProtocolError as err:
+                self.last_error = f"hub sent a bad frame: {err}"
+                raise
+
+        frames.register_sync(HUB_TYPES, on_hub_frame_now, on_hub_frame)
         try:
             async with trio.open_nursery() as nursery:
                 if self.link_runner is not None:  # registers link types first
@@ -754,14 +764,61 @@ class SpokeNode:
             raise RemoteProtocolError(f"hub delivered a frame addressed to {dst!r}",
                                       ErrorCode.PROTOCOL_VIOLATION)
 
-    async def _on_data(self, body: Packet) -> None:
-        assert self.store is not None
+    def _on_frame_now(self, body: Packet) -> bool:
+        """DATA and DELIVERY_ACK handled without yielding; False (nothing changed) for
+        any frame that needs :meth:`_on_frame` (to send a NACK, wait for key, ...)."""
+        if not self._registered:
+            return False
+        if isinstance(body, w.HubData):
+            w.check(body)
+            return self._data_now(body)
+        if isinstance(body, w.HubDeliveryAck):
+            w.check(body)
+            self._on_ack(body)
+            return True
+        return False
+
+    def _data_channel(self, body: Packet) -> Channel | None:
+        """The open channel a DATA frame belongs to (checked to come from its peer)."""
         self._check_dst(body)
         src = w.as_text(body.src)
         opener = src if body.end == 0 else self.name
         ch = self._channels.get((opener, int(body.channel_id)))
+        return ch if ch is not None and ch.peer == src else None
+
+    def _data_now(self, body: Packet) -> bool:
+        """Decrypt and deliver a DATA frame if its channel is open and its key stored."""
+        assert self.store is not None
+        ch = self._data_channel(body)
+        if ch is None:
+            return False
+        if body.ciphertext:
+            try:
+                key = self.store.take(self.hub, "data-rx", _segments(body.segments))
+            except KeyExhausted:
+                return False  # the link has not stored the block yet: wait in _on_data
+            except LocalProtocolError:  # reuse: a replayed or forged reference
+                raise RemoteProtocolError("hub named key bits already used",
+                                          ErrorCode.PROTOCOL_VIOLATION) from None
+            data = _xor(body.ciphertext, key)
+        else:
+            data = b""
+        self._count_delivery(ch, body, data)
+        return True
+
+    def _count_delivery(self, ch: Channel, body: Packet, data: bytes) -> None:
+        if ch._deliver(int(body.msg_seq), data):
+            self.counters["messages_received"] += 1
+        else:
+            self.counters["duplicates_dropped"] += 1
+
+    async def _on_data(self, body: Packet) -> None:
+        assert self.store is not None
+        if self._data_now(body):
+            return
+        ch = self._data_channel(body)
         n_bits = 8 * len(body.ciphertext)
-        if ch is None or ch.peer != src:
+        if ch is None:
             await self._send_quietly(w.HubDeliveryNack(
                 kind=int(w.NackKind.DATA), src=self.name.encode(), dst=body.src,
                 channel_id=body.channel_id, end=body.end, msg_seq=body.msg_seq,
@@ -773,10 +830,7 @@ class SpokeNode:
             data = _xor(body.ciphertext, key)
         else:
             data = b""
-        if ch._deliver(int(body.msg_seq), data):
-            self.counters["messages_received"] += 1
-        else:
-            self.counters["duplicates_dropped"] += 1
+        self._count_delivery(ch, body, data)
 
     async def _take(self, segments: Sequence[Any]) -> bytes:
         """Take hub->spoke key; wait briefly if the link has not stored the block yet."""

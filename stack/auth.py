@@ -37,6 +37,7 @@ for tests and for a bootstrap secret without a store).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -229,6 +230,10 @@ class KeyStoreTagKeys:
     def __repr__(self) -> str:
         return f"KeyStoreTagKeys(peer={self.peer!r})"
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group commit: the takes inside share one durable commit (KeyStore.batch)."""
+        return self._store.batch()
+
     @property
     def hash_key_tx(self) -> bytes:
         if self._r_tx is None:
@@ -288,6 +293,13 @@ class FrameAuthenticator:
     def __repr__(self) -> str:
         return (f"FrameAuthenticator(signed={self.frames_signed}, "
                 f"verified={self.frames_verified}, failures={self.failures})")
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the tag keys of several received frames are taken with one
+        durable commit, if the key source supports it (see ``KeyStore.batch``); use it
+        only around code that does not yield."""
+        batch = getattr(self.keys, "batch", None)
+        return batch() if batch is not None else contextlib.nullcontext()
 
     def reserve(self) -> TagKey:
         """Consume one fresh 128-bit one-time key for the next frame we send."""

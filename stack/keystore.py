@@ -421,6 +421,7 @@ class KeyStore:
         self._hash_keys: dict[tuple[str, str], bytes] = {}
         self._waiters: dict[tuple[str, str], trio.Event] = {}
         self._scrubbed_since_checkpoint = 0
+        self._batch_depth = 0   # > 0 inside batch(): takes share one transaction
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file owner-only before SQLite does (it would use the umask);
@@ -511,6 +512,8 @@ class KeyStore:
 
     def _maybe_checkpoint(self, scrubbed_bits: int) -> None:
         self._scrubbed_since_checkpoint += scrubbed_bits // 8
+        if self._batch_depth:
+            return  # not inside a transaction: the batch checks when it commits
         if self._scrubbed_since_checkpoint >= self.checkpoint_bytes:
             # Do not stall the caller for the connection's 10 s busy timeout while
             # another connection reads: try briefly, and again at the next consumption.
@@ -525,23 +528,76 @@ class KeyStore:
                 self.db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
     class _Tx:
-        """``with self._tx():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception."""
+        """``with self._tx():`` — BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception.
 
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        Inside :meth:`batch` a *deferrable* transaction (a ``take``) becomes a SAVEPOINT
+        of the batch's transaction (all or none on its own, committed with the batch);
+        any other one first commits what the batch holds so far, commits itself, and
+        reopens the batch, so everything but takes stays durable on return.
+        """
+
+        def __init__(self, store: KeyStore, deferrable: bool) -> None:
+            self.store = store
+            self.db = store.db
+            self.savepoint = deferrable and store._batch_depth > 0
 
         def __enter__(self) -> sqlite3.Connection:
+            if self.savepoint:
+                self.db.execute("SAVEPOINT take_in_batch")
+                return self.db
+            if self.store._batch_depth and self.db.in_transaction:
+                self.db.execute("COMMIT")  # the batch so far becomes durable first
             self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if self.savepoint:
+                if exc_type is not None:
+                    self.db.execute("ROLLBACK TO take_in_batch")
+                self.db.execute("RELEASE take_in_batch")
+                return
             if exc_type is None:
                 self.db.execute("COMMIT")
             elif self.db.in_transaction:
                 self.db.execute("ROLLBACK")
+            if self.store._batch_depth:
+                self.db.execute("BEGIN IMMEDIATE")  # reopen the batch
 
-    def _tx(self) -> KeyStore._Tx:
-        return KeyStore._Tx(self.db)
+    def _tx(self, *, deferrable: bool = False) -> KeyStore._Tx:
+        return KeyStore._Tx(self, deferrable)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit for receivers: every :meth:`take` inside shares ONE transaction.
+
+        A receiver that takes the key of several frames in a row (a read that brought
+        several) wraps them in ``with store.batch():`` and pays one durable commit
+        instead of one per frame. Each take is still all or none on its own (a failing
+        take rolls back only itself), and what succeeded is committed when the block
+        exits, also if it exits by an exception. Everything else (``reserve`` refilling
+        a lease, ``add_block``, counters) commits at once as outside a batch.
+
+        Use it only around code that does not yield to other tasks (no ``await``) and
+        does not let anything computed from the taken key leave the process before the
+        block exits: that is when the takes become durable. Reentrant.
+        """
+        if self._batch_depth:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+            return
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        self._batch_depth = 1
+        try:
+            yield
+        finally:
+            self._batch_depth = 0
+            if db.in_transaction:
+                db.execute("COMMIT")
+            self._maybe_checkpoint(0)
 
     @staticmethod
     def _check_pool(peer: str, purpose: str) -> None:
@@ -804,6 +860,9 @@ class KeyStore:
         ``poll_interval`` seconds for key added by another process. Raises
         :class:`KeyExhausted` at the deadline.
         """
+        if self._batch_depth:
+            raise LocalProtocolError("wait_reserve() inside a key store batch (it may yield; "
+                                     "a batch must not)")
         await trio.lowlevel.checkpoint()
         while True:
             try:
@@ -872,7 +931,7 @@ class KeyStore:
         checked = [(peer, purpose, *self._check_take(peer, purpose, segments, "take"))
                    for peer, purpose, segments in requests]
         out: list[bytes] = []
-        with self._tx():
+        with self._tx(deferrable=True):
             for _peer, _purpose, segs, pool, pool_id in checked:
                 out.append(concat_bits([(self._take_one(pool, pool_id, s), s.n_bits)
                                         for s in segs]))

@@ -545,6 +545,8 @@ class PeerAborted(QkdnetError):
 
 
 FrameHandler = Callable[["SidebandChannel", FrameReceived], Awaitable[None]]
+#: A handler that never yields (see :meth:`FrameRouter.register_sync`).
+SyncFrameHandler = Callable[["SidebandChannel", FrameReceived], "bool | None"]
 
 
 class FrameRouter:
@@ -558,6 +560,7 @@ class FrameRouter:
 
     def __init__(self) -> None:
         self._handlers: dict[int, FrameHandler] = {}
+        self._sync: dict[int, SyncFrameHandler] = {}
 
     def register(self, types: int | Iterable[int], handler: FrameHandler) -> None:
         """Route ``types`` to ``handler``; a type can have one handler only."""
@@ -568,9 +571,39 @@ class FrameRouter:
                 raise LocalProtocolError(f"type 0x{t:02x} already has a handler")
             self._handlers[t] = handler
 
+    def register_sync(self, types: int | Iterable[int], handler: SyncFrameHandler,
+                      fallback: FrameHandler | None = None) -> None:
+        """Route ``types`` to a plain function that handles a frame without yielding.
+
+        :meth:`SidebandChannel.run` calls it for the frames of one read straight after
+        checking them, inside the same key-store batch, so the key those frames and
+        their handling take (tag keys, one-time pads) is committed once per read. The
+        handler must not let anything computed from taken key leave the process (it
+        may queue work for other tasks: they run after the commit). It may return
+        False, having changed nothing, for a frame that needs to wait for something:
+        that frame then goes to the async ``fallback`` in frame order.
+        """
+        async def via_async(chan: SidebandChannel, ev: FrameReceived) -> None:
+            auth = chan.conn.auth
+            with auth.batch() if auth is not None else contextlib.nullcontext():
+                handled = handler(chan, ev)
+            if handled is False:
+                if fallback is None:
+                    raise LocalProtocolError(
+                        f"no handler took message type 0x{ev.type:02x}")
+                await fallback(chan, ev)
+
+        self.register(types, via_async)
+        for t in [types] if isinstance(types, int) else list(types):
+            self._sync[t] = handler
+
     def handler_for(self, msg_type: int) -> FrameHandler | None:
         """The handler registered for ``msg_type``, if any."""
         return self._handlers.get(msg_type)
+
+    def sync_handler_for(self, msg_type: int) -> SyncFrameHandler | None:
+        """The non-yielding handler registered for ``msg_type``, if any."""
+        return self._sync.get(msg_type)
 
 
 class SidebandChannel:
@@ -633,7 +666,9 @@ class SidebandChannel:
         finally:
             self._receiving = False
 
-    async def _receive(self) -> FrameReceived:
+    async def _receive(self, router: FrameRouter | None = None) -> FrameReceived:
+        """The next frame; with ``router``, frames of a read that have a non-yielding
+        handler are handled here, inside the read's key-store batch, and not returned."""
         while not self._events:
             try:
                 self.conn.raise_pending()
@@ -653,7 +688,17 @@ class SidebandChannel:
                     self.conn.state = ConnState.ERROR
                     raise RemoteProtocolError("peer hung up without CLOSE",
                                               ErrorCode.PROTOCOL_VIOLATION)
-                self._events.extend(self.conn.receive_data(bytes(data)))
+                # Every frame of this read is checked (tag keys taken) in one go: with
+                # a key store behind the authenticator, that is one durable commit for
+                # all of them, not one each. Nothing yields inside.
+                auth = self.conn.auth
+                with auth.batch() if auth is not None else contextlib.nullcontext():
+                    self._events.extend(self.conn.receive_data(bytes(data)))
+                    while router is not None and self._events:
+                        handle = router.sync_handler_for(self._events[0].type)
+                        if handle is None or handle(self, self._events[0]) is False:
+                            break  # this one (and what follows) goes the async way
+                        self._events.pop(0)
             except RemoteProtocolError as err:
                 await self.abort(err)
                 raise
@@ -712,7 +757,13 @@ class SidebandChannel:
         router = router or FrameRouter()
         while True:
             try:
-                ev = await self.receive()
+                if self._receiving:
+                    raise trio.BusyResourceError("another task is receiving on this channel")
+                self._receiving = True
+                try:
+                    ev = await self._receive(router)
+                finally:
+                    self._receiving = False
             except trio.EndOfChannel:
                 await self._close_stream()
                 return
