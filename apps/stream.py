@@ -66,6 +66,7 @@ import collections
 import enum
 import math
 import operator
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -392,6 +393,13 @@ class SecureStreamCore:
     #: ``consume(refs)`` is ``take`` without building the bytes.
     peek_parts: Any = None
     consume: Any = None
+    #: This end's fresh 16-byte nonce: every tag the peer sends us authenticates it.
+    #: The adapter draws it from ``secrets``; the core never makes randomness.
+    nonce: bytes = field(kw_only=True, repr=False)
+    #: The peer's nonce, from its STREAM_NONCE frame (None until that has arrived);
+    #: every tag we send authenticates it, so nothing can be sealed before it is in.
+    peer_nonce: bytes | None = field(default=None, repr=False)
+    _nonce_buf: bytearray = field(default_factory=bytearray, repr=False)
     # receive state: the prefix (length, header, key references) being collected,
     # then the frame being opened
     _pre: bytearray = field(default_factory=bytearray, repr=False)
@@ -400,10 +408,39 @@ class SecureStreamCore:
     _incoming: _Incoming | None = field(default=None, repr=False)
     _head: wire.FrameHeader | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if len(self.nonce) != wire.NONCE_SIZE:
+            raise ValueError(f"a stream nonce is {wire.NONCE_SIZE} bytes")
+        self.nonce = bytes(self.nonce)
+
     def __repr__(self) -> str:
         return (f"SecureStreamCore(session={self.session:#x}, tx_seq={self._tx_seq}, "
                 f"rx_seq={self._rx_seq}, eof_sent={self.eof_sent}, "
                 f"eof_received={self.eof_received})")
+
+    # -- nonces
+
+    def nonce_frame(self) -> bytes:
+        """The STREAM_NONCE frame carrying :attr:`nonce`: the first bytes this end sends."""
+        return wire.encode_nonce_frame(self.session, self.nonce)
+
+    def _feed_nonce(self, view: memoryview) -> memoryview:
+        """Collect the peer's STREAM_NONCE frame (the first bytes it sends); the rest
+        of ``view`` is returned untouched, to be read as frames."""
+        buf = self._nonce_buf
+        k = min(wire.NONCE_FRAME_SIZE - len(buf), len(view))
+        buf += view[:k]
+        if len(buf) >= wire.NONCE_START:
+            wire.check_nonce_start(buf)  # refuse anything else as soon as we can tell
+        if len(buf) == wire.NONCE_FRAME_SIZE:
+            self.peer_nonce = wire.decode_nonce_frame(buf, self.session)
+            self._nonce_buf = bytearray()
+        return view[k:]
+
+    @property
+    def nonce_bytes_pending(self) -> int:
+        """Bytes of the peer's nonce frame received so far (for error messages)."""
+        return len(self._nonce_buf)
 
     # -- sending
 
@@ -457,6 +494,9 @@ class SecureStreamCore:
               ) -> memoryview:
         if cursor is None:
             raise LocalProtocolError("a SecureStream frame needs key")
+        if self.peer_nonce is None:
+            raise LocalProtocolError("cannot seal a frame before the peer's stream nonce "
+                                     "has arrived")
         first = self._tx_r is None
         n_key = len(payload) + TAG_KEY_BYTES + (HASH_KEY_BYTES if first else 0)
         refs, key = cursor.carve_parts(n_key)
@@ -475,7 +515,12 @@ class SecureStreamCore:
         frame[:n_head] = head
         if payload:
             _xor_pad(arr[n_head:end], payload, pad)
-        frame[end:] = Poly1305.generate_tag(self._tx_r + s, frame[:end])
+        # The tag covers the receiver's nonce, then the frame (spec/apps.md §2): 16
+        # bytes, one Poly1305 block, so the frame's own blocks keep their alignment.
+        mac = Poly1305(self._tx_r + s)
+        mac.update(self.peer_nonce)
+        mac.update(frame[:end])
+        frame[end:] = mac.finalize()
         self._tx_seq += 1
         self.stats.frames_tx += 1
         self.stats.payload_bytes_tx += len(payload)
@@ -497,6 +542,9 @@ class SecureStreamCore:
         view = memoryview(data).cast("B")
         out: list[bytearray] = []
         while view:
+            if self.peer_nonce is None:
+                view = self._feed_nonce(view)
+                continue
             inc = self._incoming
             if inc is not None:
                 view = inc.feed(view)
@@ -594,6 +642,7 @@ class SecureStreamCore:
         assert r is not None
         s, pad = _split_key(pieces, TAG_KEY_BYTES)
         mac = Poly1305(r + s)
+        mac.update(self.nonce)  # binds the frame to this stream (see _seal)
         mac.update(prefix)
         return _Incoming(head, refs, r, n_key, n_ct, pad, mac)
 
@@ -602,8 +651,10 @@ class SecureStreamCore:
         try:
             inc.mac.verify(bytes(inc.tag))
         except InvalidSignature:
-            raise AuthenticationError(f"frame {inc.head.seq} failed its Wegman-Carter tag check",
-                                      ErrorCode.AUTHENTICATION_FAILED) from None
+            raise AuthenticationError(
+                f"frame {inc.head.seq} failed its Wegman-Carter tag check (forged or "
+                f"corrupted, or replayed from another stream: tags bind this stream's "
+                f"nonce)", ErrorCode.AUTHENTICATION_FAILED) from None
         if self.peek is not None or self.peek_parts is not None:
             # Authentic: now spend the key for good. Failing here means someone else
             # (another stream on the same pool, another process) took it meanwhile.
@@ -825,6 +876,21 @@ class SecureStream(trio.abc.HalfCloseableStream):
     reason) when the peer misbehaves, the transport fails or key runs out under the
     fail-fast policy (then ``__cause__`` is KeyExhausted); ``ClosedResourceError``
     after ``aclose``; ``BusyResourceError`` for concurrent senders or receivers.
+
+    Nonce exchange (padded mode, ``keys`` given): each end's first transport bytes
+    are its STREAM_NONCE frame, and it cannot seal a frame before the peer's nonce
+    has arrived. As in trio's ``SSLStream`` this happens inside whichever call needs
+    it first: ``send_all``/``send_eof`` send our nonce and, if the peer's is not in
+    yet, read the transport for it (plaintext frames in the same read are kept for
+    ``receive_some``); ``receive_some`` sends our nonce while it first reads, so a
+    peer that only sends is never left waiting, and it works on transports whose
+    sends wait for the peer to read (lockstep). :meth:`do_handshake` does the
+    exchange on request.
+    Two locks keep concurrent ``send_all`` and ``receive_some`` tasks off each
+    other's transport half: ``_hello_lock`` around sending our nonce (the one time
+    the receive side writes) and ``_rx_lock`` around reads while the peer's nonce is
+    unknown (the only time the send side reads). Once both nonces are through, no
+    lock is taken. In hop-secured mode (``keys=None``) there is no nonce exchange.
     """
 
     def __init__(self, transport: trio.abc.Stream, keys: StreamKeys | None, *,
@@ -836,17 +902,22 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._core: SecureStreamCore | HopSecuredCore
         if keys is None:
             self._core = HopSecuredCore(session, max_frame_payload=max_frame_payload)
+            self._padded: SecureStreamCore | None = None
         else:
-            self._core = SecureStreamCore(session, keys.take,
-                                          max_frame_payload=max_frame_payload,
-                                          peek=peek_function(keys),
-                                          peek_parts=getattr(keys, "peek_parts", None),
-                                          consume=getattr(keys, "consume", None))
+            self._core = self._padded = SecureStreamCore(
+                session, keys.take, max_frame_payload=max_frame_payload,
+                peek=peek_function(keys), peek_parts=getattr(keys, "peek_parts", None),
+                consume=getattr(keys, "consume", None),
+                nonce=secrets.token_bytes(wire.NONCE_SIZE))
         self._state = StreamState.OK
         self._broken_reason: str | None = None
         self._send = _Conflict("sending on")
         self._recv = _Conflict("receiving from")
         self._plain: collections.deque[memoryview] = collections.deque()
+        # Hop-secured mode has no nonce to send.
+        self._hello_sent = self._padded is None
+        self._hello_lock = trio.Lock()
+        self._rx_lock = trio.Lock()
 
     def __repr__(self) -> str:
         return f"SecureStream(session={self._core.session:#x}, state={self._state.value})"
@@ -870,6 +941,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
     def session(self) -> int:
         """The stream id carried in every frame header."""
         return self._core.session
+
+    @property
+    def _have_peer_nonce(self) -> bool:
+        return self._padded is None or self._padded.peer_nonce is not None
 
     # -- state helpers
 
@@ -907,6 +982,109 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
             raise self._translate(err) from err
 
+    async def _send_hello(self) -> None:
+        """Send our STREAM_NONCE frame, once, before anything else we send."""
+        if self._hello_sent:
+            return
+        assert self._padded is not None
+        async with self._hello_lock:
+            if self._hello_sent:
+                return
+            self._check()
+            await self._transport_send(self._padded.nonce_frame())
+            self._hello_sent = True
+
+    async def _read(self) -> None:
+        """One transport read fed to the core; plaintext goes to ``_plain``.
+
+        Callers make sure only one task reads at a time (``_recv`` plus ``_rx_lock``
+        while the peer's nonce is unknown).
+        """
+        try:
+            data = await self.transport.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+            raise self._translate(err) from err
+        if self._state is not StreamState.OK:
+            self._check()
+        if not data:
+            if not self._have_peer_nonce:
+                assert self._padded is not None
+                raise self._break(
+                    f"the transport ended before the peer's stream nonce frame "
+                    f"({self._padded.nonce_bytes_pending} of {wire.NONCE_FRAME_SIZE} bytes "
+                    f"came)")
+            raise self._break("truncated: the transport ended without an "
+                              "authenticated end of stream")
+        try:
+            chunks, _eof = self._core.receive_chunks(data)
+        except RemoteProtocolError as err:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport)
+            raise self._break(f"{err} [{err.code.name}]") from err
+        self._plain.extend(memoryview(c) for c in chunks)
+
+    async def _await_peer_nonce(self) -> None:
+        """Read the transport until the peer's nonce is in (send side, first frame)."""
+        while not self._have_peer_nonce:
+            async with self._rx_lock:
+                # A receive_some in another task may have read it meanwhile.
+                if self._have_peer_nonce:
+                    break
+                self._check()
+                await self._read()
+
+    async def _receive_step(self) -> None:
+        """One read for receive_some, under ``_rx_lock`` while a sender may also read."""
+        if self._have_peer_nonce:
+            await self._read()  # the send side no longer reads: no lock
+            return
+        async with self._rx_lock:
+            # A send_all waiting for the peer's nonce may have read meanwhile.
+            if not self._plain and not self._core.eof_received:
+                self._check()
+                await self._read()
+
+    async def _receive_until_data(self) -> None:
+        while not self._plain and not self._core.eof_received:
+            await self._receive_step()
+
+    async def _send_hello_while(self, other: Any) -> None:
+        """Send our nonce and run ``other`` (a read loop) at the same time.
+
+        On a transport whose ``send_all`` returns only once the peer has read (trio's
+        lockstep streams), a receiver that sent its nonce before reading would keep a
+        peer that waits in ``wait_send_all_might_not_block`` waiting for ever; two
+        ends that both start this way would each wait for the other to read. The
+        first error of either half is raised as is (not as an ExceptionGroup).
+        """
+        failures: list[BaseException] = []
+
+        async def run(fn: Any, scope: trio.CancelScope) -> None:
+            try:
+                await fn()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                failures.append(err)
+                scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, self._send_hello, nursery.cancel_scope)
+            nursery.start_soon(run, other, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
+
+    async def do_handshake(self) -> None:
+        """Exchange stream nonces now; the first send or receive otherwise does it.
+
+        Sends our nonce and reads the peer's concurrently. Never needed for
+        correctness; useful to fail early, or to have the exchange done before
+        timing-sensitive work. A checkpoint only in hop-secured mode.
+        """
+        self._check()
+        if self._hello_sent and self._have_peer_nonce:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._send_hello_while(self._await_peer_nonce)
+
     async def _get_key(self, n_bytes: int) -> KeyCursor | None:
         if n_bytes == 0 or self.keys is None:
             return None
@@ -929,7 +1107,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
     # -- SendStream
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt, authenticate and send all of ``data`` (waits for key per policy)."""
+        """Encrypt, authenticate and send all of ``data`` (waits for key per policy).
+
+        The first call of a padded stream also exchanges nonces (see the class doc).
+        """
         with self._send:
             self._check()
             if self._core.eof_sent:
@@ -940,13 +1121,17 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not view:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            await self._send_hello()
             # One reservation per MAX_GRANT_BITS of payload, carved frame by frame.
             chunk = max(self._core.max_frame_payload,
                         (MAX_GRANT_BITS // 8) // self._core.max_frame_payload
                         * self._core.max_frame_payload)
             while view:
                 piece = view[:chunk]
+                # Key before the peer's nonce: the key policy's deadline holds even
+                # when the peer is silent.
                 cursor = await self._get_key(self._core.key_bytes_for(len(piece)))
+                await self._await_peer_nonce()
                 self._check()
                 frames, n = self._core.seal_some(piece, cursor)
                 if not n:  # cannot happen with segments of at least one bit
@@ -960,7 +1145,14 @@ class SecureStream(trio.abc.HalfCloseableStream):
         with self._send:
             self._check()
             try:
-                await self.transport.wait_send_all_might_not_block()
+                if self._hello_sent:
+                    await self.transport.wait_send_all_might_not_block()
+                else:
+                    # A receive_some may be sending our nonce right now: wait for it
+                    # rather than touch the transport's send half at the same time.
+                    async with self._hello_lock:
+                        self._check()
+                        await self.transport.wait_send_all_might_not_block()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                 raise self._translate(err) from err
 
@@ -972,7 +1164,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             await trio.lowlevel.checkpoint_if_cancelled()
+            await self._send_hello()
             cursor = await self._get_key(self._core.key_bytes_for(0))
+            await self._await_peer_nonce()
+            self._check()
             await self._transport_send(self._core.seal_eof(cursor))
             # A transport that half-closes passes the EOF on too (not needed for safety).
 
@@ -986,26 +1181,16 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 raise ValueError("max_bytes must be >= 1")
         with self._recv:
             self._check()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if not self._hello_sent:
+                # The peer cannot send us anything before it has our nonce: send it,
+                # reading at the same time (see _send_hello_while).
+                await self._send_hello_while(self._receive_until_data)
             while not self._plain:
                 if self._core.eof_received:
                     await trio.lowlevel.checkpoint()
                     return b""
-                try:
-                    data = await self.transport.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                    raise self._translate(err) from err
-                if self._state is not StreamState.OK:
-                    self._check()
-                if not data:
-                    raise self._break("truncated: the transport ended without an "
-                                      "authenticated end of stream")
-                try:
-                    chunks, _eof = self._core.receive_chunks(data)
-                except RemoteProtocolError as err:
-                    with trio.CancelScope(shield=True):
-                        await trio.aclose_forcefully(self.transport)
-                    raise self._break(f"{err} [{err.code.name}]") from err
-                self._plain.extend(memoryview(c) for c in chunks)
+                await self._receive_step()
             else:
                 await trio.lowlevel.checkpoint()
             head = self._plain[0]
@@ -1021,12 +1206,17 @@ class SecureStream(trio.abc.HalfCloseableStream):
     # -- AsyncResource
 
     async def aclose(self) -> None:
-        """Send the authenticated end of stream if we can, then close the transport."""
+        """Send the authenticated end of stream if we can, then close the transport.
+
+        A padded stream can authenticate its end only after the nonces were
+        exchanged; closed before that, it just closes (the peer sees a truncation).
+        It never waits for the peer.
+        """
         if self._state is StreamState.CLOSED:
             await trio.lowlevel.checkpoint()
             return
         graceful = (self._state is StreamState.OK and not self._core.eof_sent
-                    and not self._send.busy)
+                    and not self._send.busy and self._hello_sent and self._have_peer_nonce)
         self._state = StreamState.CLOSED
         try:
             if graceful:

@@ -22,6 +22,12 @@ Body of STREAM_DATA (0x60) and STREAM_EOF (0x61)::
 The header's ``akey_block``/``akey_offset`` repeat the first key reference (where
 the frame's one-time tag key ``s`` starts), so a generic sideband dissector shows
 where the tag key came from.
+
+STREAM_NONCE (0x64) opens each direction of a padded stream, before any other frame:
+a fixed 64-byte frame (header with this stream's session, seq/flags/akey 0; body the
+16-byte random nonce of the end that sends it; a tag slot of 16 zero bytes, as it is
+not authenticated). Every tag the *other* end sends authenticates this nonce
+(spec/apps.md §2), which is what makes a frame of an old stream fail in a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from scapy.fields import (
     IntField,
     PacketListField,
     StrField,
+    StrFixedLenField,
     XLongField,
 )
 from scapy.packet import Packet, bind_layers
@@ -50,6 +57,7 @@ class AppMsgType(IntEnum):
     STREAM_EOF = 0x61  #: authenticated end of this direction (send_eof / aclose)
     HOP_DATA = 0x62  #: payload on a channel the hub already pads and tags hop by hop
     HOP_EOF = 0x63  #: end of this direction on such a channel
+    STREAM_NONCE = 0x64  #: first frame of a padded stream's direction: the sender's nonce
     LOCAL_REQUEST = 0x70  #: node-client request on the local Unix socket (JSON)
     LOCAL_REPLY = 0x71  #: node daemon's reply on the local Unix socket (JSON)
     LOCAL_DATA = 0x72  #: one channel message on a local-socket channel connection
@@ -64,6 +72,9 @@ KEYREF = struct.Struct(">QII")
 N_REFS = struct.Struct(">H")
 #: A frame can name at most this many key segments (a grant spanning many blocks).
 MAX_REFS = 256
+#: Bytes of a stream nonce, and of the whole STREAM_NONCE frame that carries one.
+NONCE_SIZE = 16
+NONCE_FRAME_SIZE = HEADER_SIZE + NONCE_SIZE + TAG_SIZE  # 64
 
 
 class KeyRef(NamedTuple):
@@ -120,6 +131,62 @@ def encode_hop_frame(msg_type: int, session: int, seq: int, payload: bytes | mem
     head = HEADER.pack(HEADER_SIZE - 4 + len(payload) + TAG_SIZE, VERSION, msg_type, 0, 0,
                        session, seq, 0, 0)
     return b"".join((head, payload, bytes(TAG_SIZE)))
+
+
+def encode_nonce_frame(session: int, nonce: bytes) -> bytes:
+    """The STREAM_NONCE frame announcing ``nonce`` (64 bytes, zero tag slot)."""
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"a stream nonce is {NONCE_SIZE} bytes")
+    head = HEADER.pack(NONCE_FRAME_SIZE - 4, VERSION, AppMsgType.STREAM_NONCE, 0, 0,
+                       session, 0, 0, 0)
+    return b"".join((head, nonce, bytes(TAG_SIZE)))
+
+
+#: Bytes of a STREAM_NONCE frame that :func:`check_nonce_start` needs (length, version, type).
+NONCE_START = 6
+
+
+def check_nonce_start(start: bytes | bytearray | memoryview) -> None:
+    """Refuse early what cannot be a STREAM_NONCE frame, from its first NONCE_START bytes.
+
+    So a peer that sends something else first gets a clear error at once instead of
+    the receiver waiting for 64 bytes that may never come.
+    """
+    if start[4] != VERSION:
+        raise RemoteProtocolError(f"unsupported frame version {start[4]}",
+                                  ErrorCode.UNSUPPORTED_VERSION)
+    if start[5] != AppMsgType.STREAM_NONCE:
+        raise RemoteProtocolError(
+            f"expected the peer's stream nonce frame first, got type {start[5]:#x}",
+            ErrorCode.PROTOCOL_VIOLATION)
+    length = int.from_bytes(start[:4], "big") + 4
+    if length != NONCE_FRAME_SIZE:
+        raise RemoteProtocolError(
+            f"stream nonce frame of {length} bytes, expected {NONCE_FRAME_SIZE}",
+            ErrorCode.MALFORMED_FRAME)
+
+
+def decode_nonce_frame(frame: bytes | bytearray | memoryview, session: int) -> bytes:
+    """The nonce of a whole ``NONCE_FRAME_SIZE``-byte STREAM_NONCE frame of ``session``.
+
+    Anything else in its place (another type, version or length, another stream, a
+    non-zero seq, flags, reserved byte, key position or tag slot) is a
+    RemoteProtocolError.
+    """
+    frame = bytes(frame)
+    if len(frame) != NONCE_FRAME_SIZE:
+        raise RemoteProtocolError(f"stream nonce frame is {len(frame)} bytes, expected "
+                                  f"{NONCE_FRAME_SIZE}", ErrorCode.MALFORMED_FRAME)
+    check_nonce_start(frame)
+    head = decode_header(frame)
+    if head.session != session:
+        raise RemoteProtocolError("stream nonce frame belongs to another stream",
+                                  ErrorCode.PROTOCOL_VIOLATION)
+    if (head.seq or head.flags or head.akey_block or head.akey_offset or frame[7]
+            or any(frame[-TAG_SIZE:])):
+        raise RemoteProtocolError("stream nonce frame has a non-zero seq, flags, reserved "
+                                  "byte, key position or tag", ErrorCode.MALFORMED_FRAME)
+    return frame[HEADER_SIZE:HEADER_SIZE + NONCE_SIZE]
 
 
 def peek_length(buf: bytes | bytearray | memoryview) -> int | None:
@@ -234,6 +301,14 @@ class HopEof(QkdBody):
     fields_desc: ClassVar[list[Any]] = []
 
 
+class StreamNonce(QkdBody):
+    """Body of STREAM_NONCE (0x64): the sender's fresh 16-byte stream nonce."""
+
+    name = "StreamNonce"
+    fields_desc = [  # noqa: RUF012 - scapy field list
+        StrFixedLenField("nonce", b"\x00" * NONCE_SIZE, NONCE_SIZE)]
+
+
 class LocalMessage(QkdBody):
     """Body of LOCAL_REQUEST / LOCAL_REPLY / LOCAL_DATA on the node's Unix socket."""
 
@@ -246,5 +321,6 @@ bind_layers(QkdHeader, StreamData, type=AppMsgType.STREAM_DATA)
 bind_layers(QkdHeader, StreamEof, type=AppMsgType.STREAM_EOF)
 bind_layers(QkdHeader, HopData, type=AppMsgType.HOP_DATA)
 bind_layers(QkdHeader, HopEof, type=AppMsgType.HOP_EOF)
+bind_layers(QkdHeader, StreamNonce, type=AppMsgType.STREAM_NONCE)
 for _t in (AppMsgType.LOCAL_REQUEST, AppMsgType.LOCAL_REPLY, AppMsgType.LOCAL_DATA):
     bind_layers(QkdHeader, LocalMessage, type=_t)

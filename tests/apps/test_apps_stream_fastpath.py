@@ -24,6 +24,10 @@ from qkdnet.apps.stream import DEFAULT_FRAME_PAYLOAD, KeyCursor, SecureStream, S
 from qkdnet.errors import ErrorCode, KeyReuseError, RemoteProtocolError
 from qkdnet.wire import QkdHeader
 
+#: Fixed test nonces (a real stream draws its own): alice sends, bob receives. Cores
+#: made with both nonces skip the STREAM_NONCE exchange.
+NONCE_A, NONCE_B = bytes(range(0x40, 0x50)), bytes(range(0x50, 0x60))
+
 SESSION = 0x77
 
 
@@ -35,8 +39,8 @@ def _keys(block_bytes: int) -> tuple[MemoryStreamKeys, MemoryStreamKeys]:
 
 
 def _receiver(keys: MemoryStreamKeys) -> SecureStreamCore:
-    return SecureStreamCore(SESSION, keys.take, peek=keys.peek, peek_parts=keys.peek_parts,
-                            consume=keys.consume)
+    return SecureStreamCore(SESSION, keys.take, nonce=NONCE_B, peer_nonce=NONCE_A,
+                            peek=keys.peek, peek_parts=keys.peek_parts, consume=keys.consume)
 
 
 def _seal(sender: SecureStreamCore, keys: MemoryStreamKeys, payload: bytes) -> list[bytes]:
@@ -61,7 +65,8 @@ def test_grant_parts_carve_like_the_joined_data() -> None:
 
 def test_sealed_frames_match_the_slow_construction_and_scapy() -> None:
     alice, _bob = _keys(3001)
-    sender = SecureStreamCore(SESSION, None, max_frame_payload=5000)
+    sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B,
+                              max_frame_payload=5000)
     payload = np.random.default_rng(5).bytes(12345)
     grant = alice.reserve(8 * sender.key_bytes_for(len(payload)))
     key = bytes(grant.data)
@@ -77,7 +82,8 @@ def test_sealed_frames_match_the_slow_construction_and_scapy() -> None:
         assert wire.decode_refs(frame[:n_prefix]) == refs  # the receiver's piecewise parse
         ct = bytes(a ^ b for a, b in zip(piece, pad, strict=True))
         head = wire.encode_frame(wire.AppMsgType.STREAM_DATA, SESSION, seq, refs, ct)
-        assert bytes(frame) == head + Poly1305.generate_tag(r + s, head)
+        # The tag covers the receiver's nonce, then the frame (spec/apps.md §2).
+        assert bytes(frame) == head + Poly1305.generate_tag(r + s, NONCE_B + head)
         pkt = QkdHeader(bytes(frame))
         body = pkt[wire.StreamData]
         assert (pkt.seq, pkt.session, body.n_refs) == (seq, SESSION, len(refs))
@@ -89,7 +95,8 @@ def test_sealed_frames_match_the_slow_construction_and_scapy() -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_any_split_of_the_byte_stream_opens_the_same(seed: int) -> None:
     alice, bob = _keys(2999)
-    sender = SecureStreamCore(SESSION, None, max_frame_payload=4096)
+    sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B,
+                              max_frame_payload=4096)
     rng = np.random.default_rng(seed)
     payload = rng.bytes(20000)
     stream = b"".join(_seal(sender, alice, payload[:7000]) + _seal(sender, alice, payload[7000:]))
@@ -108,7 +115,7 @@ def test_any_split_of_the_byte_stream_opens_the_same(seed: int) -> None:
 @pytest.mark.parametrize("where", [-1, -20, 40])  # tag, ciphertext, key reference
 def test_nothing_is_released_before_the_tag_and_forgeries_burn_nothing(where: int) -> None:
     alice, bob = _keys(1 << 16)
-    sender = SecureStreamCore(SESSION, None)
+    sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B)
     (frame,) = _seal(sender, alice, b"secret" * 1000)
     refs, _ = wire.decode_body(memoryview(frame))
     forged = bytearray(frame)

@@ -20,6 +20,10 @@ from qkdnet.apps.stream import KeyCursor, SecureStream, SecureStreamCore, peek_f
 from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.keystore import BlockMeta, KeySegment, KeyStore
 
+#: Fixed test nonces (a real stream draws its own): alice sends, bob receives. Cores
+#: made with both nonces skip the STREAM_NONCE exchange.
+NONCE_A, NONCE_B = bytes(range(0x40, 0x50)), bytes(range(0x50, 0x60))
+
 META = BlockMeta("test", 0.0, 1e-10, 1e-15, 0, 0)
 
 
@@ -44,7 +48,8 @@ def _seal(sender: SecureStreamCore, keys: KeyStoreStreamKeys, payload: bytes) ->
 
 def _receiver(bob: KeyStore) -> SecureStreamCore:
     keys = KeyStoreStreamKeys(bob, "alice")
-    return SecureStreamCore(5, keys.take, peek=peek_function(keys))
+    return SecureStreamCore(5, keys.take, nonce=NONCE_B, peer_nonce=NONCE_A,
+                            peek=peek_function(keys))
 
 
 def _forge(frame: bytes, where: str) -> bytes:
@@ -57,7 +62,7 @@ def _forge(frame: bytes, where: str) -> bytes:
 def test_forged_frame_leaves_the_rx_pool_untouched(stores: tuple[KeyStore, KeyStore],
                                                    where: str) -> None:
     alice, bob = stores
-    sender = SecureStreamCore(5, None)
+    sender = SecureStreamCore(5, None, nonce=NONCE_A, peer_nonce=NONCE_B)
     f0, f1 = (_seal(sender, KeyStoreStreamKeys(alice, "bob"), p) for p in (b"first", b"second"))
     avail = bob.available("alice", "e2e-rx")
     # Frame 0 (it also carries the hash key r) forged: refused, nothing consumed.
@@ -101,11 +106,20 @@ def test_peek_function_finds_the_store(stores: tuple[KeyStore, KeyStore]) -> Non
     assert bob.available("alice", "e2e-rx") == avail
 
 
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(n - len(buf))
+        assert chunk, "the stream ended early"
+        buf += chunk
+    return bytes(buf)
+
+
 async def test_forged_frame_on_a_tcp_stream_burns_no_key(
         stores: tuple[KeyStore, KeyStore]) -> None:
     alice, bob = stores
-    honest = _seal(SecureStreamCore(7, None), KeyStoreStreamKeys(alice, "bob"), b"x" * 1000)
-    forged = honest[:-1] + bytes([honest[-1] ^ 0x80])
+    # One grant: the attacker's forged frame and the real one name the very same key.
+    grant = KeyStoreStreamKeys(alice, "bob").reserve(8 * (16 + 16 + 1000))
     avail = bob.available("alice", "e2e-rx")
     outcome: list[str] = []
 
@@ -121,15 +135,22 @@ async def test_forged_frame_on_a_tcp_stream_burns_no_key(
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        for frame in (forged, honest):          # the attacker's, then the real one
+        for forged in (True, False):          # the attacker's, then the real one
             conn = await trio.open_tcp_stream("127.0.0.1", port)
+            sender = SecureStreamCore(7, None, nonce=NONCE_A)
+            await conn.send_all(sender.nonce_frame())
+            sender.receive_data(await _receive_exactly(conn, wire.NONCE_FRAME_SIZE))
+            (frame,) = sender.seal_data(b"x" * 1000, KeyCursor(grant))
+            frame = bytes(frame)
+            if forged:
+                frame = frame[:-1] + bytes([frame[-1] ^ 0x80])
             await conn.send_all(frame)
             await conn.send_eof()
             with trio.fail_after(5):
-                while len(outcome) < (1 if frame is forged else 2):
+                while len(outcome) < (1 if forged else 2):
                     await trio.sleep(0.01)
             await conn.aclose()
-            if frame is forged:
+            if forged:
                 assert bob.available("alice", "e2e-rx") == avail
         nursery.cancel_scope.cancel()
     assert "tag check" in outcome[0]

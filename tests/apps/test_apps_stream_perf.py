@@ -24,6 +24,10 @@ from qkdnet.apps.keys import MemoryKeyPool, MemoryStreamKeys
 from qkdnet.apps.stream import KeyCursor, SecureStreamCore
 from qkdnet.errors import ErrorCode, KeyReuseError, RemoteProtocolError
 
+#: Fixed test nonces (a real stream draws its own): alice sends, bob receives. Cores
+#: made with both nonces skip the STREAM_NONCE exchange.
+NONCE_A, NONCE_B = bytes(range(0x40, 0x50)), bytes(range(0x50, 0x60))
+
 SESSION = 0x5EC
 
 
@@ -38,8 +42,8 @@ def _twin_keys(seed: int, n_bytes: int = 1 << 20) -> tuple[MemoryStreamKeys, Mem
 
 
 def _receiver(keys: MemoryStreamKeys) -> SecureStreamCore:
-    return SecureStreamCore(SESSION, keys.take, peek=keys.peek, peek_parts=keys.peek_parts,
-                            consume=keys.consume)
+    return SecureStreamCore(SESSION, keys.take, nonce=NONCE_B, peer_nonce=NONCE_A,
+                            peek=keys.peek, peek_parts=keys.peek_parts, consume=keys.consume)
 
 
 def _seal(sender: SecureStreamCore, keys: MemoryStreamKeys, payload: bytes) -> bytes:
@@ -56,7 +60,7 @@ def test_frames_do_not_depend_on_what_memory_held(size: int) -> None:
         junk = [np.full(size + 4096, fill, np.uint8) for _ in range(4)]
         del junk
         keys, _ = _twin_keys(7, 2 * size + 4096)
-        sender = SecureStreamCore(SESSION, None)
+        sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B)
         stream = _seal(sender, keys, payload)
         stream += bytes(sender.seal_eof(KeyCursor(keys.reserve(8 * sender.key_bytes_for(0)))))
         frames.append(stream)
@@ -68,7 +72,7 @@ def test_frames_do_not_depend_on_what_memory_held(size: int) -> None:
 def _small_frames(seed: int) -> tuple[bytes, list[bytes], MemoryStreamKeys]:
     """A byte stream of many frames of mixed sizes, their payloads and the rx keys."""
     alice, bob = _twin_keys(seed, 300_000)
-    sender = SecureStreamCore(SESSION, None)
+    sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B)
     rng = np.random.default_rng(seed)
     payloads = [rng.bytes(int(n)) for n in rng.choice([1, 2, 15, 16, 17, 100, 4096], 60)]
     stream = b"".join(_seal(sender, alice, p) for p in payloads)
@@ -131,7 +135,7 @@ def _bad(frame: bytes, what: str) -> bytes:
 def test_bad_frames_whole_in_one_read_are_refused_before_any_key_is_spent(
         what: str, code: ErrorCode) -> None:
     alice, bob = _twin_keys(31, 8192)
-    sender = SecureStreamCore(SESSION, None)
+    sender = SecureStreamCore(SESSION, None, nonce=NONCE_A, peer_nonce=NONCE_B)
     first = _seal(sender, alice, b"first frame")
     second = _seal(sender, alice, b"second frame" * 300)
     rx = _receiver(bob)

@@ -19,10 +19,15 @@ from qkdnet.apps.stream import (
 )
 from qkdnet.errors import ErrorCode, KeyExhausted, RemoteProtocolError
 
+#: Fixed test nonces (a real stream draws its own): alice sends, bob receives. Cores
+#: made with both nonces skip the STREAM_NONCE exchange.
+NONCE_A, NONCE_B = bytes(range(0x40, 0x50)), bytes(range(0x50, 0x60))
+
 
 def _cores(session: int = 9) -> tuple[SecureStreamCore, SecureStreamCore, MemoryKeyPool]:
     ka, kb = memory_key_pair(seed=3)
-    return SecureStreamCore(session, ka.take), SecureStreamCore(session, kb.take), ka.tx
+    return (SecureStreamCore(session, ka.take, nonce=NONCE_A, peer_nonce=NONCE_B),
+            SecureStreamCore(session, kb.take, nonce=NONCE_B, peer_nonce=NONCE_A), ka.tx)
 
 
 def _frames(sender: SecureStreamCore, pool: MemoryKeyPool, *payloads: bytes) -> list[bytes]:
@@ -115,7 +120,13 @@ async def _raw_and_secure() -> tuple[trio.abc.Stream, SecureStream, SecureStream
     ka, kb = memory_key_pair(seed=11)
     raw, other = trio.testing.memory_stream_pair()
     secure = SecureStream(other, kb, session=9)
-    return raw, secure, SecureStreamCore(9, ka.take), ka.tx
+    sender = SecureStreamCore(9, ka.take, nonce=NONCE_A)
+    # The nonce exchange, by hand on the raw side: ours out, the stream's in.
+    await raw.send_all(sender.nonce_frame())
+    await secure.do_handshake()
+    sender.receive_data(await raw.receive_some())
+    assert sender.peer_nonce is not None
+    return raw, secure, sender, ka.tx
 
 
 async def test_stream_breaks_on_forgery_with_reason() -> None:
@@ -163,6 +174,11 @@ async def test_fail_fast_policy_raises_key_exhausted() -> None:
     a_raw, b_raw = trio.testing.memory_stream_pair()
     a = SecureStream(a_raw, ka, policy=FAIL_FAST)
     b = SecureStream(b_raw, kb)
+    # Nonces first, so that one task can send and then receive (the nonces cost no key).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.do_handshake)
+        nursery.start_soon(b.do_handshake)
+    assert ka.tx.reserved_bits == 0
     await a.send_all(b"x" * 900)
     assert len(await b.receive_some()) == 900
     with pytest.raises(trio.BrokenResourceError, match="out of key") as info:
