@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qkdnet.apps import wire
+from qkdnet.errors import ErrorCode, RemoteProtocolError
 from qkdnet.wire import QkdHeader
 
 GOLDEN = bytes.fromhex(
@@ -42,3 +45,42 @@ def test_codec_decodes_what_scapy_builds_for_eof() -> None:
     assert refs == [wire.KeyRef(3, 0, 128), wire.KeyRef(4, 8, 128)]
     assert bytes(payload) == b""
     assert wire.peek_length(raw) == len(raw)
+
+
+NONCE_GOLDEN = bytes.fromhex(
+    "0000003c" "01" "64" "00" "00" "000005ec" "0000000000000000"
+    "0000000000000000" "00000000"
+    "000102030405060708090a0b0c0d0e0f"
+) + bytes(16)
+
+
+def test_nonce_frame_golden_bytes_both_ways() -> None:
+    nonce = bytes(range(16))
+    assert wire.encode_nonce_frame(0x5EC, nonce) == NONCE_GOLDEN
+    assert len(NONCE_GOLDEN) == wire.NONCE_FRAME_SIZE == 64
+    pkt = QkdHeader(type=0x64, session=0x5EC) / wire.StreamNonce(nonce=nonce)
+    assert bytes(pkt) == NONCE_GOLDEN
+    back = QkdHeader(NONCE_GOLDEN)
+    assert (back.type, back.session, back.seq, back.tag) == (0x64, 0x5EC, 0, bytes(16))
+    assert back[wire.StreamNonce].nonce == nonce
+    assert wire.decode_nonce_frame(NONCE_GOLDEN, 0x5EC) == nonce
+
+
+@pytest.mark.parametrize("index, value, code", [
+    (3, 0x3D, ErrorCode.MALFORMED_FRAME),           # length 61
+    (4, 2, ErrorCode.UNSUPPORTED_VERSION),          # version
+    (5, 0x60, ErrorCode.PROTOCOL_VIOLATION),        # a data frame's type
+    (11, 0xED, ErrorCode.PROTOCOL_VIOLATION),       # another session
+    (19, 1, ErrorCode.MALFORMED_FRAME),             # seq 1
+    (6, 1, ErrorCode.MALFORMED_FRAME),              # flags
+    (7, 1, ErrorCode.MALFORMED_FRAME),              # reserved
+    (27, 1, ErrorCode.MALFORMED_FRAME),             # akey_block
+    (63, 1, ErrorCode.MALFORMED_FRAME),             # tag slot
+])
+def test_nonce_frame_decoder_refuses_anything_else(index: int, value: int,
+                                                   code: ErrorCode) -> None:
+    bad = bytearray(NONCE_GOLDEN)
+    bad[index] = value
+    with pytest.raises(RemoteProtocolError) as info:
+        wire.decode_nonce_frame(bad, 0x5EC)
+    assert info.value.code == code
