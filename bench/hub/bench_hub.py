@@ -30,8 +30,9 @@ Run: ``.venv/bin/python bench/hub/bench_hub.py [--messages N] [--size BYTES]
   max-RSS growth per spoke and whether every message arrived (target >= 200 spokes).
 
 All key is TEST-ONLY prefilled key (see ``qkdnet.hub.node.prefill_pair``): this
-measures routing, not QKD. Key stores live in /dev/shm when it exists, so the
-numbers are not those of the disk's fsync rate. On a machine with fewer cores than
+measures routing, not QKD. By default the key stores live in /dev/shm when it exists,
+so the figures leave out the disk's fsync rate; ``--store-dir DIR`` puts them on a disk
+instead, so every durable commit waits for its fsync. On a machine with fewer cores than
 busy processes the processes share the cores; with Linux's autogroup scheduling,
 processes of one session share one session's share (``--own-sessions`` starts hub
 and bob in sessions of their own, as daemons would be). The output says which.
@@ -57,12 +58,16 @@ import trio
 
 from qkdnet.hub.node import embedded_network
 
+#: Where key stores go (``--store-dir``); None: /dev/shm when it exists.
+STORE_DIR: str | None = None
+
 
 def _tmpdir() -> str:
-    """A scratch folder for key stores, removed when this process exits (it is in
-    /dev/shm, i.e. memory, when that exists, and each run fills it with key)."""
-    folder = tempfile.mkdtemp(prefix="qkdnet-bench-hub-",
-                              dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    """A scratch folder for key stores, removed when this process exits: in
+    ``--store-dir`` if given (a disk: every commit waits for its fsync), else in
+    /dev/shm (memory) when that exists. Each run fills it with key."""
+    base = STORE_DIR or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+    folder = tempfile.mkdtemp(prefix="qkdnet-bench-hub-", dir=base)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
@@ -521,10 +526,15 @@ def main() -> int:
     ap.add_argument("--own-sessions", action="store_true",
                     help="three-process run: start hub and bob in sessions of their own "
                          "(with autogroup scheduling each then gets its own CPU share)")
+    ap.add_argument("--store-dir", default=None,
+                    help="put the key stores in this folder (e.g. on a disk, to include "
+                         "the fsync of every commit); default /dev/shm (memory)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=("hub", "sink"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global STORE_DIR
+    STORE_DIR = args.store_dir
     if args.child:
         return _child(args.child, args.config,
                       str(args.profile_dir) if args.profile_dir else None)
@@ -555,6 +565,7 @@ def main() -> int:
             continue
         print(f"{label}: {p['messages']} x {p['message_bytes']} B messages, acked, "
               f"key-store lease {args.lease_bits} bits, best of {p['rounds']} runs each")
+        print(f"  key stores in {args.store_dir or '/dev/shm (memory)'}")
         if key == "three":
             print(f"  note: {os.cpu_count()} CPU cores for 3 busy processes (plus whatever "
                   "else runs on this machine): they share the cores; on 3 hosts each "
