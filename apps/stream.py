@@ -19,11 +19,12 @@ Each frame (apps/wire.py) of a direction consumes, in this order::
     s  16 bytes   fresh per frame: one-time pad of the tag
     k  n bytes    one-time pad of the n payload bytes
 
-ciphertext = payload XOR k; tag = Poly1305(r ‖ s) over every byte of the frame
-before the tag (encrypt-then-MAC). With ``r`` recycled and ``s`` fresh, this is the
-Wegman–Carter construction with key recycling (Portmann, IEEE TIT 60, 2014): the
-forgery probability per frame is at most 8⌈L/16⌉/2^106 for an L-byte frame
-(Bernstein 2005), adding up linearly over the frames of a stream. The pad is
+ciphertext = payload XOR k; tag = Poly1305(r ‖ s) over N_rx ‖ every byte of the
+frame before the tag (encrypt-then-MAC), where N_rx is the 16-byte nonce the
+*receiving* end sent in its STREAM_NONCE frame. With ``r`` recycled and ``s``
+fresh, this is the Wegman–Carter construction with key recycling (Portmann, IEEE
+TIT 60, 2014): the forgery probability per frame is at most 8⌈L/16⌉/2^106 for an
+L-byte frame (Bernstein 2005), adding up linearly over the frames of a stream. The pad is
 information-theoretically secure as long as no key bit is used twice, which the
 key source enforces at both ends.
 
@@ -49,15 +50,26 @@ with key fresh from memory, per end, on the bench machine) are what bounds the r
 to plain TCP, not Python: with both ends on one thread it cannot pass about 0.35.
 Poly1305 (cryptography) holds the GIL, so it cannot move to a worker thread.
 
+Freshness: each end's first transport bytes are a STREAM_NONCE frame with 16 random
+bytes (drawn by the adapter with ``secrets``; the core takes them as an argument).
+Sequence numbers, the session id and the key references stop replays *within* a
+stream, but a frame an attacker withheld from an earlier stream with the same
+session id names key the receiver never took and carries a genuine tag; because the
+tag covers the receiver's nonce, which is fresh for every stream, such a frame fails
+the tag check in any later stream (spec/apps.md §3). The nonce costs no key. The
+hop-secured mode (:class:`HopSecuredCore`) sends no nonce: the hub connection's hop
+authentication, bound to that connection's HELLO nonces, gives it the same property.
+
 The header's ``seq`` counts frames per direction from 0; anything else is a replay or
 reordering. End of stream is a STREAM_EOF frame, tagged like data, so a transport
 that closes without one is a truncation. Every violation breaks the stream: the
 adapter raises ``trio.BrokenResourceError`` whose message names the reason (and whose
 ``__cause__`` is the :class:`~qkdnet.errors.RemoteProtocolError` with its code).
 
-Key cost: 8·n + 128 bits per n-byte frame (+128 once), so with 1 MiB frames a bulk
-transfer spends 1.00002 key bits per payload bit. (A 1 MiB frame with the most key
-references a receiver accepts, ``wire.MAX_REFS``, still fits ``MAX_FRAME_SIZE``.)
+Key cost: 8·n + 128 bits per n-byte frame (+128 once; the nonces cost none), so
+with 1 MiB frames a bulk transfer spends 1.00002 key bits per payload bit. (A 1 MiB
+frame with the most key references a receiver accepts, ``wire.MAX_REFS``, still
+fits ``MAX_FRAME_SIZE``.)
 """
 
 from __future__ import annotations
@@ -372,6 +384,12 @@ class SecureStreamCore:
     sender's source; ``receive_data`` reads each frame's key with ``peek_parts`` or
     ``peek`` (if given), checks the tag, and only then calls ``consume`` or ``take``
     for the frame's references.
+
+    Nonces: ``nonce`` (this end's, required) goes out first as :meth:`nonce_frame`;
+    the first bytes fed to :meth:`receive_chunks` must be the peer's STREAM_NONCE
+    frame, which sets :attr:`peer_nonce` (bytes after it in the same call are read
+    as frames). Sealing needs :attr:`peer_nonce`. A core made with ``peer_nonce``
+    given skips that exchange (tests, benchmarks).
     Raises :class:`RemoteProtocolError` (with an ErrorCode) on any bad input; after
     that the core must not be used again.
     """

@@ -10,6 +10,9 @@
 -- Common bodies (HELLO .. PONG) are decoded here; other layers' bodies are shown as
 -- bytes with their type name. HELLO and HELLO_ACK end with a 16-byte connection nonce
 -- that the tags of later frames are bound to (spec §6.1; the binding is not on the wire).
+-- Application frames are named (STREAM_DATA .. STREAM_NONCE); STREAM_NONCE's body is
+-- the 16-byte stream nonce that the other end's SecureStream tags are bound to
+-- (spec/apps.md §2).
 
 local qkd = Proto("qkdnet", "qkdnet sideband")
 
@@ -26,8 +29,15 @@ local error_codes = {
 }
 local roles = { [0] = "unspecified", [1] = "spoke", [2] = "hub", [3] = "app", [4] = "tester" }
 
+local app_types = {
+    [0x60] = "STREAM_DATA", [0x61] = "STREAM_EOF", [0x62] = "HOP_DATA", [0x63] = "HOP_EOF",
+    [0x64] = "STREAM_NONCE", [0x70] = "LOCAL_REQUEST", [0x71] = "LOCAL_REPLY",
+    [0x72] = "LOCAL_DATA",
+}
+
 local function type_name(t)
     if msg_types[t] then return msg_types[t] end
+    if app_types[t] then return app_types[t] end
     if t >= 0x10 and t <= 0x3F then return string.format("LINK_0x%02x", t) end
     if t >= 0x40 and t <= 0x5F then return string.format("HUB_0x%02x", t) end
     if t >= 0x60 and t <= 0x7F then return string.format("APP_0x%02x", t) end
@@ -56,6 +66,7 @@ f.error_code = ProtoField.uint16("qkdnet.error_code", "Error code", base.DEC, er
 f.reason = ProtoField.string("qkdnet.reason", "Reason")
 f.nonce = ProtoField.uint64("qkdnet.nonce", "Nonce", base.HEX)
 f.conn_nonce = ProtoField.bytes("qkdnet.conn_nonce", "Connection nonce")
+f.stream_nonce = ProtoField.bytes("qkdnet.stream_nonce", "Stream nonce")
 
 local MIN_LENGTH = 44
 
@@ -94,6 +105,8 @@ local function dissect_body(t, body, tree)
         tree:add(f.error_code, body(0, 2))
     elseif t == 0x05 or t == 0x06 then
         tree:add(f.nonce, body(0, 8))
+    elseif t == 0x64 then
+        tree:add(f.stream_nonce, body(0, 16))
     else
         tree:add(f.body, body)
     end

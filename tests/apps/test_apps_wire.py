@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from qkdnet.apps import wire
@@ -84,3 +88,28 @@ def test_nonce_frame_decoder_refuses_anything_else(index: int, value: int,
     with pytest.raises(RemoteProtocolError) as info:
         wire.decode_nonce_frame(bad, 0x5EC)
     assert info.value.code == code
+
+
+LUA = Path(__file__).resolve().parents[2] / "spec" / "wireshark" / "qkdnet.lua"
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_wireshark_dissector_shows_the_stream_nonce(tmp_path: Path) -> None:
+    from qkdnet.pcap import PcapRecorder
+    from qkdnet.wire import DEFAULT_PORT
+
+    recorder = PcapRecorder(tmp_path / "stream.pcap")
+    flow = recorder.flow(("10.1.0.2", 50000), ("10.1.0.1", DEFAULT_PORT), initiator=True)
+    flow.sent(NONCE_GOLDEN + GOLDEN)  # the nonce frame and a data frame in one segment
+    flow.received(wire.encode_nonce_frame(5, bytes(range(0xA0, 0xB0))))
+    recorder.close()
+    proc = subprocess.run(["tshark", "-X", f"lua_script:{LUA}", "-r",
+                           str(tmp_path / "stream.pcap"), "-V"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    if "qkdnet sideband" not in proc.stdout:
+        pytest.skip("tshark did not run the Lua dissector (Lua disabled for root?)")
+    assert proc.stdout.count("qkdnet sideband, STREAM_NONCE") == 2
+    assert "qkdnet sideband, STREAM_DATA" in proc.stdout
+    assert "Stream nonce: 000102030405060708090a0b0c0d0e0f" in proc.stdout
+    assert "Stream nonce: a0a1a2a3a4a5a6a7a8a9aaabacadaeaf" in proc.stdout
