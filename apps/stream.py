@@ -1073,7 +1073,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
         lockstep streams), a receiver that sent its nonce before reading would keep a
         peer that waits in ``wait_send_all_might_not_block`` waiting for ever; two
         ends that both start this way would each wait for the other to read. The
-        first error of either half is raised as is (not as an ExceptionGroup).
+        first error of either half is raised as is (not as an ExceptionGroup). As
+        with any send, cancelling this while the nonce frame is on its way breaks the
+        stream (part of it may have gone out).
         """
         failures: list[BaseException] = []
 
@@ -1084,9 +1086,15 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 failures.append(err)
                 scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, self._send_hello, nursery.cancel_scope)
-            nursery.start_soon(run, other, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, self._send_hello, nursery.cancel_scope)
+                nursery.start_soon(run, other, nursery.cancel_scope)
+        except BaseExceptionGroup as group:
+            # Cancelled from outside: raise it plainly, as any trio call would.
+            if all(isinstance(e, trio.Cancelled) for e in group.exceptions):
+                raise group.exceptions[0] from None
+            raise
         if failures:
             raise failures[0]
 

@@ -324,3 +324,36 @@ async def test_hop_secured_mode_sends_no_nonce_and_its_bytes_are_unchanged() -> 
     await stream.send_all(b"hop")
     assert await raw.receive_some() == wire.encode_hop_frame(
         wire.AppMsgType.HOP_DATA, SESSION, 0, b"hop")
+
+
+async def test_receive_some_timing_out_during_the_exchange_raises_plain_cancelled() -> None:
+    ka, kb = memory_key_pair(seed=32)
+    # Memory streams: the nonce goes out at once, the read then waits; a timeout
+    # there leaves the stream usable, and the caller sees a plain Cancelled.
+    ra, rb = trio.testing.memory_stream_pair()
+    a, b = SecureStream(ra, ka, session=SESSION), SecureStream(rb, kb, session=SESSION)
+    caught: list[BaseException] = []
+    with trio.move_on_after(0.05):
+        try:
+            await b.receive_some()
+        except BaseException as err:
+            caught.append(err)
+            raise
+    assert len(caught) == 1 and isinstance(caught[0], trio.Cancelled)
+    assert b.state is StreamState.OK
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, b"after the timeout")
+        assert await b.receive_some() == b"after the timeout"
+    # Lockstep: the nonce frame cannot go out until the peer reads, so the timeout
+    # hits it in flight; the stream breaks (as SSLStream does), still a plain Cancelled.
+    ra2, _rb2 = trio.testing.lockstep_stream_pair()
+    c = SecureStream(ra2, ka, session=SESSION)
+    caught.clear()
+    with trio.move_on_after(0.05):
+        try:
+            await c.receive_some()
+        except BaseException as err:
+            caught.append(err)
+            raise
+    assert len(caught) == 1 and isinstance(caught[0], trio.Cancelled)
+    assert c.state is StreamState.BROKEN
