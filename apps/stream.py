@@ -24,9 +24,9 @@ frame before the tag (encrypt-then-MAC), where N_rx is the 16-byte nonce the
 *receiving* end sent in its STREAM_NONCE frame. With ``r`` recycled and ``s``
 fresh, this is the Wegman–Carter construction with key recycling (Portmann, IEEE
 TIT 60, 2014): the forgery probability per frame is at most 8⌈L/16⌉/2^106 for an
-L-byte frame (Bernstein 2005), adding up linearly over the frames of a stream. The pad is
-information-theoretically secure as long as no key bit is used twice, which the
-key source enforces at both ends.
+L-byte frame (Bernstein 2005), adding up linearly over the frames of a stream. The
+pad is information-theoretically secure as long as no key bit is used twice, which
+the key source enforces at both ends.
 
 Check before spending: the receiver *peeks* the key a frame names (``r``, ``s`` and
 the pad), checks the tag, and *takes* the key from its pool only if the tag is good,
@@ -427,7 +427,8 @@ class SecureStreamCore:
     _head: wire.FrameHeader | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.nonce) != wire.NONCE_SIZE:
+        if len(self.nonce) != wire.NONCE_SIZE or (
+                self.peer_nonce is not None and len(self.peer_nonce) != wire.NONCE_SIZE):
             raise ValueError(f"a stream nonce is {wire.NONCE_SIZE} bytes")
         self.nonce = bytes(self.nonce)
 

@@ -132,6 +132,8 @@ def test_core_refuses_to_seal_before_the_peer_nonce() -> None:
         core.seal_data(b"x", KeyCursor(ka.reserve(8 * core.key_bytes_for(1))))
     with pytest.raises(ValueError):
         SecureStreamCore(SESSION, ka.take, nonce=bytes(8))
+    with pytest.raises(ValueError):
+        SecureStreamCore(SESSION, ka.take, nonce=bytes(16), peer_nonce=bytes(15))
 
 
 def test_frame_sealed_for_one_receiver_nonce_fails_under_another() -> None:
