@@ -12,7 +12,8 @@ once into a list of steps and builds/dissects with ``struct``:
 * ``FieldLenField`` (``length_of=`` or ``count_of=``, default ``adjust``) followed
   later by the ``StrLenField`` or ``PacketListField`` it measures;
 * ``PacketListField`` whose item class is itself a :class:`FastCodec` made of
-  fixed-width integers only.
+  fixed-width integers only (no more items than scapy itself accepts:
+  ``max_count`` or ``conf.max_list_count``).
 
 Theory of operation: the fast path is an *optimisation with a fallback*, never a second
 definition of the format. It runs only when the result is certain to equal scapy's:
@@ -30,6 +31,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from scapy.config import conf
 from scapy.fields import (
     ByteEnumField,
     ByteField,
@@ -58,17 +60,18 @@ enabled = True
 class _Step:
     """One field of a compiled layout."""
 
-    __slots__ = ("codec", "item_cls", "item_size", "kind", "measures", "name")
+    __slots__ = ("codec", "item_cls", "item_size", "kind", "max_items", "measures", "name")
 
     def __init__(self, kind: int, name: str, codec: struct.Struct | None = None,
-                 measures: str | None = None, item_cls: Any = None, item_size: int = 0
-                 ) -> None:
+                 measures: str | None = None, item_cls: Any = None, item_size: int = 0,
+                 max_items: int | None = None) -> None:
         self.kind = kind
         self.name = name
         self.codec = codec            # struct for integer-valued steps
         self.measures = measures      # _LEN/_COUNT: the field measured; _BYTES/_ITEMS: the measurer
         self.item_cls = item_cls      # _ITEMS: the item Packet class
         self.item_size = item_size    # _ITEMS: bytes per item
+        self.max_items = max_items    # _ITEMS: the field's own limit (None: scapy's conf)
 
 
 _plans: dict[type, list[_Step] | None] = {}
@@ -109,7 +112,7 @@ def _compile(cls: type) -> list[_Step] | None:
                 return None
             size = sum(s.codec.size for s in item_plan if s.codec is not None)
             steps.append(_Step(_ITEMS, f.name, measures=measurer[f.name],
-                               item_cls=f.cls, item_size=size))
+                               item_cls=f.cls, item_size=size, max_items=f.max_count))
         else:
             return None
     # Every measured field must be one this layout holds, and measured by one step only.
@@ -194,6 +197,8 @@ def _dissect(pkt: Packet, plan: list[_Step], s: bytes) -> int | None:
             pos += size
         elif st.kind == _ITEMS:
             count = values[st.measures or ""]
+            if count > (st.max_items or conf.max_list_count):
+                return None  # scapy refuses such a list (MaximumItemsCount): let it
             end = pos + count * st.item_size
             if end > n:
                 return None

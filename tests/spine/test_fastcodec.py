@@ -141,3 +141,19 @@ def test_parse_and_check_accept_and_reject_alike() -> None:
         assert judged(raw) == generic(judged, raw)
         cut = raw[:rng.randrange(0, len(raw))]
         assert judged(cut) == generic(judged, cut)
+
+
+def test_more_list_items_than_scapy_accepts_are_refused_alike() -> None:
+    # scapy stops a PacketListField at conf.max_list_count items (MaximumItemsCount);
+    # the fast path must not accept (and build) what scapy refuses.
+    from scapy.config import conf
+    segments = [w.KeySegmentField(block_id=i, offset=0, n_bits=8) for i in range(
+        conf.max_list_count + 1)]
+    raw = generic(lambda: bytes(w.HubData(src=b"a", dst=b"b", service=b"s",
+                                          segments=segments,
+                                          ciphertext=bytes(len(segments)))))
+    assert outcome(w.HubData, raw) == generic(outcome, w.HubData, raw)
+    assert outcome(w.HubData, raw)[0] == "error"
+    with pytest.raises(Exception) as err:
+        w.parse(w.TYPE_OF[w.HubData], raw)
+    assert "cannot dissect" in str(err.value) or "truncated" in str(err.value)
