@@ -198,12 +198,13 @@ class HubDaemon:
         frames = FrameRouter()
 
         def on_hub_frame(_chan: SidebandChannel, ev: FrameReceived) -> None:
-            # Never yields: the router only queues frames for the writer tasks, so the
-            # key this frame takes is committed with the rest of its read (one commit
-            # per read, see FrameRouter.register_sync) before anything goes out.
-            assert self.router is not None
-            self._execute(self.router.receive(spoke, ev.body, trio.current_time()))
-            self._wake.set()
+            # Never yields. The key this frame takes is committed with the rest of its
+            # read (one commit per read, see FrameRouter.register_sync); what the
+            # router made of it (a forwarded frame, an ack) is queued for the writers
+            # only once that commit has succeeded.
+            assert self.router is not None and self.store is not None
+            actions = self.router.receive(spoke, ev.body, trio.current_time())
+            self.store.after_commit(partial(self._release, actions))
 
         frames.register_sync(HUB_TYPES, on_hub_frame)
         try:
@@ -248,6 +249,10 @@ class HubDaemon:
                 self.router.sent(sess.spoke)
                 if self.router.blocked():
                     self._execute(self.router.poll(trio.current_time()))
+
+    def _release(self, actions: list[Send | Disconnect]) -> None:
+        self._execute(actions)
+        self._wake.set()
 
     def _execute(self, actions: list[Send | Disconnect]) -> None:
         for act in actions:

@@ -774,7 +774,8 @@ class SpokeNode:
             return self._data_now(body)
         if isinstance(body, w.HubDeliveryAck):
             w.check(body)
-            self._on_ack(body)
+            assert self.store is not None
+            self.store.after_commit(partial(self._on_ack, body))
             return True
         return False
 
@@ -803,7 +804,9 @@ class SpokeNode:
             data = _xor(body.ciphertext, key)
         else:
             data = b""
-        self._count_delivery(ch, body, data)
+        # The application sees the message only once its key's take is durable (at
+        # once outside a key-store batch; at the batch's commit inside one).
+        self.store.after_commit(partial(self._count_delivery, ch, body, data))
         return True
 
     def _count_delivery(self, ch: Channel, body: Packet, data: bytes) -> None:

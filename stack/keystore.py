@@ -65,8 +65,9 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -422,6 +423,7 @@ class KeyStore:
         self._waiters: dict[tuple[str, str], trio.Event] = {}
         self._scrubbed_since_checkpoint = 0
         self._batch_depth = 0   # > 0 inside batch(): takes share one transaction
+        self._after_commit: list[Callable[[], None]] = []  # released by the batch's commit
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file owner-only before SQLite does (it would use the umask);
@@ -577,9 +579,11 @@ class KeyStore:
         exits, also if it exits by an exception. Everything else (``reserve`` refilling
         a lease, ``add_block``, counters) commits at once as outside a batch.
 
-        Use it only around code that does not yield to other tasks (no ``await``) and
-        does not let anything computed from the taken key leave the process before the
-        block exits: that is when the takes become durable. Reentrant.
+        Use it only around code that does not yield to other tasks (no ``await``), and
+        let nothing computed from the taken key leave the process before the block
+        exits, when the takes become durable: hand such effects to
+        :meth:`after_commit`, which releases them only if the commit succeeds.
+        Reentrant.
         """
         if self._batch_depth:
             self._batch_depth += 1
@@ -595,9 +599,27 @@ class KeyStore:
             yield
         finally:
             self._batch_depth = 0
+            release, self._after_commit = self._after_commit, []
             if db.in_transaction:
+                # If this fails the takes are rolled back and ``release`` is dropped:
+                # nothing computed from their key is acted on.
                 db.execute("COMMIT")
             self._maybe_checkpoint(0)
+            for fn in release:
+                fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the takes made so far are durable.
+
+        Outside a batch that is now. Inside :meth:`batch` it is when the batch commits
+        (in the order given); if that commit fails, ``fn`` never runs. Receivers put
+        everything that would let taken key's effects leave the process (a forwarded
+        frame, a delivered message) behind it.
+        """
+        if self._batch_depth:
+            self._after_commit.append(fn)
+        else:
+            fn()
 
     @staticmethod
     def _check_pool(peer: str, purpose: str) -> None:
@@ -939,10 +961,10 @@ class KeyStore:
         for peer, purpose, segs, _pool, _pid in checked:
             n_bits = sum(s.n_bits for s in segs)
             total += n_bits
-            if self.tracer.enabled:
-                self.tracer.event("keystore", "take", {
+            if self.tracer.enabled:  # recorded once durable (a failed commit took nothing)
+                self.after_commit(partial(self.tracer.event, "keystore", "take", {
                     "peer": peer, "purpose": purpose, "n_bits": n_bits,
-                    "segments": [[s.block_id, s.offset, s.n_bits] for s in segs]})
+                    "segments": [[s.block_id, s.offset, s.n_bits] for s in segs]}))
         self._maybe_checkpoint(total)
         return out
 

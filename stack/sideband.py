@@ -578,8 +578,10 @@ class FrameRouter:
         :meth:`SidebandChannel.run` calls it for the frames of one read straight after
         checking them, inside the same key-store batch, so the key those frames and
         their handling take (tag keys, one-time pads) is committed once per read. The
-        handler must not let anything computed from taken key leave the process (it
-        may queue work for other tasks: they run after the commit). It may return
+        handler must not let anything computed from taken key leave the process or
+        reach another task itself: it hands such effects (a frame to forward, a
+        message to deliver) to ``KeyStore.after_commit``, which releases them only
+        once the batch has committed, and drops them if the commit fails. It may return
         False, having changed nothing, for a frame that needs to wait for something:
         that frame then goes to the async ``fallback`` in frame order.
         """

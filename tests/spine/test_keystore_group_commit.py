@@ -154,3 +154,33 @@ async def test_hub_and_receiver_commit_at_most_once_per_frame(tmp_path: Path) ->
     frames_in = n + net["bob"].counters["acks_sent"]  # DATA from alice, ACKs from bob
     assert hub_commits <= frames_in + 8, (hub_commits, frames_in)  # + lease refills
     assert bob_commits <= n + 8, (bob_commits, n)
+
+
+def run_commit_fail_child(case: str, folder: Path) -> dict[str, object]:
+    """Run keystore_commit_fail_child.py (a real disk I/O error at COMMIT) and parse it."""
+    import json
+    import subprocess
+    import sys
+    child = Path(__file__).with_name("keystore_commit_fail_child.py")
+    proc = subprocess.run([sys.executable, str(child), case, str(folder)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, proc.stdout + proc.stderr
+    result: dict[str, object] = json.loads(lines[-1])
+    return result
+
+
+def test_a_failed_commit_releases_nothing_and_takes_nothing(tmp_path: Path) -> None:
+    result = run_commit_fail_child("store", tmp_path)
+    assert result["error"] == "OperationalError"       # SQLite: disk I/O error
+    assert result["released"] == []                    # the after_commit effect never ran
+    assert result["untaken"] is True                    # the take was rolled back
+    assert result["in_transaction"] is False
+
+
+def test_the_hub_forwards_nothing_from_a_read_whose_commit_failed(tmp_path: Path) -> None:
+    # The hub's batch holding alice's DATA frame fails to commit: the forwarded frame
+    # must never reach bob (its pad at the hub was not durably taken).
+    result = run_commit_fail_child("hub", tmp_path)
+    assert result["bob_got"] is None, result
+    assert result["pad_untaken"] is True

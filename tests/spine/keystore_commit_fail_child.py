@@ -1,0 +1,113 @@
+"""Child process for test_keystore_group_commit: make a key-store COMMIT fail for real.
+
+The file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) is lowered while a batch holds
+takes, so SQLite's COMMIT gets a genuine ``disk I/O error``. Process-wide, hence a child.
+Prints one JSON line with what happened. Usage: ``python -m ... store|hub FOLDER``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qkdnet.hub.node import embedded_network
+from qkdnet.keystore import CHUNK_BITS, BlockMeta, KeySegment, KeyStore
+
+SOFT, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+
+def limit_file_size(on: bool) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 if on else SOFT, HARD))
+
+
+def untaken(observer: KeyStore, segments: list[KeySegment]) -> bool:
+    try:
+        observer.peek("hub", "data-rx", segments)
+    except Exception:
+        return False
+    return True
+
+
+def store_case(folder: Path) -> dict[str, Any]:
+    meta = BlockMeta(link_session="s1", created=1.0, eps_sec=1e-10, eps_cor=1e-15,
+                     leaked_ec_bits=0, auth_bits_spent=0)
+    store = KeyStore(folder / "node.keys")
+    store.add_block("hub", "data-rx", 1, os.urandom(CHUNK_BITS // 2), 4 * CHUNK_BITS, meta)
+    store.checkpoint()
+    released: list[str] = []
+    error = ""
+    seg = [KeySegment(1, 0, 256)]
+    try:
+        with store.batch():
+            store.take("hub", "data-rx", seg)
+            store.after_commit(lambda: released.append("delivered"))
+            limit_file_size(True)
+    except Exception as err:
+        error = type(err).__name__
+    finally:
+        limit_file_size(False)
+    observer = KeyStore(folder / "node.keys")
+    return {"error": error, "released": released, "untaken": untaken(observer, seg),
+            "in_transaction": store.db.in_transaction}
+
+
+async def hub_case(folder: Path) -> dict[str, Any]:
+    armed = {"on": False, "limited": False}
+
+    def hub_statements(stmt: str) -> None:
+        # Arm at the first take of a batch: the COMMIT that ends the batch then fails.
+        # Any later statement that is not part of that batch lifts the limit again.
+        if armed["limited"] and stmt.startswith(("BEGIN", "PRAGMA")):
+            limit_file_size(False)
+            armed["limited"] = False
+        if armed["on"] and stmt == "SAVEPOINT take_in_batch":
+            armed["on"] = False
+            armed["limited"] = True
+            limit_file_size(True)
+
+    def other_statements(stmt: str) -> None:
+        # The spokes' stores must not fail: only the hub's commit is under test.
+        if armed["limited"]:
+            limit_file_size(False)
+            armed["limited"] = False
+
+    async with embedded_network(["alice", "bob"], folder, prefill_key=1 << 20) as net:
+        listener = net["bob"].listen("sink")
+        ch = await net["alice"].open_channel("bob", "sink")
+        inc = await listener.accept()
+        await ch.send_message(b"one")
+        assert await inc.receive_message() == b"one"
+        await ch.wait_delivered()
+        await trio.sleep(0.3)
+        before = net.hub_store.available("alice", "data-rx")
+        net.hub_store.db.set_trace_callback(hub_statements)
+        for store in net.stores.values():
+            store.db.set_trace_callback(other_statements)
+        armed["on"] = True
+        await ch.send_message(b"two")
+        got = None
+        with trio.move_on_after(3):
+            got = await inc.receive_message()
+        limit_file_size(False)
+        for store in [net.hub_store, *net.stores.values()]:
+            store.db.set_trace_callback(None)
+        return {"bob_got": None if got is None else got.decode(),
+                "pad_untaken": net.hub_store.available("alice", "data-rx") == before}
+
+
+def main() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    case, folder = sys.argv[1], Path(sys.argv[2])
+    result = store_case(folder) if case == "store" else trio.run(hub_case, folder)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
