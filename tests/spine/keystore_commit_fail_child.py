@@ -98,8 +98,10 @@ async def hub_case(folder: Path) -> dict[str, Any]:
         limit_file_size(False)
         for store in [net.hub_store, *net.stores.values()]:
             store.db.set_trace_callback(None)
+        await trio.sleep(0.5)  # the hub has dropped alice's connection by now
         return {"bob_got": None if got is None else got.decode(),
-                "pad_untaken": net.hub_store.available("alice", "data-rx") == before}
+                "pad_untaken": net.hub_store.available("alice", "data-rx") == before,
+                "unsent_to_bob": net.hub.router.spokes["bob"].unsent}
 
 
 def main() -> None:

@@ -184,3 +184,4 @@ def test_the_hub_forwards_nothing_from_a_read_whose_commit_failed(tmp_path: Path
     result = run_commit_fail_child("hub", tmp_path)
     assert result["bob_got"] is None, result
     assert result["pad_untaken"] is True
+    assert result["unsent_to_bob"] == 0  # the dropped frame does not hold bob's window
