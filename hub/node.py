@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -504,7 +505,7 @@ class SpokeNode:
                     self.settings.hub_host, self.settings.hub_port, local_name=self.name,
                     auth=FrameAuthenticator(KeyStoreTagKeys(self.store, self.hub)),
                     role=Role.SPOKE, pcap=self._pcap())
-            except (OSError, QkdnetError, trio.BrokenResourceError,
+            except (OSError, QkdnetError, sqlite3.Error, trio.BrokenResourceError,
                     trio.ClosedResourceError, trio.EndOfChannel) as err:
                 self.counters["connect_failures"] += 1
                 self.last_error = f"cannot connect to hub: {err}"
@@ -526,6 +527,14 @@ class SpokeNode:
                 self.last_error = "hub connection lost: " + "; ".join(
                     str(e) for e in group.exceptions)
                 log.info("%s: %s", self.name, self.last_error)
+            except* sqlite3.Error as group:
+                # The key store failed (disk full, I/O error, locked past the busy
+                # timeout): what the failed transaction took was rolled back and
+                # nothing derived from it was released (KeyStore.after_commit), so
+                # dropping the connection and trying again later is safe.
+                self.last_error = "key store error, connection dropped: " + "; ".join(
+                    str(e) for e in group.exceptions)
+                log.warning("%s: %s", self.name, self.last_error)
             finally:
                 self._fail_connection("connection to the hub was lost; delivery of "
                                       "unacknowledged messages is unknown")

@@ -603,7 +603,12 @@ class KeyStore:
             if db.in_transaction:
                 # If this fails the takes are rolled back and ``release`` is dropped:
                 # nothing computed from their key is acted on.
-                db.execute("COMMIT")
+                try:
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # SQLite keeps some failed commits open
+                        db.execute("ROLLBACK")
+                    raise
             self._maybe_checkpoint(0)
             for fn in release:
                 fn()

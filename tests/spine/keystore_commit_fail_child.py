@@ -2,7 +2,7 @@
 
 The file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) is lowered while a batch holds
 takes, so SQLite's COMMIT gets a genuine ``disk I/O error``. Process-wide, hence a child.
-Prints one JSON line with what happened. Usage: ``python -m ... store|hub FOLDER``.
+Prints one JSON line with what happened. Usage: ``python THIS store|hub|spoke FOLDER``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from qkdnet.hub.node import embedded_network
+from qkdnet.hub.node import ChannelError, embedded_network
 from qkdnet.keystore import CHUNK_BITS, BlockMeta, KeySegment, KeyStore
 
 SOFT, HARD = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -104,10 +104,68 @@ async def hub_case(folder: Path) -> dict[str, Any]:
                 "unsent_to_bob": net.hub.router.spokes["bob"].unsent}
 
 
+async def spoke_case(folder: Path) -> dict[str, Any]:
+    """bob's own batch (tag key and pad of alice's DATA) fails to commit."""
+    armed = {"on": False, "limited": False}
+
+    def bob_statements(stmt: str) -> None:
+        if armed["limited"] and stmt.startswith(("BEGIN", "PRAGMA")):
+            limit_file_size(False)
+            armed["limited"] = False
+        if armed["on"] and stmt == "SAVEPOINT take_in_batch":
+            armed["on"] = False
+            armed["limited"] = True
+            limit_file_size(True)
+
+    def other_statements(stmt: str) -> None:
+        if armed["limited"]:
+            limit_file_size(False)
+            armed["limited"] = False
+
+    async with embedded_network(["alice", "bob"], folder, prefill_key=1 << 20) as net:
+        listener = net["bob"].listen("sink")
+        ch = await net["alice"].open_channel("bob", "sink")
+        inc = await listener.accept()
+        await ch.send_message(b"one")
+        assert await inc.receive_message() == b"one"
+        await ch.wait_delivered()
+        await trio.sleep(0.3)
+        before = net.stores["bob"].available("hub", "data-rx")
+        net.stores["bob"].db.set_trace_callback(bob_statements)
+        for store in [net.hub_store, net.stores["alice"]]:
+            store.db.set_trace_callback(other_statements)
+        armed["on"] = True
+        await ch.send_message(b"two")
+        got: bytes | None = None
+        channel_failed = False
+        with trio.move_on_after(3):
+            try:
+                got = await inc.receive_message()
+            except ChannelError:  # bob dropped the connection: its channels fail
+                channel_failed = True
+        limit_file_size(False)
+        for store in [net.hub_store, *net.stores.values()]:
+            store.db.set_trace_callback(None)
+        pad_untaken = net.stores["bob"].available("hub", "data-rx") == before
+        error = net["bob"].last_error or ""
+        # bob's node is still running: it reconnects and a new channel works.
+        with trio.fail_after(20):
+            await net["bob"].wait_connected(20)
+            listener2 = net["bob"].listen("sink2")
+            ch2 = await net["alice"].open_channel("bob", "sink2")
+            inc2 = await listener2.accept()
+            await ch2.send_message(b"three")
+            after = await inc2.receive_message()
+        return {"bob_got": None if got is None else got.decode(), "pad_untaken": pad_untaken,
+                "channel_failed": channel_failed, "last_error": error,
+                "after": after.decode()}
+
+
 def main() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     case, folder = sys.argv[1], Path(sys.argv[2])
-    result = store_case(folder) if case == "store" else trio.run(hub_case, folder)
+    result = (store_case(folder) if case == "store"
+              else trio.run(hub_case if case == "hub" else spoke_case, folder))
     print(json.dumps(result), flush=True)
 
 

@@ -185,3 +185,15 @@ def test_the_hub_forwards_nothing_from_a_read_whose_commit_failed(tmp_path: Path
     assert result["bob_got"] is None, result
     assert result["pad_untaken"] is True
     assert result["unsent_to_bob"] == 0  # the dropped frame does not hold bob's window
+
+
+def test_a_spoke_whose_commit_fails_delivers_nothing_and_carries_on(tmp_path: Path) -> None:
+    # bob's batch (tag key and pad of a DATA frame) fails to commit: the application
+    # must not see the message, and the node must drop the connection and reconnect
+    # rather than die.
+    result = run_commit_fail_child("spoke", tmp_path)
+    assert result["bob_got"] is None, result
+    assert result["channel_failed"] is True   # the reader hears the connection went
+    assert result["pad_untaken"] is True
+    assert "key store error" in str(result["last_error"])
+    assert result["after"] == "three"
