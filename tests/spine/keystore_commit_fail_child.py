@@ -58,46 +58,65 @@ def store_case(folder: Path) -> dict[str, Any]:
             "in_transaction": store.db.in_transaction}
 
 
-async def hub_case(folder: Path) -> dict[str, Any]:
-    armed = {"on": False, "limited": False}
+class FailNextBatchCommit:
+    """Make the COMMIT of ``target``'s next batch with a take fail (disk I/O error).
 
-    def hub_statements(stmt: str) -> None:
-        # Arm at the first take of a batch: the COMMIT that ends the batch then fails.
-        # Any later statement that is not part of that batch lifts the limit again.
-        if armed["limited"] and stmt.startswith(("BEGIN", "PRAGMA")):
-            limit_file_size(False)
-            armed["limited"] = False
-        if armed["on"] and stmt == "SAVEPOINT take_in_batch":
-            armed["on"] = False
-            armed["limited"] = True
+    The limit goes on at the batch's first take and off at the next statement that is
+    not part of that batch, or as soon as any of ``others`` writes (they must not fail).
+    """
+
+    def __init__(self, target: KeyStore, others: list[KeyStore]) -> None:
+        self.armed = self.limited = False
+        self.stores = [target, *others]
+        target.db.set_trace_callback(self._target)
+        for store in others:
+            store.db.set_trace_callback(self._other)
+
+    def _lift(self) -> None:
+        limit_file_size(False)
+        self.limited = False
+
+    def _target(self, stmt: str) -> None:
+        if self.limited and stmt.startswith(("BEGIN", "PRAGMA")):
+            self._lift()
+        if self.armed and stmt == "SAVEPOINT take_in_batch":
+            self.armed, self.limited = False, True
             limit_file_size(True)
 
-    def other_statements(stmt: str) -> None:
-        # The spokes' stores must not fail: only the hub's commit is under test.
-        if armed["limited"]:
-            limit_file_size(False)
-            armed["limited"] = False
+    def _other(self, stmt: str) -> None:
+        if self.limited:
+            self._lift()
 
+    def stop(self) -> None:
+        self._lift()
+        for store in self.stores:
+            store.db.set_trace_callback(None)
+
+
+async def alice_to_bob(net: Any) -> tuple[Any, Any]:
+    """A channel alice->bob that has carried one message: (alice's end, bob's end)."""
+    listener = net["bob"].listen("sink")
+    ch = await net["alice"].open_channel("bob", "sink")
+    inc = await listener.accept()
+    await ch.send_message(b"one")
+    assert await inc.receive_message() == b"one"
+    await ch.wait_delivered()
+    await trio.sleep(0.3)
+    return ch, inc
+
+
+async def hub_case(folder: Path) -> dict[str, Any]:
+    """The hub's batch (tag key and pad of alice's DATA) fails to commit."""
     async with embedded_network(["alice", "bob"], folder, prefill_key=1 << 20) as net:
-        listener = net["bob"].listen("sink")
-        ch = await net["alice"].open_channel("bob", "sink")
-        inc = await listener.accept()
-        await ch.send_message(b"one")
-        assert await inc.receive_message() == b"one"
-        await ch.wait_delivered()
-        await trio.sleep(0.3)
+        ch, inc = await alice_to_bob(net)
         before = net.hub_store.available("alice", "data-rx")
-        net.hub_store.db.set_trace_callback(hub_statements)
-        for store in net.stores.values():
-            store.db.set_trace_callback(other_statements)
-        armed["on"] = True
+        sabotage = FailNextBatchCommit(net.hub_store, list(net.stores.values()))
+        sabotage.armed = True
         await ch.send_message(b"two")
         got = None
         with trio.move_on_after(3):
             got = await inc.receive_message()
-        limit_file_size(False)
-        for store in [net.hub_store, *net.stores.values()]:
-            store.db.set_trace_callback(None)
+        sabotage.stop()
         await trio.sleep(0.5)  # the hub has dropped alice's connection by now
         return {"bob_got": None if got is None else got.decode(),
                 "pad_untaken": net.hub_store.available("alice", "data-rx") == before,
@@ -106,35 +125,12 @@ async def hub_case(folder: Path) -> dict[str, Any]:
 
 async def spoke_case(folder: Path) -> dict[str, Any]:
     """bob's own batch (tag key and pad of alice's DATA) fails to commit."""
-    armed = {"on": False, "limited": False}
-
-    def bob_statements(stmt: str) -> None:
-        if armed["limited"] and stmt.startswith(("BEGIN", "PRAGMA")):
-            limit_file_size(False)
-            armed["limited"] = False
-        if armed["on"] and stmt == "SAVEPOINT take_in_batch":
-            armed["on"] = False
-            armed["limited"] = True
-            limit_file_size(True)
-
-    def other_statements(stmt: str) -> None:
-        if armed["limited"]:
-            limit_file_size(False)
-            armed["limited"] = False
-
     async with embedded_network(["alice", "bob"], folder, prefill_key=1 << 20) as net:
-        listener = net["bob"].listen("sink")
-        ch = await net["alice"].open_channel("bob", "sink")
-        inc = await listener.accept()
-        await ch.send_message(b"one")
-        assert await inc.receive_message() == b"one"
-        await ch.wait_delivered()
-        await trio.sleep(0.3)
+        ch, inc = await alice_to_bob(net)
         before = net.stores["bob"].available("hub", "data-rx")
-        net.stores["bob"].db.set_trace_callback(bob_statements)
-        for store in [net.hub_store, net.stores["alice"]]:
-            store.db.set_trace_callback(other_statements)
-        armed["on"] = True
+        sabotage = FailNextBatchCommit(net.stores["bob"],
+                                       [net.hub_store, net.stores["alice"]])
+        sabotage.armed = True
         await ch.send_message(b"two")
         got: bytes | None = None
         channel_failed = False
@@ -143,9 +139,7 @@ async def spoke_case(folder: Path) -> dict[str, Any]:
                 got = await inc.receive_message()
             except ChannelError:  # bob dropped the connection: its channels fail
                 channel_failed = True
-        limit_file_size(False)
-        for store in [net.hub_store, *net.stores.values()]:
-            store.db.set_trace_callback(None)
+        sabotage.stop()
         pad_untaken = net.stores["bob"].available("hub", "data-rx") == before
         error = net["bob"].last_error or ""
         # bob's node is still running: it reconnects and a new channel works.
