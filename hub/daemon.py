@@ -116,8 +116,6 @@ class HubDaemon:
         self.link_stats: dict[str, dict[str, Any]] = {}
         self.counters: dict[str, int] = {"connections": 0, "refused": 0}
         self._wake = trio.Event()
-        # Router output waiting for its read's key-store commit (see on_hub_frame).
-        self._unreleased: list[list[Send | Disconnect]] = []
 
     @property
     def port(self) -> int:
@@ -206,8 +204,8 @@ class HubDaemon:
             # only once that commit has succeeded.
             assert self.router is not None and self.store is not None
             actions = self.router.receive(spoke, ev.body, trio.current_time())
-            self._unreleased.append(actions)
-            self.store.after_commit(partial(self._release, actions))
+            self.store.after_commit(partial(self._release, actions),
+                                    if_dropped=partial(self._unsend, actions))
 
         frames.register_sync(HUB_TYPES, on_hub_frame)
         try:
@@ -227,7 +225,6 @@ class HubDaemon:
             log.error("hub %s: internal error on %s's connection: %r", self.settings.name,
                       spoke, group.exceptions)
         finally:
-            self._forget_unreleased()  # left only by a read whose commit failed
             sess.closed = True
             if self.sessions.get(spoke) is sess:
                 del self.sessions[spoke]
@@ -255,19 +252,16 @@ class HubDaemon:
                     self._execute(self.router.poll(trio.current_time()))
 
     def _release(self, actions: list[Send | Disconnect]) -> None:
-        self._unreleased.remove(actions)
         self._execute(actions)
         self._wake.set()
 
-    def _forget_unreleased(self) -> None:
+    def _unsend(self, actions: list[Send | Disconnect]) -> None:
         """Router output whose commit failed never reaches a writer: take it off the
         destinations' in-flight counts, so flow control does not wait for it."""
         assert self.router is not None
-        for actions in self._unreleased:
-            for act in actions:
-                if isinstance(act, Send) and isinstance(act.body, w.HubData | w.HubKeyRelay):
-                    self.router.sent(act.to)
-        self._unreleased.clear()
+        for act in actions:
+            if isinstance(act, Send) and isinstance(act.body, w.HubData | w.HubKeyRelay):
+                self.router.sent(act.to)
 
     def _execute(self, actions: list[Send | Disconnect]) -> None:
         for act in actions:

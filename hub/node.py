@@ -829,7 +829,6 @@ class SpokeNode:
         if self._data_now(body):
             return
         ch = self._data_channel(body)
-        n_bits = 8 * len(body.ciphertext)
         if ch is None:
             await self._send_quietly(w.HubDeliveryNack(
                 kind=int(w.NackKind.DATA), src=self.name.encode(), dst=body.src,
@@ -837,12 +836,10 @@ class SpokeNode:
                 reason=int(w.HubReason.CHANNEL_CLOSED), hop=f"hub->{self.name}".encode(),
                 detail=b"no such channel at the receiver"), self._epoch)
             return
-        if n_bits:
-            key = await self._take(body.segments)
-            data = _xor(body.ciphertext, key)
-        else:
-            data = b""
-        self._count_delivery(ch, body, data)
+        # _data_now declined an open channel only because the key is not stored yet
+        # (so there is ciphertext): wait for it.
+        key = await self._take(body.segments)
+        self._count_delivery(ch, body, _xor(body.ciphertext, key))
 
     async def _take(self, segments: Sequence[Any]) -> bytes:
         """Take hub->spoke key; wait briefly if the link has not stored the block yet."""

@@ -423,7 +423,8 @@ class KeyStore:
         self._waiters: dict[tuple[str, str], trio.Event] = {}
         self._scrubbed_since_checkpoint = 0
         self._batch_depth = 0   # > 0 inside batch(): takes share one transaction
-        self._after_commit: list[Callable[[], None]] = []  # released by the batch's commit
+        # (released by the batch's commit, run instead if that commit fails)
+        self._after_commit: list[tuple[Callable[[], None], Callable[[], None] | None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file owner-only before SQLite does (it would use the umask);
@@ -608,21 +609,26 @@ class KeyStore:
                 except BaseException:
                     if db.in_transaction:  # SQLite keeps some failed commits open
                         db.execute("ROLLBACK")
+                    for _fn, if_dropped in release:
+                        if if_dropped is not None:
+                            if_dropped()
                     raise
             self._maybe_checkpoint(0)
-            for fn in release:
+            for fn, _if_dropped in release:
                 fn()
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
+    def after_commit(self, fn: Callable[[], None], *,
+                     if_dropped: Callable[[], None] | None = None) -> None:
         """Run ``fn`` once the takes made so far are durable.
 
         Outside a batch that is now. Inside :meth:`batch` it is when the batch commits
-        (in the order given); if that commit fails, ``fn`` never runs. Receivers put
-        everything that would let taken key's effects leave the process (a forwarded
-        frame, a delivered message) behind it.
+        (in the order given); if that commit fails, ``fn`` never runs and
+        ``if_dropped`` (if given) runs instead, to undo bookkeeping that expected
+        ``fn``. Receivers put everything that would let taken key's effects leave the
+        process (a forwarded frame, a delivered message) behind it.
         """
         if self._batch_depth:
-            self._after_commit.append(fn)
+            self._after_commit.append((fn, if_dropped))
         else:
             fn()
 
