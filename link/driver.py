@@ -635,8 +635,11 @@ class LinkEndpoint:
                              out.block, out.error)
 
     async def _send(self, body: Any, sid: int) -> None:
+        # The block's exchange goes under deferred authentication; its checkpoints
+        # (BLOCK_START, VERIFY, PA, BLOCK_DONE, CONFIRM, ABORT) carry their own tags.
+        deferred = w.msg_type(body) in w.DEFERRED_MSGS
         try:
-            await self.channel.send(body, session=sid)
+            await self.channel.send(body, session=sid, deferred=deferred)
         except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
             # Out of authentication key, or the connection is gone: the link cannot
             # continue on this channel.  Blocks in flight are abandoned, nothing stored.
@@ -830,8 +833,13 @@ class TamperingChannel:
         self.channel = channel
         self.tamper = tamper
 
-    async def send(self, body: Any, session: int = 0, flags: int = 0) -> None:
-        await self.channel.send(self.tamper(body), session=session, flags=flags)
+    async def send(self, body: Any, session: int = 0, flags: int = 0, *,
+                   deferred: bool = False) -> None:
+        body = self.tamper(body)
+        # A substituted message goes the way its own type is sent.
+        deferred = deferred and type(body) in w.BODIES.values() \
+            and w.msg_type(body) in w.DEFERRED_MSGS
+        await self.channel.send(body, session=session, flags=flags, deferred=deferred)
 
 
 @dataclass

@@ -14,7 +14,14 @@ the outputs it returns, in order: :class:`Send` a body, :class:`DetectionsNeeded
 store — before the next output is executed), and the notifications
 :class:`BlockStored` / :class:`BlockAborted`.
 
-One block (A = transmitter, B = receiver; every frame authenticated by the sideband)::
+One block (A = transmitter, B = receiver).  The exchange messages (DETECTIONS, SIFT,
+ESTIMATE, ESTIMATE_RESULT, PARITY_REQUEST/REPLY) travel under the sideband's
+*deferred authentication*: they carry no tag of their own, and the next tagged frame
+of the same direction authenticates them.  The tagged frames — BLOCK_START, VERIFY,
+PA, BLOCK_DONE, CONFIRM, ABORT — are the block's checkpoints, and nothing
+irreversible happens before one: B stores only on PA (whose tag covers everything A
+sent) and CONFIRM, A only on BLOCK_DONE, and A sends PA only after VERIFY's tag has
+covered everything B sent.  A block costs five tags (640 bits), whatever its size::
 
     A  BLOCK_START(index, slots, eps)  ->  B   B runs the PHY for those slots
     A  <-  DETECTIONS(clicked slots, B's bases)  (one or more chunks)
@@ -79,8 +86,10 @@ from qkdnet.link.wire import AbortReason, LinkMsg
 
 log = logging.getLogger(__name__)
 
-#: Bits of auth key one sideband frame spends (one 128-bit Poly1305 one-time pad ``s``).
+#: Bits of auth key one tagged sideband frame spends (one 128-bit Poly1305 pad ``s``).
 TAG_KEY_BITS = 128
+#: Tagged frames of a stored block: BLOCK_START, VERIFY, PA, BLOCK_DONE, CONFIRM.
+TAGGED_FRAMES_PER_BLOCK = 5
 
 
 class Role(enum.Enum):
@@ -347,6 +356,7 @@ class _Block:
     started: float = 0.0
     deadline: float = math.inf
     frames: int = 0
+    tagged: int = 0                # frames with a tag of their own (the rest deferred)
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
     qber_max: float = 0.11
@@ -446,7 +456,10 @@ class LinkSession:
                 self._blocks[index] = blk
             else:
                 raise RemoteProtocolError(f"{t.name} for unknown block {index}")
-        blk.frames += 1
+        if getattr(frame, "deferred", False) and t not in w.DEFERRED_MSGS:
+            # The sideband refuses this already; a checkpoint must carry its own tag.
+            raise RemoteProtocolError(f"{t.name} arrived without a tag of its own")
+        _count(blk, t)
         if t is LinkMsg.ABORT:
             reason = w.decode_abort(pkt)
             return self._finish_abort(blk, reason, "aborted by peer", now, remote=True)
@@ -507,7 +520,7 @@ class LinkSession:
         blk.deadline = now + self.config.step_timeout
         for o in out:
             if isinstance(o, Send):
-                blk.frames += 1
+                _count(blk, w.msg_type(o.body))
         if new_state is State.DONE:
             self._close(blk)
         return out
@@ -515,7 +528,7 @@ class LinkSession:
     def _abort(self, blk: _Block, reason: AbortReason, detail: str, now: float,
                error: RemoteProtocolError | None = None) -> list[Output]:
         out: list[Output] = [Send(blk.index, w.encode_abort(blk.index, reason))]
-        blk.frames += 1
+        _count(blk, LinkMsg.ABORT)
         return out + self._finish_abort(blk, reason, detail, now, error=error)
 
     def _finish_abort(self, blk: _Block, reason: AbortReason, detail: str, now: float,
@@ -548,7 +561,8 @@ class LinkSession:
         st = dict(blk.stats)
         st.update(extra)
         frames = blk.frames or 0
-        return BlockStats(block=blk.index, frames=frames, auth_bits=frames * TAG_KEY_BITS,
+        return BlockStats(block=blk.index, frames=frames,
+                          auth_bits=(blk.tagged or 0) * TAG_KEY_BITS,
                           wall_time=max(0.0, now - (blk.started or now)), **st)
 
     def _decoy_stats(self, blk: _Block) -> finite_key.DecoyStats:
@@ -608,8 +622,8 @@ class LinkSession:
                frames_to_come: int = 0) -> StoreBlock:
         """The StoreBlock for this end's parts: ``which`` is "all", "rx" or "tx".
 
-        ``frames_to_come`` counts the block's frames still to be exchanged up to and
-        including CONFIRM, so both ends record the same ``auth_bits_spent``.
+        ``frames_to_come`` counts the block's (tagged) frames still to be exchanged up
+        to and including CONFIRM, so both ends record the same ``auth_bits_spent``.
         """
         assert blk.key is not None
         parts = self._split_parts(blk, blk.key, mine_tx_first)
@@ -622,6 +636,13 @@ class LinkSession:
             leaked_ec_bits=int(blk.stats.get("leak_ec_bits", 0)),
             auth_bits_spent=stats.auth_bits + frames_to_come * TAG_KEY_BITS,
             qber=blk.stats.get("qber_key", blk.stats.get("qber_est")))
+
+
+def _count(blk: _Block, t: LinkMsg) -> None:
+    """Count one frame of the block, sent or received (both ends count the same)."""
+    blk.frames += 1
+    if t not in w.DEFERRED_MSGS:
+        blk.tagged += 1
 
 
 def _type_and_body(frame: Any) -> tuple[int, Any]:
@@ -783,8 +804,10 @@ class TransmitterSession(LinkSession):
         while len(self._stored_rx) > self._finished_limit:
             self._stored_rx.popitem(last=False)
         blk.frames += 1   # the CONFIRM below (_dispatch counts Sends after the stats)
+        blk.tagged += 1
         stats = self._stats(blk, now)
         blk.frames -= 1
+        blk.tagged -= 1
         return [store, Send(blk.index, w.ConfirmMsg(block=blk.index)),
                 BlockStored(blk.index, stats)], State.DONE
 

@@ -34,7 +34,7 @@ from scapy.fields import (
 from scapy.packet import Packet, bind_layers
 
 from qkdnet.errors import ErrorCode, RemoteProtocolError
-from qkdnet.wire import QkdBody, QkdHeader
+from qkdnet.wire import QkdBody, QkdHeader, allow_deferred
 
 # --------------------------------------------------------------------------------------
 # Message types and protocol limits
@@ -311,6 +311,16 @@ def msg_type(body: Packet) -> LinkMsg:
 
 for _t, _cls in BODIES.items():
     bind_layers(QkdHeader, _cls, type=int(_t))
+
+#: The exchange messages of a block, sent under deferred authentication (spec/link.md
+#: §2, "Authentication"): nothing irreversible is done on any of them before a tagged
+#: frame of the same direction has authenticated it — BLOCK_START, VERIFY, PA,
+#: BLOCK_DONE, CONFIRM and ABORT are always tagged and are the block's checkpoints.
+DEFERRED_MSGS = frozenset({
+    LinkMsg.DETECTIONS, LinkMsg.SIFT, LinkMsg.ESTIMATE, LinkMsg.ESTIMATE_RESULT,
+    LinkMsg.PARITY_REQUEST, LinkMsg.PARITY_REPLY,
+})
+allow_deferred(int(t) for t in DEFERRED_MSGS)
 
 
 def parse_body(msg_type_value: int, body: Packet | bytes) -> Packet:

@@ -30,6 +30,17 @@ try several forgeries against the same ``s``; each try succeeds with probability
 most the per-frame bound, so the bound over a key lifetime counts rejected frames
 too (spec/protocol.md §6.2).
 
+Deferred authentication (spec/protocol.md §6.4): a frame may be sent *without* a tag
+of its own (header flag DEFERRED); the next tagged frame of the same direction then
+authenticates it, because that frame's tag covers the binding, every deferred frame
+since the previous tagged one, in order, and the frame itself:
+``Poly1305(r ‖ s, b ‖ d_1 ‖ … ‖ d_k ‖ m)``. Both ends keep a :class:`Backlog`, a running
+Poly1305 with ``s = 0``: Poly1305 adds ``s`` modulo 2^128 after the polynomial, so the
+tag is the backlog's output plus ``s``, and the deferred bytes never need buffering.
+One 128-bit key then pays for a whole exchange (Kiktenko et al., IEEE TIT 66 (2020):
+one tag per post-processing round); the forgery bound is that of one message of the
+total length, 8⌈L/16⌉/2^106 with L the bytes covered.
+
 The key source is abstract (:class:`TagKeySource`) so the same authenticator runs on
 the durable key store (:class:`KeyStoreTagKeys`) or on memory (:class:`MemoryTagKeys`,
 for tests and for a bootstrap secret without a store).
@@ -38,6 +49,7 @@ for tests and for a bootstrap secret without a store).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -262,6 +274,47 @@ class KeyStoreTagKeys:
         return bytes(data)
 
 
+class Backlog:
+    """The deferred frames of one direction since its last tagged frame (spec §6.4).
+
+    A running Poly1305 keyed with the direction's recycled ``r`` and ``s = 0``, fed
+    the binding first and then each deferred frame's bytes before its (zero) tag.
+    :meth:`tag` finishes it with the tagged frame's bytes and adds the one-time ``s``.
+    A backlog is used once: after :meth:`tag` start a new one.
+    """
+
+    def __init__(self, hash_key: bytes, binding: bytes) -> None:
+        if len(hash_key) != HASH_KEY_BYTES:
+            raise LocalProtocolError("hash keys must be 16 bytes")
+        self._mac = Poly1305(bytes(hash_key) + bytes(TAG_KEY_BYTES))
+        self._mac.update(binding)
+        self._open = True
+        #: Deferred frames and their bytes (header and body) covered so far.
+        self.frames = 0
+        self.bytes = len(binding)
+
+    def __repr__(self) -> str:
+        return f"Backlog(frames={self.frames}, bytes={self.bytes})"
+
+    def add(self, frame_without_tag: bytes) -> None:
+        """Cover one deferred frame (every byte before its zero tag)."""
+        if not self._open:
+            raise LocalProtocolError("backlog already finished")
+        self._mac.update(frame_without_tag)
+        self.frames += 1
+        self.bytes += len(frame_without_tag)
+
+    def tag(self, message: bytes, s: bytes) -> bytes:
+        """The tag of the tagged frame ``message`` (bytes before its tag) under ``s``."""
+        if not self._open:
+            raise LocalProtocolError("backlog already finished")
+        self._open = False
+        self._mac.update(message)
+        self.bytes += len(message)
+        h = int.from_bytes(self._mac.finalize(), "little")
+        return ((h + int.from_bytes(s, "little")) & ((1 << 128) - 1)).to_bytes(16, "little")
+
+
 @dataclass(frozen=True, repr=False)
 class TagKey:
     """A reserved one-time key: where it sits (goes in the header) and its bytes."""
@@ -309,11 +362,15 @@ class FrameAuthenticator:
         self.bits_spent_tx += TAG_KEY_BITS
         return TagKey(block_id, offset, s)
 
-    def sign(self, key: TagKey, message: bytes, binding: bytes = b"") -> bytes:
+    def sign(self, key: TagKey, message: bytes, binding: bytes = b"",
+             backlog: Backlog | None = None) -> bytes:
         """The 16-byte tag of ``binding ‖ message`` (``message``: every frame byte
         before the tag; ``binding``: the connection pseudo-header, see
-        :func:`connection_binding`)."""
+        :func:`connection_binding`). With a ``backlog`` (which already holds the
+        binding) the tag covers the deferred frames in it too (spec §6.4)."""
         self.frames_signed += 1
+        if backlog is not None:
+            return backlog.tag(message, key.s)
         mac = Poly1305(self.keys.hash_key_tx + key.s)
         if binding:
             mac.update(binding)
@@ -321,9 +378,11 @@ class FrameAuthenticator:
         return mac.finalize()
 
     def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
-               binding: bytes = b"") -> None:
+               binding: bytes = b"", backlog: Backlog | None = None) -> None:
         """Check a received tag over ``binding ‖ message``; raise
-        :class:`AuthenticationError` if it is wrong.
+        :class:`AuthenticationError` if it is wrong. With a ``backlog`` (built over
+        the binding and the deferred frames received since the last tagged one) the
+        tag must cover those frames too (spec §6.4).
 
         The one-time key is only *peeked* until the tag has verified, and taken (spent
         for good) only then: a forged frame consumes nothing. A key that was already
@@ -340,15 +399,22 @@ class FrameAuthenticator:
             self.failures += 1
             raise AuthenticationError("frame names a tag key we do not hold",
                                       ErrorCode.KEY_EXHAUSTED) from None
-        mac = Poly1305(self.keys.hash_key_rx + s)
-        if binding:
-            mac.update(binding)
-        mac.update(message)
-        try:
-            mac.verify(tag)  # constant time
-        except InvalidSignature:
+        if backlog is not None:
+            good = hmac.compare_digest(backlog.tag(message, s), tag)  # constant time
+        else:
+            mac = Poly1305(self.keys.hash_key_rx + s)
+            if binding:
+                mac.update(binding)
+            mac.update(message)
+            try:
+                mac.verify(tag)  # constant time
+                good = True
+            except InvalidSignature:
+                good = False
+        if not good:
             self.failures += 1
-            raise AuthenticationError("frame failed its authentication tag") from None
+            raise AuthenticationError("frame failed its authentication tag"
+                                      + (" (covering deferred frames)" if backlog else ""))
         # Nothing has yielded since the peek (one thread owns the store), so the bits
         # are still there; a KeyReuseError here means another *process* took them.
         try:

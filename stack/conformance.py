@@ -142,9 +142,10 @@ class Peer:
         self._events: list[FrameReceived] = []
         self.eof = False
 
-    async def send(self, body: Packet, session: int = 0, flags: int = 0) -> bytes:
+    async def send(self, body: Packet, session: int = 0, flags: int = 0, *,
+                   deferred: bool = False) -> bytes:
         """Send a correct frame (state-checked); returns its bytes."""
-        data = self.conn.send(body, session=session, flags=flags)
+        data = self.conn.send(body, session=session, flags=flags, deferred=deferred)
         await self.stream.send_all(data)
         return data
 

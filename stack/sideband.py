@@ -183,11 +183,14 @@ class SidebandChannel:
         await self.stream.send_all(data)
 
     async def send(self, body: Packet, session: int = 0, flags: int = 0, *,
-                   msg_type: int | None = None) -> None:
-        """Sign and send one frame (frames from concurrent tasks never interleave)."""
+                   msg_type: int | None = None, deferred: bool = False) -> None:
+        """Sign and send one frame (frames from concurrent tasks never interleave).
+
+        ``deferred``: no tag of its own; the next tagged frame covers it (spec §6.4).
+        """
         async with self._send_lock:
             await self._write(self.conn.send(body, session=session, flags=flags,
-                                             msg_type=msg_type))
+                                             msg_type=msg_type, deferred=deferred))
 
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (conformance testing)."""

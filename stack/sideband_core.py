@@ -52,6 +52,7 @@ from scapy.packet import NoPayload, Packet
 from qkdnet.auth import (
     DIR_INITIATOR_TO_RESPONDER,
     DIR_RESPONDER_TO_INITIATOR,
+    Backlog,
     FrameAuthenticator,
     connection_binding,
 )
@@ -62,12 +63,15 @@ from qkdnet.errors import (
     RemoteProtocolError,
 )
 from qkdnet.wire import (
+    DEFERRABLE_TYPES,
     HEADER_LEN,
     MIN_LENGTH,
     NONCE_LEN,
     PROTOCOL_VERSION,
     TAG_LEN,
     Error,
+    FrameFlags,
+    HeaderFields,
     MsgType,
     QkdHeader,
     body_class_for,
@@ -79,6 +83,11 @@ from qkdnet.wire import (
 DEFAULT_MAX_FRAME_SIZE = 1 << 20
 #: Longest node name accepted in HELLO / HELLO_ACK, in UTF-8 bytes.
 MAX_NAME_BYTES = 64
+#: Most unauthenticated (deferred) bytes / frames a peer may send before a tagged
+#: frame (spec §6.4): bounds what is acted on provisionally, and the forgery bound
+#: of the tag that covers them (8·2^24/2^106 = 2^-79 at 256 MiB).
+MAX_DEFERRED_BYTES = 1 << 28
+MAX_DEFERRED_FRAMES = 1 << 20
 
 
 class ConnState(enum.Enum):
@@ -145,13 +154,24 @@ TRANSITIONS: dict[tuple[ConnState, Direction, str], ConnState] = _build_transiti
 
 @dataclass(frozen=True)
 class FrameReceived:
-    """One authenticated, well-formed frame. ``body`` is the scapy body packet."""
+    """One well-formed frame. ``body`` is the scapy body packet.
+
+    ``deferred`` frames (spec §6.4) are *not yet* authenticated: the next frame of the
+    peer that is not deferred authenticates them. A layer may act on a deferred frame
+    only in ways it can undo or that disclose nothing it does not count (the link
+    exchange); everything else is authenticated before it is delivered.
+    """
 
     type: int
     session: int
     body: Packet
     seq: int
     flags: int = 0
+
+    @property
+    def deferred(self) -> bool:
+        """True for a frame sent under deferred authentication (not yet verified)."""
+        return bool(self.flags & FrameFlags.DEFERRED)
 
     def __repr__(self) -> str:  # bodies of other layers may hold key-derived data
         return (f"FrameReceived(type=0x{self.type:02x}, session={self.session}, "
@@ -208,6 +228,11 @@ class SidebandConnection:
         self._buf = bytearray()
         self._tx_seq = 0
         self._rx_seq = 0
+        # Deferred frames of each direction since its last tagged frame (spec §6.4).
+        self._tx_backlog: Backlog | None = None
+        self._rx_backlog: Backlog | None = None
+        self.frames_deferred_tx = 0
+        self.frames_deferred_rx = 0
         self._pending: RemoteProtocolError | None = None
         # Statistics (no key material).
         self.frames_sent = 0
@@ -223,10 +248,12 @@ class SidebandConnection:
     # --- sending ---------------------------------------------------------------------
 
     def send(self, body: Packet, session: int = 0, flags: int = 0, *,
-             msg_type: int | None = None) -> bytes:
+             msg_type: int | None = None, deferred: bool = False) -> bytes:
         """The bytes of one authenticated frame carrying ``body``; advances the state.
 
         ``msg_type`` is needed only when the body class is bound to several types.
+        ``deferred`` sends it without a tag of its own: the next tagged frame covers
+        it (spec §6.4; only types in ``qkdnet.wire.DEFERRABLE_TYPES``).
         """
         if msg_type is None:
             msg_type = type_of_body(body)
@@ -238,16 +265,19 @@ class SidebandConnection:
                 f.name == "nonce" for f in body.fields_desc):
             body = body.copy()
             body.nonce = self.local_nonce   # the caller need not know about nonces
-        data = self.raw_frame(msg_type, bytes(body), session=session, flags=flags)
+        data = self.raw_frame(msg_type, bytes(body), session=session, flags=flags,
+                              deferred=deferred)
         self.state = TRANSITIONS[key]
         return data
 
     def raw_frame(self, msg_type: int, body: bytes, *, session: int = 0, flags: int = 0,
                   seq: int | None = None, version: int = PROTOCOL_VERSION,
-                  reserved: int = 0) -> bytes:
+                  reserved: int = 0, deferred: bool = False) -> bytes:
         """Build and sign a frame without state checks (conformance testing, ERROR).
 
         With ``seq=None`` the next sequence number is used and the counter advances.
+        ``deferred`` builds a frame without a tag of its own (spec §6.4): it joins
+        this direction's backlog, which the next tagged frame's tag covers.
         """
         if self.auth is None:
             raise LocalProtocolError("no authentication key for this peer yet")
@@ -263,12 +293,29 @@ class SidebandConnection:
             # HELLO in a conformance test may carry another than ``local_nonce``).
             self.local_nonce = bytes(body[-NONCE_LEN:])
         binding = self.binding(Direction.SEND, msg_type)
-        key = self.auth.reserve()
-        header = pack_header(len(body), msg_type, session=session, seq=use_seq, flags=flags,
-                             akey_block=key.block_id, akey_offset=key.offset,
-                             version=version, reserved=reserved)
-        message = header + body
-        data = message + self.auth.sign(key, message, binding)
+        if deferred:
+            if msg_type not in DEFERRABLE_TYPES:
+                raise LocalProtocolError(f"type 0x{msg_type:02x} cannot be sent deferred")
+            if self.peer_nonce is None:
+                raise LocalProtocolError("no deferred frames before the handshake")
+            header = pack_header(len(body), msg_type, session=session, seq=use_seq,
+                                 flags=flags | FrameFlags.DEFERRED, version=version,
+                                 reserved=reserved)
+            message = header + body
+            if self._tx_backlog is None:
+                self._tx_backlog = Backlog(self.auth.keys.hash_key_tx, binding)
+            self._tx_backlog.add(message)
+            data = message + bytes(TAG_LEN)
+            self.frames_deferred_tx += 1
+        else:
+            key = self.auth.reserve()
+            header = pack_header(len(body), msg_type, session=session, seq=use_seq,
+                                 flags=flags & ~FrameFlags.DEFERRED,
+                                 akey_block=key.block_id, akey_offset=key.offset,
+                                 version=version, reserved=reserved)
+            message = header + body
+            backlog, self._tx_backlog = self._tx_backlog, None
+            data = message + self.auth.sign(key, message, binding, backlog)
         if msg_type == MsgType.HELLO_ACK and self._responder:
             self._ack_sent = True
         if seq is None:
@@ -389,11 +436,15 @@ class SidebandConnection:
                 self._fail("HELLO_ACK too short to hold a nonce", ErrorCode.MALFORMED_FRAME)
             ack_nonce = body_bytes[-NONCE_LEN:]
         binding = self.binding(Direction.RECV, hdr.type, responder_nonce=ack_nonce)
-        try:
-            self.auth.verify(hdr.akey_block, hdr.akey_offset, frame[:-TAG_LEN],
-                             frame[-TAG_LEN:], binding)
-        except RemoteProtocolError as err:
-            self._fail(str(err), err.code)
+        if hdr.flags & FrameFlags.DEFERRED:
+            self._defer(hdr, frame, binding)
+        else:
+            backlog, self._rx_backlog = self._rx_backlog, None
+            try:
+                self.auth.verify(hdr.akey_block, hdr.akey_offset, frame[:-TAG_LEN],
+                                 frame[-TAG_LEN:], binding, backlog)
+            except RemoteProtocolError as err:
+                self._fail(str(err), err.code)
         self._rx_seq += 1
         if self.peer_nonce is None:
             # Authentic from here on: learn the peer's nonce (even if the body turns
@@ -415,6 +466,34 @@ class SidebandConnection:
         self.state = TRANSITIONS[key]
         self.frames_received += 1
         return FrameReceived(hdr.type, hdr.session, body, hdr.seq, hdr.flags)
+
+    def _defer(self, hdr: HeaderFields, frame: bytes, binding: bytes) -> None:
+        """Admit a deferred frame into the receive backlog (spec §6.4), or fail."""
+        if self.state not in (ConnState.OPEN, ConnState.CLOSE_SENT) or self.peer_nonce is None:
+            self._fail("deferred frame before the handshake completed",
+                       ErrorCode.PROTOCOL_VIOLATION)
+        if hdr.type not in DEFERRABLE_TYPES:
+            self._fail(f"message type 0x{hdr.type:02x} may not be deferred",
+                       ErrorCode.PROTOCOL_VIOLATION)
+        if hdr.akey_block or hdr.akey_offset or any(frame[-TAG_LEN:]):
+            self._fail("deferred frame names a tag key or carries a tag",
+                       ErrorCode.MALFORMED_FRAME)
+        assert self.auth is not None
+        if self._rx_backlog is None:
+            self._rx_backlog = Backlog(self.auth.keys.hash_key_rx, binding)
+        backlog = self._rx_backlog
+        if (backlog.frames >= MAX_DEFERRED_FRAMES
+                or backlog.bytes + len(frame) > MAX_DEFERRED_BYTES):
+            self._fail("too many deferred frames without a tagged frame",
+                       ErrorCode.PROTOCOL_VIOLATION)
+        backlog.add(frame[:-TAG_LEN])
+        self.frames_deferred_rx += 1
+
+    @property
+    def deferred_backlog(self) -> tuple[int, int]:
+        """(frames, bytes) received deferred and not yet covered by a tagged frame."""
+        b = self._rx_backlog
+        return (b.frames, b.bytes) if b is not None else (0, 0)
 
     def binding(self, direction: Direction, msg_type: int, *,
                 responder_nonce: bytes | None = None) -> bytes:

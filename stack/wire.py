@@ -46,6 +46,7 @@ tests check byte-for-byte agreement with :class:`QkdHeader` for every type.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple
 
@@ -126,9 +127,29 @@ class FrameFlags:
     """Bits of the header ``flags`` byte (spec §3.1)."""
 
     END_OF_GROUP = 0x01
+    #: The frame carries no tag of its own (tag, akey_block and akey_offset are zero);
+    #: the next tagged frame in the same direction authenticates it (spec §6.4).
+    DEFERRED = 0x02
 
 
-_FLAG_NAMES = ["end_of_group", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]
+_FLAG_NAMES = ["end_of_group", "deferred", "f2", "f3", "f4", "f5", "f6", "f7"]
+
+#: Message types that may be sent DEFERRED (spec §6.4). A layer adds its types with
+#: :func:`allow_deferred` when its wire module is imported (like ``bind_layers``); a
+#: deferred frame of any other type is a protocol violation.
+DEFERRABLE_TYPES: set[int] = set()
+
+
+def allow_deferred(types: Iterable[int]) -> None:
+    """Let frames of ``types`` be sent under deferred authentication (spec §6.4).
+
+    Only for messages whose receiver acts on nothing irreversible before the next
+    tagged frame of the same direction has verified (link exchange messages).
+    """
+    for t in types:
+        if not 0x10 <= int(t) < 0x80:
+            raise ValueError(f"type 0x{int(t):02x} cannot be deferred")
+        DEFERRABLE_TYPES.add(int(t))
 
 
 class QkdHeader(Packet):

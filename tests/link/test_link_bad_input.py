@@ -9,12 +9,14 @@ store nothing of it, and the next block must succeed with identical keys.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
+from qkdnet.keystore import KeyStore
 from qkdnet.link import wire as w
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.phy import presets
@@ -116,9 +118,20 @@ async def test_contradiction_aborts_block_with_protocol_error(case: str, tmp_pat
 
 @pytest.mark.slow
 async def test_running_out_of_auth_key_stops_the_link_without_partial_key(tmp_path) -> None:
-    """A 4 KiB bootstrap secret carries ~127 tags each way, fewer than one block needs."""
-    result = await run_point_to_point(presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path,
-                                      seed=21, secret_bytes=4096)
+    """The transmitter's auth-tx pool holds two tags: HELLO and BLOCK_START pass, PA
+    cannot be signed. The link stops at once and neither end stores anything."""
+    secret = secrets.token_bytes(4096)
+    store_a, store_b = KeyStore(tmp_path / "alice.db"), KeyStore(tmp_path / "bob.db")
+    try:
+        store_a.import_bootstrap("bob", secret, initiator=True)
+        store_b.import_bootstrap("alice", secret, initiator=False)
+        store_a.reserve("bob", "auth-tx", store_a.available("bob", "auth-tx") - 2 * 128)
+        result = await run_point_to_point(presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path,
+                                          seed=21, stores=(store_a, store_b),
+                                          config_overrides={"auth_reserve_bits": 0})
+    finally:
+        store_a.close()
+        store_b.close()
     assert result.alice.stored == result.bob.stored == 0
     assert result.alice.aborted >= 1 and result.bob.aborted >= 1
     blocks = result.alice.blocks + result.bob.blocks

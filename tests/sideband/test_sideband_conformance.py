@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
+from qkdnet.auth import Backlog, FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.conformance import (
     CHECKS,
     CheckContext,
@@ -53,7 +53,7 @@ class _TrustingAuthenticator(FrameAuthenticator):
     """A broken implementation: takes the key but never checks the tag."""
 
     def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
-               binding: bytes = b"") -> None:
+               binding: bytes = b"", backlog: Backlog | None = None) -> None:
         self.keys.take_tag_key(block_id, offset)
 
 
@@ -75,9 +75,9 @@ class _TakeFirstAuthenticator(FrameAuthenticator):
     """The pre-review implementation: spends the tag key before checking the tag."""
 
     def verify(self, block_id: int, offset: int, message: bytes, tag: bytes,
-               binding: bytes = b"") -> None:
+               binding: bytes = b"", backlog: Backlog | None = None) -> None:
         try:
-            super().verify(block_id, offset, message, tag, binding)
+            super().verify(block_id, offset, message, tag, binding, backlog)
         finally:
             with contextlib.suppress(KeyReuseError, KeyExhausted):
                 self.keys.take_tag_key(block_id, offset)
