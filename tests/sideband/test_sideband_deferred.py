@@ -51,7 +51,7 @@ def test_link_exchange_types_are_deferrable_and_checkpoints_are_not() -> None:
 
 
 def test_deferred_frames_are_delivered_flagged_and_the_tagged_frame_covers_them() -> None:
-    client, server, a, _ = opened()
+    client, server, _, _ = opened()
     spent = client.auth.bits_spent_tx                     # type: ignore[union-attr]
     frames = [client.send(reply(i), session=5, deferred=True) for i in range(3)]
     for f in frames:
@@ -142,7 +142,7 @@ def test_only_registered_types_may_be_deferred() -> None:
 
 def test_deferred_frame_naming_a_tag_key_or_carrying_a_tag_is_malformed() -> None:
     for akey, tag in ((1, bytes(TAG_LEN)), (0, b"\x01" + bytes(TAG_LEN - 1))):
-        client, server, _, _ = opened()
+        _client, server, _, _ = opened()
         body = bytes(reply(0))
         raw = pack_header(len(body), int(LinkMsg.PARITY_REPLY), seq=1,
                           flags=FrameFlags.DEFERRED, akey_block=akey) + body
@@ -158,7 +158,7 @@ def test_no_deferred_frames_before_the_handshake() -> None:
         client.raw_frame(int(LinkMsg.PARITY_REPLY), bytes(reply(0)), deferred=True)
 
 
-def test_a_dropped_deferred_frame_breaks_the_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dropped_deferred_frame_breaks_the_sequence() -> None:
     client, server, _, _ = opened()
     frames = [client.send(reply(i), deferred=True) for i in range(3)]
     with pytest.raises(RemoteProtocolError) as info:
