@@ -50,6 +50,8 @@ f.version = ProtoField.uint8("qkdnet.version", "Version", base.DEC)
 f.type = ProtoField.uint8("qkdnet.type", "Type", base.HEX, msg_types)
 f.flags = ProtoField.uint8("qkdnet.flags", "Flags", base.HEX)
 f.flag_eog = ProtoField.bool("qkdnet.flags.end_of_group", "End of group", 8, nil, 0x01)
+f.flag_deferred = ProtoField.bool("qkdnet.flags.deferred",
+    "Deferred (no own tag; covered by the next tagged frame)", 8, nil, 0x02)
 f.reserved = ProtoField.uint8("qkdnet.reserved", "Reserved", base.HEX)
 f.session = ProtoField.uint32("qkdnet.session", "Session", base.DEC)
 f.seq = ProtoField.uint64("qkdnet.seq", "Sequence", base.DEC)
@@ -127,6 +129,7 @@ local function dissect_frame(tvb, pinfo, tree)
     if not msg_types[t] then ti:append_text(" (" .. type_name(t) .. ")") end
     local fl = sub:add(f.flags, tvb(6, 1))
     fl:add(f.flag_eog, tvb(6, 1))
+    fl:add(f.flag_deferred, tvb(6, 1))
     sub:add(f.reserved, tvb(7, 1))
     sub:add(f.session, tvb(8, 4))
     sub:add(f.seq, tvb(12, 8))
@@ -146,6 +149,7 @@ local function dissect_frame(tvb, pinfo, tree)
     end
     pinfo.cols.protocol = "QKDNET"
     local text = type_name(t) .. " seq=" .. tostring(tvb(12, 8):uint64()) .. info
+    if math.floor(tvb(6, 1):uint() / 2) % 2 == 1 then text = text .. " (deferred)" end
     local prev = tostring(pinfo.cols.info)
     if prev:find("QKD:", 1, true) then
         pinfo.cols.info:append(", " .. text)
