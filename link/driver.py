@@ -42,7 +42,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -883,7 +883,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                              tracer: Any = None, secret_bytes: int = 1 << 20,
                              quantum_port: bool = False,
                              inspect: Callable[[Any, Any], Any] | None = None,
-                             stores: tuple[Any, Any] | None = None
+                             stores: tuple[Any, Any] | None = None,
+                             relay: Callable[[trio.Nursery, int], Awaitable[int]] | None = None
                              ) -> PointToPointResult:
     """Run a transmitter ("alice") and a receiver ("bob") over TCP on 127.0.0.1.
 
@@ -896,7 +897,9 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
     Alice's quantum port → a fibre element (loss, Eve) → Bob's quantum port
     (:mod:`qkdnet.phy.port`), instead of the in-process channel.  ``stores`` (alice's,
     bob's) runs on open key stores instead (a reconnect; they stay open, and the
-    bootstrap secret is imported only if they have none).
+    bootstrap secret is imported only if they have none).  ``relay(nursery, port)``
+    puts something between the ends (tests: an on-path attacker): given bob's port it
+    returns the port alice connects to.
     """
     from pathlib import Path
 
@@ -946,6 +949,8 @@ async def run_point_to_point(params: Any, km: float, n_blocks: int, block_slots:
                 bob_handler, 0, local_name="bob", auth_for_peer=auth_for, host="127.0.0.1",
                 task_status=task_status))
             port = listeners[0].socket.getsockname()[1]
+            if relay is not None:
+                port = await relay(nursery, port)
             chan = await connect_sideband(
                 "127.0.0.1", port, local_name="alice",
                 auth=FrameAuthenticator(KeyStoreTagKeys(store_a, "bob")))

@@ -59,6 +59,7 @@ from qkdnet.wire import (
 #: Modules whose import registers more checks (other layers); missing ones are skipped.
 CHECK_MODULES: tuple[str, ...] = (
     "qkdnet.link.conformance",
+    "qkdnet.link.conformance_checkpoints",
     "qkdnet.hub.conformance",
     "qkdnet.apps.conformance",
 )

@@ -18,6 +18,7 @@ from qkdnet import conformance
 from qkdnet.auth import FrameAuthenticator, KeyStoreTagKeys
 from qkdnet.keystore import KeyStore
 from qkdnet.link import conformance as link_checks
+from qkdnet.link import conformance_checkpoints  # noqa: F401  (registers its checks)
 from qkdnet.link import wire as w
 from qkdnet.link.driver import EmulatedPhy, LinkEndpoint, serve_link_channel
 from qkdnet.link.session import LinkConfig
@@ -106,3 +107,22 @@ async def test_replayed_slots_check_catches_a_receiver_without_a_durable_mark(tm
     results = await _run(tmp_path, link_store=False)
     assert not results["link.replayed_slots"].passed
     assert results["link.block_start"].passed
+
+
+async def test_checkpoint_checks_catch_a_receiver_that_ignores_deferred_frames(
+        tmp_path, monkeypatch) -> None:
+    """A sideband whose checkpoint tags do not cover the deferred frames (both ends of
+    this process agree on that, so only a tampered frame tells): the flipped-bit
+    checks must fail, the untampered control must still pass."""
+    from qkdnet.auth import Backlog
+
+    def count_only(self: Backlog, frame_without_tag: bytes) -> None:
+        self.frames += 1
+        self.bytes += len(frame_without_tag)
+
+    monkeypatch.setattr(Backlog, "add", count_only)
+    results = await _run(tmp_path)
+    # (A flipped parity is mostly caught earlier, by Cascade's consistency check.)
+    for name in ("link.checkpoint_flip_sift", "link.checkpoint_flip_estimate_result"):
+        assert not results[name].passed, name
+    assert results["link.checkpoint_reached"].passed
