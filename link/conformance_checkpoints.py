@@ -36,6 +36,7 @@ from qkdnet.link import cascade
 from qkdnet.link import wire as w
 from qkdnet.link.conformance import _session, _start_block
 from qkdnet.link.wire import AbortReason, LinkMsg
+from qkdnet.sideband_core import FrameReceived
 from qkdnet.wire import HEADER_LEN, TAG_LEN, MsgType
 
 #: Key-basis clicks the kit keeps (its random key's length), and the QBER it claims.
@@ -96,7 +97,7 @@ async def _run_to_verify(peer: Peer, tampers: dict[LinkMsg, Tamper]) -> tuple[in
         await _send_deferred(peer, reply, session, tampers.pop(LinkMsg.PARITY_REPLY, None))
 
 
-async def _expect(peer: Peer, *types: LinkMsg) -> object:
+async def _expect(peer: Peer, *types: LinkMsg) -> FrameReceived:
     ev = await peer.next_frame()
     if ev is None:
         raise CheckFailed(f"connection closed; expected {types[0].name}")
