@@ -206,6 +206,16 @@ def _status(kind: str, loader: Callable[[str], Any]) -> Callable[[argparse.Names
     return handler
 
 
+def _link_state(link: dict[str, Any]) -> str:
+    """"up since T", "DOWN since T (why)" or "-" (no link yet)."""
+    state = link.get("state")
+    if state == "up":
+        return f"up since {link.get('since', '?')}"
+    if state == "down":
+        return f"DOWN since {link.get('since', '?')} ({link.get('down_reason') or '?'})"
+    return "-"
+
+
 def _print_status(kind: str, st: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -213,7 +223,7 @@ def _print_status(kind: str, st: dict[str, Any]) -> None:
     console = Console(stderr=False)
     if kind == "hub":
         table = Table(title=f"hub {st.get('hub')} (port {st.get('port')})")
-        for col in ("spoke", "up", "QBER", "key rate b/s", "key hub→spoke",
+        for col in ("spoke", "connected", "link", "QBER", "net key b/s", "key hub→spoke",
                     "key spoke→hub", "frames in/out", "relays", "drops"):
             table.add_column(col)
         for name, sp in sorted(st.get("spokes", {}).items()):
@@ -221,7 +231,7 @@ def _print_status(kind: str, st: dict[str, Any]) -> None:
             keys = sp.get("key_bits", {})
             qber = link.get("qber")
             table.add_row(
-                name, "yes" if sp.get("connected") else "no",
+                name, "yes" if sp.get("connected") else "no", _link_state(link),
                 f"{qber:.3%}" if isinstance(qber, int | float) else "-",
                 f"{link.get('key_rate_bps', 0):.0f}",
                 str(keys.get("hub_to_spoke", "-")), str(keys.get("spoke_to_hub", "-")),
@@ -239,9 +249,12 @@ def _print_status(kind: str, st: dict[str, Any]) -> None:
                       f"({st.get('hub_address')}): "
                       f"{'connected' if st.get('connected') else 'NOT connected'}")
         qber = link.get("qber")
-        console.print(f"  link: QBER {qber if qber is not None else '-'}, key rate "
-                      f"{link.get('key_rate_bps', '-')} b/s, blocks {link.get('stored', 0)} "
-                      f"stored / {link.get('aborted', 0)} aborted")
+        console.print(f"  link: {_link_state(link)}; QBER "
+                      f"{f'{qber:.3%}' if isinstance(qber, int | float) else '-'}, key rate "
+                      f"{link.get('gross_key_rate_bps', 0):.0f} b/s gross, "
+                      f"{link.get('auth_rate_bps', 0):.0f} authentication, "
+                      f"{link.get('key_rate_bps', 0):.0f} net; blocks "
+                      f"{link.get('stored', 0)} stored / {link.get('aborted', 0)} aborted")
         console.print(f"  key: to hub {keys.get('to_hub', '-')} bits, from hub "
                       f"{keys.get('from_hub', '-')} bits")
         console.print("  " + ", ".join(f"{k}={v}" for k, v in st.get("counters", {}).items()))

@@ -144,8 +144,15 @@ class HubDaemon:
 
     def _auth_for(self, name: str) -> FrameAuthenticator | None:
         assert self.store is not None
-        if name not in self.settings.spokes or not self.store.has_bootstrap(name):
+        if name not in self.settings.spokes:
             self.counters["refused"] += 1
+            log.warning("hub %s refuses %r: not a spoke in its config ([spokes.%s])",
+                        self.settings.name, name, name)
+            return None
+        if not self.store.has_bootstrap(name):
+            self.counters["refused"] += 1
+            log.warning("hub %s refuses %r: no bootstrap secret imported for it",
+                        self.settings.name, name)
             return None
         return FrameAuthenticator(KeyStoreTagKeys(self.store, name))
 

@@ -41,23 +41,91 @@ DEFAULT_PRESET = "snspd-metro"
 DEFAULT_KM = 10.0
 
 
-def _stats_sink(target: dict[str, Any]) -> Any:
-    started = time.monotonic()
+#: Key rates in the status are measured over this many seconds of recent blocks.
+RATE_WINDOW_S = 60.0
 
-    def on_block(st: Any) -> None:
+
+class LinkStatus:
+    """The public state of one link for ``hub status`` / ``node status``.
+
+    Writes into ``target`` (the dict the status output shows): ``state`` ("up" while
+    the link endpoint runs, "down" once it has stopped, with ``down_reason``),
+    ``since`` (wall-clock time of the last change, ISO 8601), block counters, the last
+    QBER, and key rates over the last :data:`RATE_WINDOW_S` seconds — gross (ℓ),
+    authentication (what the blocks' tags spent) and net — which drop to 0 when the
+    link is down instead of showing the last rate.
+    """
+
+    def __init__(self, target: dict[str, Any]) -> None:
+        self.target = target
+        self._recent: list[tuple[float, int, int]] = []   # (monotonic, ell, auth bits)
+        self._up_at = time.monotonic()
+
+    def up(self) -> None:
+        self._up_at = time.monotonic()
+        self._recent.clear()
+        self.target.update(state="up", since=_now_iso(), down_reason=None)
+        self._rates()
+
+    def down(self, reason: str) -> None:
+        self.target.update(state="down", since=_now_iso(), down_reason=reason)
+        self._recent.clear()
+        self._rates()
+
+    def on_block(self, st: Any) -> None:
+        """``LinkEndpoint`` callback: one block stored or abandoned."""
+        target = self.target
         target["blocks"] = target.get("blocks", 0) + 1
+        auth = int(st.auth_bits)
         if st.abort_reason is None:
             target["stored"] = target.get("stored", 0) + 1
             target["key_bits"] = target.get("key_bits", 0) + int(st.ell)
             target["qber"] = st.qber_key if st.qber_key is not None else st.qber_est
+            self._recent.append((time.monotonic(), int(st.ell), auth))
         else:
             target["aborted"] = target.get("aborted", 0) + 1
             reasons = target.setdefault("abort_reasons", {})
             reasons[st.abort_reason] = reasons.get(st.abort_reason, 0) + 1
-        elapsed = max(1e-9, time.monotonic() - started)
-        target["key_rate_bps"] = round(target.get("key_bits", 0) / elapsed, 1)
-        target["auth_bits"] = target.get("auth_bits", 0) + int(st.auth_bits)
-    return on_block
+            target["last_abort"] = st.abort_reason
+            self._recent.append((time.monotonic(), 0, auth))
+        target["auth_bits"] = target.get("auth_bits", 0) + auth
+        self._rates()
+
+    def _rates(self) -> None:
+        now = time.monotonic()
+        self._recent = [r for r in self._recent if now - r[0] <= RATE_WINDOW_S]
+        span = max(1e-3, min(RATE_WINDOW_S, now - self._up_at))
+        if self.target.get("state") == "down" or not self._recent:
+            gross = auth = 0.0
+        else:
+            gross = sum(r[1] for r in self._recent) / span
+            auth = sum(r[2] for r in self._recent) / span
+        self.target.update(gross_key_rate_bps=round(gross, 1), auth_rate_bps=round(auth, 1),
+                           key_rate_bps=round(max(0.0, gross - auth), 1))
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@contextlib.contextmanager
+def _link_lifetime(status: LinkStatus, endpoint_box: list[Any]) -> Iterator[None]:
+    """Mark the link up while the block runs, down (with why) when it ends."""
+    status.up()
+    reason = "stopped"
+    try:
+        yield
+    except BaseException as err:
+        reason = type(err).__name__
+        raise
+    finally:
+        endpoint = endpoint_box[0] if endpoint_box else None
+        fatal = getattr(endpoint, "fatal_error", None)
+        if fatal is not None:
+            reason = f"{type(fatal).__name__}: {fatal}"
+        elif reason == "Cancelled":
+            reason = "connection closed"
+        status.down(reason)
 
 
 def _default_slots(preset: str, km: float) -> int:
@@ -109,6 +177,7 @@ def hub_link_runner(settings: Any) -> Any:
         overrides = per.get("params", link.get("params"))
         stats = daemon.link_stats.setdefault(spoke, {})
         stats.update({"preset": preset, "km": km, "role": "receiver"})
+        status = LinkStatus(stats)
         # The hub holds the detectors, so the fibre (and any configured eavesdropper)
         # is emulated on its side.  Fresh noise entropy per connection: the channel's
         # coins must not repeat from one connection to the next.
@@ -118,10 +187,11 @@ def hub_link_runner(settings: Any) -> Any:
         with _link_tracer(link, daemon.settings.name,
                           f"link-{spoke}-{time.time_ns() // 1_000_000}") as tracer:
             endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
-                                    phy=phy, on_block=_stats_sink(stats), tracer=tracer)
+                                    phy=phy, on_block=status.on_block, tracer=tracer)
             endpoint.register(frames)
             task_status.started()
-            await endpoint.run()
+            with _link_lifetime(status, [endpoint]):
+                await endpoint.run()
 
     return run
 
@@ -156,19 +226,20 @@ async def _run_transmitter(node: Any, chan: Any, frames: Any, config: Any, phy: 
                            task_status: trio.TaskStatus[None]) -> None:
     from qkdnet.link.driver import LinkEndpoint, time_slot_base
 
+    status = LinkStatus(node.link_stats)
     endpoint = LinkEndpoint("transmitter", chan, config, peer=node.hub, store=node.store,
-                            source=phy.source, on_block=_stats_sink(node.link_stats),
-                            tracer=tracer)
+                            source=phy.source, on_block=status.on_block, tracer=tracer)
     endpoint.register(frames)
     task_status.started()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(endpoint.run)
-        # Fresh slots per block: the emulated source is a function of (seed, slot).
-        # run_blocks starts each block at or after the store's durable per-hub
-        # high-water mark and advances it first; the wall-clock base also keeps a
-        # spoke whose store was replaced ahead of the hub's own mark.
-        await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
-        nursery.cancel_scope.cancel()
+    with _link_lifetime(status, [endpoint]):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.run)
+            # Fresh slots per block: the emulated source is a function of (seed, slot).
+            # run_blocks starts each block at or after the store's durable per-hub
+            # high-water mark and advances it first; the wall-clock base also keeps a
+            # spoke whose store was replaced ahead of the hub's own mark.
+            await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
+            nursery.cancel_scope.cancel()
 
 
 @contextlib.contextmanager

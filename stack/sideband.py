@@ -425,7 +425,10 @@ async def serve_sideband(handler: ChannelHandler, port: int, *, local_name: str,
             await handler(chan)
         except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError,
                 trio.EndOfChannel) as err:
-            log.info("sideband peer %s dropped: %s", conn.peer_name or "?", err)
+            # A refused or failed peer (bad tag, replay, no key left) is worth a
+            # warning: it is why a node stays unconnected; a plain hang-up is not.
+            level = logging.WARNING if isinstance(err, QkdnetError) else logging.INFO
+            log.log(level, "sideband peer %s dropped: %s", conn.peer_name or "?", err)
             failure = err
         except Exception as err:  # a handler bug must not take the whole server down
             log.exception("sideband handler for peer %s failed", conn.peer_name or "?")

@@ -33,3 +33,31 @@ async def test_relay_with_key_from_the_link_layer(tmp_path: Path) -> None:
             assert link["role"] == "receiver" and link["stored"] >= 1
             assert 0 <= link["qber"] < 0.11
         assert net["alice"].status()["link"]["stored"] >= 1
+
+
+@pytest.mark.slow
+async def test_status_shows_a_stopped_link_as_down_with_its_reason(tmp_path: Path) -> None:
+    """Up with a net key rate while blocks are stored; when the connection drops, down
+    with the reason and a zero rate (not up with the last rate)."""
+    async with embedded_network(["alice"], tmp_path, link=True, preset="snspd-metro",
+                                km=5) as net:
+        with trio.fail_after(120):
+            while net.hub.status()["spokes"]["alice"]["link"].get("stored", 0) < 1:
+                await trio.sleep(0.1)
+        link = net.hub.status()["spokes"]["alice"]["link"]
+        assert link["state"] == "up" and link["down_reason"] is None
+        assert link["gross_key_rate_bps"] > link["key_rate_bps"] > 0
+        assert 0 < link["auth_rate_bps"] < 0.01 * link["gross_key_rate_bps"]
+        up_since = link["since"]
+        net.hub.sessions["alice"].cancel.cancel()        # the hub drops the connection
+        seen: dict = {}
+        with trio.fail_after(10):
+            while True:
+                seen = dict(net.hub.status()["spokes"]["alice"]["link"])
+                if seen["state"] == "down":
+                    break
+                await trio.sleep(0.001)
+        assert seen["down_reason"] and seen["key_rate_bps"] == 0
+        assert seen["gross_key_rate_bps"] == 0 and seen["since"] >= up_since
+        node_link = net["alice"].status()["link"]
+        assert node_link["state"] in ("up", "down")      # it reconnects by itself
