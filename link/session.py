@@ -92,6 +92,10 @@ TAG_KEY_BITS = 128
 TAGGED_FRAMES_PER_BLOCK = 5
 
 
+#: Leakage conventions (see LinkConfig.leak_accounting).
+LEAK_ACCOUNTING = ("strict", "alice-only")
+
+
 class Role(enum.Enum):
     """Which end of the link a session is."""
 
@@ -183,10 +187,17 @@ class LinkConfig:
     auth_reserve_bits: int = 1 << 16
     basis_probs: tuple[float, float] = (0.5, 0.5)   # (Alice P(Z), Bob P(Z)), for Y1 only
     max_cascade_steps: int = 4096
+    #: How error-correction leakage enters ℓ: "strict" (default) counts what both ends
+    #: disclose (Tupkary & Lütkenhaus, Phys. Rev. Applied 20, 064040 (2023)); the older
+    #: "alice-only" convention counts Alice's Cascade parities alone and is not covered
+    #: by the cited proofs (kept only to reproduce earlier figures).
+    leak_accounting: str = "alice-only"   # strict becomes the default with LDPC
 
     def __post_init__(self) -> None:
         if not 0 <= self.session_id < 1 << 32:
             raise ValueError("session_id must fit 32 bits")
+        if self.leak_accounting not in LEAK_ACCOUNTING:
+            raise ValueError(f"leak_accounting must be one of {', '.join(LEAK_ACCOUNTING)}")
         if len(self.mu) not in (2, 3) or len(self.p) != len(self.mu):
             raise ValueError("mu and p need 2 or 3 entries each")
 
@@ -258,6 +269,9 @@ class BlockStats:
     phi_upper: float | None = None
     leak_ec_bits: int = 0
     verify_bits: int = 0
+    #: Every count, bound and ε term that enters ℓ (see ``ell_inputs`` in spec/link.md
+    #: §2, "Auditing ℓ"), so ℓ can be recomputed from the public output alone.
+    ell_inputs: dict[str, Any] = field(default_factory=dict)
     ell: int = 0
     auth_bits: int = 0
     frames: int = 0
@@ -588,15 +602,49 @@ class LinkSession:
             s0_lower=fk.s0_lower, s1_lower=fk.s1_lower, phi_upper=fk.phi_upper,
             e1_upper=(fk.v1_upper / fk.s1_est_lower) if fk.s1_est_lower > 0 else None,
             y1_lower=fk.s1_lower / denom if denom > 0 else None, method=fk.method)
+        # Everything ℓ is computed from, for an outside audit (spec/link.md §2).
+        assert blk.n_z is not None and blk.n_x is not None and blk.m_x is not None
+        m_z = blk.m_z if blk.m_z is not None else np.zeros(cfg.n_intensities)
+        inputs = blk.stats.setdefault("ell_inputs", {})
+        inputs.update(
+            method=fk.method, mu=list(cfg.mu), p=list(cfg.p),
+            n_z=[int(v) for v in blk.n_z], m_z=[int(v) for v in m_z],
+            n_x=[int(v) for v in blk.n_x], m_x=[int(v) for v in blk.m_x],
+            eps_sec=blk.eps_sec, eps_cor=blk.eps_cor,
+            hoeffding_events=21 if cfg.n_intensities == 3 else 19,
+            s0_lower=fk.s0_lower, s1_lower=fk.s1_lower, s1_est_lower=fk.s1_est_lower,
+            v1_upper=fk.v1_upper, gamma=fk.gamma, phi_upper=fk.phi_upper,
+            penalty_bits=fk.penalty_bits, leak_bits=fk.leak_ec_bits,
+            ell_real=fk.extra.get("ell_real"), ell_bound=int(fk.ell))
 
-    def _extra_leak(self, blk: _Block) -> int:
-        """Disclosures besides the parities, counted as leakage to stay conservative:
-        the per-intensity Z error counts in VERIFY (at most log2(n_k + 1) bits each)
-        and the tag bits beyond the log2(2/eps_cor) already in the ell formula."""
+    def _leakage(self, blk: _Block) -> int:
+        """λ for ℓ: every bit error correction and verification disclosed.
+
+        Cascade: Alice's parities, and under strict accounting (the default) as many
+        bits again for Bob's side — each of his requests after the first reveals how
+        his parity of a range Alice answered compared with hers (whether he searches
+        it, which half he follows), so his whole transcript carries at most one bit
+        per parity Alice disclosed (Tupkary & Lütkenhaus, Phys. Rev. Applied 20,
+        064040 (2023)). Besides: the per-intensity Z error counts in VERIFY (at most
+        log2(n_k + 1) bits each) and the tag bits beyond the log2(2/ε_cor) already in
+        the ℓ formula. The parts are recorded in the block's ``ell_inputs``.
+        """
         assert blk.n_z is not None
         counts = int(sum(math.ceil(math.log2(int(n) + 1)) for n in blk.n_z))
         n = int(blk.n_z.sum())
-        return counts + extra_verify_leak(verify.tag_bits_for(blk.eps_cor, n), blk.eps_cor)
+        parts = {
+            "cascade_alice_parities": int(blk.leaked),
+            "cascade_bob_parities": int(blk.leaked)
+            if self.config.leak_accounting == "strict" else 0,
+            "verify_error_counts": counts,
+            "verify_tag_extra": extra_verify_leak(verify.tag_bits_for(blk.eps_cor, n),
+                                                  blk.eps_cor),
+        }
+        total = sum(parts.values())
+        blk.stats["leak_ec_bits"] = total
+        blk.stats.setdefault("ell_inputs", {}).update(
+            leak_accounting=self.config.leak_accounting, leak_parts=parts)
+        return total
 
     def _split_parts(self, blk: _Block, key_bits: np.ndarray, mine_tx_first: bool
                      ) -> tuple[KeyPart, ...]:
@@ -775,8 +823,7 @@ class TransmitterSession(LinkSession):
                          qber_key=float(blk.m_z.sum()) / n if n else None)
         if not hmac.compare_digest(bytes(mine), tag):
             raise _Abort(AbortReason.VERIFY_FAILED, "verification tags differ")
-        leak = blk.leaked + self._extra_leak(blk)
-        blk.stats["leak_ec_bits"] = leak
+        leak = self._leakage(blk)
         fk = self._key_length(blk, float(leak))
         self._record_bounds(blk, fk)
         if fk.ell <= 0:
@@ -941,8 +988,7 @@ class ReceiverSession(LinkSession):
         assert blk.z_bits is not None and blk.corrected is not None
         n = len(blk.z_bits)
         ell, auth_ab, auth_ba, seed_bits = w.decode_pa(pkt, n)
-        leak = blk.leaked + self._extra_leak(blk)
-        blk.stats["leak_ec_bits"] = leak
+        leak = self._leakage(blk)
         fk = self._key_length(blk, float(leak))
         self._record_bounds(blk, fk)
         if ell > fk.ell:

@@ -7,6 +7,7 @@ These tests pump bytes between a TransmitterSession and a ReceiverSession in mem
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -86,8 +87,13 @@ def test_in_memory_block_stores_identical_parts() -> None:
         if p.n_bits >= 64:
             assert p.key.hex() not in repr(p) and str(p.key) not in repr(p)
     stored = [o for _, o in events if isinstance(o, s.BlockStored)]
-    assert all(isinstance(v, int | float | str | bool | type(None))
-               for o in stored for v in dataclasses.asdict(o.stats).values())
+    # Stats are plain public numbers (JSON), nested only in ell_inputs' counts and bounds.
+    for o in stored:
+        st = dataclasses.asdict(o.stats)
+        json.dumps(st)
+        assert all(isinstance(v, int | float | str | bool | type(None))
+                   for k, v in st.items() if k != "ell_inputs")
+        assert {"n_z", "m_z", "n_x", "m_x", "leak_parts", "phi_upper"} <= set(st["ell_inputs"])
     assert alice.in_flight() == bob.in_flight() == 0
 
 
