@@ -525,7 +525,8 @@ class LinkEndpoint:
             with trio.move_on_at(deadline):
                 item = await self._inbox.receive()
             now = trio.current_time()
-            self._refresh_levels()
+            if item is not None and item[0] == "frame":
+                self._refresh_levels(int(item[1].type))
             if item is None:
                 for sid, sess in list(self._sessions.items()):
                     await self._execute(sid, await self._call(sess.handle_timer, now))
@@ -701,13 +702,18 @@ class LinkEndpoint:
             except Exception:  # a faulty observer must not stop the link
                 log.exception("link block callback failed")
 
-    def _refresh_levels(self) -> None:
+    def _refresh_levels(self, msg_type: int) -> None:
         # Read here, in the trio thread: the key store is bound to its thread, and the
         # session (which asks for the levels / the slot floor) runs in a worker thread.
+        # Only before the frames that use them (two queries per frame were most of the
+        # key store's work): VERIFY at the transmitter (it splits ℓ), BLOCK_START at
+        # the receiver (it checks the slot floor).
         if self.store is not None and self.role == "transmitter":
+            if msg_type != w.LinkMsg.VERIFY:
+                return
             self._levels = (self.store.available(self.peer, "auth-tx"),
                             self.store.available(self.peer, "auth-rx"))
-        elif self.store is not None:
+        elif self.store is not None and msg_type == w.LinkMsg.BLOCK_START:
             self._slot_floor = self.store.counter(RX_SLOT_COUNTER.format(peer=self.peer))
 
     def _auth_levels(self) -> tuple[int, int]:
