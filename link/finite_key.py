@@ -24,8 +24,8 @@ estimated from basis X (basis 1); Lim 2014 uses the opposite letters, so their
    key-basis counts; ``s1`` again from the estimation-basis counts; single-photon
    errors ``v1`` (upper bound) from the estimation-basis errors.
 3. Phase error ``φ <= v1/s1_x + γ(ε_sec, v1/s1_x, s1_x, s1_z)`` (random sampling
-   without replacement; γ(a, b, c, d) as in Lim 2014, with 21 in the logarithm;
-   Rusca 2018 with 19).
+   without replacement; γ(a, b, c, d) as in Lim 2014, with 21 in the logarithm — for
+   one decoy too, as Rusca 2018 Eq. (A21) prints it, see :data:`GAMMA_EVENTS`).
 4. ``ℓ = ⌊s0 + s1 (1 − h(φ)) − λ_EC − 6 log2(c/ε_sec) − log2(2/ε_cor)⌋``.
 
 The one-decoy vacuum upper bound needed for ``s1`` follows Rusca 2018: vacuum
@@ -231,9 +231,16 @@ def _bounds_one_decoy(n_z: Any, m_z: Any, n_x: Any, m_x: Any, mu: Any, p: Any,
     return s0_z, s1_z, s1_x, v1, *_phase(v1, s1_x, s1_z, eps_sec, c)
 
 
+#: The constant inside γ's logarithm. Lim 2014 Eq. (5) has 21²/ε_sec², and Rusca 2018
+#: Eq. (A21) prints the same 21² although its own ε split (A24) has 19 shares; qkdnet
+#: follows the printed formulas (the more conservative reading: ~24 bits per 1.3e5-bit
+#: block), so γ uses 21 for one decoy too (tests/link/test_ell_audit.py).
+GAMMA_EVENTS = 21
+
+
 def _phase(v1: Any, s1_x: Any, s1_z: Any, eps_sec: Any, c: int) -> tuple[Any, Any]:
     ratio = np.where(s1_x > 0, v1 / np.maximum(s1_x, 1e-300), 0.5)
-    g = _gamma(eps_sec, ratio, s1_x, s1_z, c)
+    g = _gamma(eps_sec, ratio, s1_x, s1_z, GAMMA_EVENTS)
     phi = np.where(s1_x > 0, np.minimum(ratio + g, 0.5), 0.5)
     return phi, g
 

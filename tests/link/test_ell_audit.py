@@ -45,9 +45,10 @@ the decoy k = μ2 (the bound holds for either intensity chosen in advance; qkdne
 γ(a, b, c, d) = sqrt((c+d)(1−b)b / (c d ln 2) · log2((c+d)/(c d (1−b) b) · K²/a²)),
 Lim Eq. (5) and Rusca (A21). Lim's K = 21. Rusca's (A21) keeps Lim's K = 21 although
 his ε_sec is split 19 ways (A24) (read from a transcription of the appendix; two
-independent public implementations of Rusca 2018 also carry 21 there); qkdnet uses
-K = 19 for one decoy. That is the one disagreement with a printed formula this audit
-found: see :func:`test_one_decoy_gamma_as_printed_in_rusca_a21` (strict xfail).
+independent public implementations of Rusca 2018 also carry 21 there). The audit found
+qkdnet using K = 19 for one decoy, the one disagreement with a printed formula; qkdnet
+now follows the printed 21 (``finite_key.GAMMA_EVENTS``), and
+:func:`test_one_decoy_gamma_as_printed_in_rusca_a21` checks it.
 
 Neither paper gives a worked numeric example (both show optimised rate-vs-distance
 curves only), so the unit part checks the implementation against Ma, Qi, Zhao, Lo,
@@ -329,20 +330,6 @@ def test_one_decoy_bounds_match_rusca2018(one_decoy_run: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
-def test_one_decoy_ell_with_gamma_split_19_ways(one_decoy_run: dict[str, Any]) -> None:
-    """γ with K = 19, the share of ε_sec the Serfling bound gets under Rusca's (A24)."""
-    for block in _stored_blocks(one_decoy_run):
-        check_ell(block, gamma_k=RUSCA_EVENTS)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Rusca 2018 (A21) keeps Lim 2014 Eq. (5)'s 21²/a² inside the logarithm of γ; "
-    "qkdnet's one-decoy path uses 19²/a². As printed, "
-    "γ is 0.22 % larger, φ 5e-4 relatively larger and ℓ ~24 bits per ~1.3e5-bit block "
-    "smaller than reported, so the stored ℓ exceeds the printed-formula ℓ. 19² is what "
-    "the paper's own ε split (A24: ε_sec = 19ε, so the sampling failure α1 = ε_sec/19) "
-    "implies; the choice needs a decision and a note in link/finite_key.py"))
 def test_one_decoy_gamma_as_printed_in_rusca_a21(one_decoy_run: dict[str, Any]) -> None:
     for block in _stored_blocks(one_decoy_run):
         check_ell(block)
@@ -364,7 +351,7 @@ def test_the_audit_fires_on_a_changed_count(one_decoy_run: dict[str, Any],
         bad = copy.deepcopy(block)
         bad["ell_inputs"]["leak_bits"] -= 30             # a hidden 30 bits of leakage
         with pytest.raises(AssertionError):
-            check_ell(bad, gamma_k=RUSCA_EVENTS if len(bad["ell_inputs"]["mu"]) == 2 else None)
+            check_ell(bad)
 
 
 # --------------------------------------------------------------------------------------
