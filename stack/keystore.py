@@ -64,7 +64,6 @@ import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -72,15 +71,9 @@ from typing import Literal
 import trio
 
 from qkdnet.errors import KeyExhausted, KeyReuseError, LocalProtocolError
-from qkdnet.keystore_blocks import (
-    advance_cursor,
-    available_bits,
-    burn_block,
-    live_blocks,
-    locate,
-    take_segment,
-)
+from qkdnet.keystore_blocks import available_bits, locate, take_segment
 from qkdnet.keystore_db import KeyDB
+from qkdnet.keystore_lease import Lease, Leases
 from qkdnet.keystore_types import (
     BOOTSTRAP_BLOCK_BASE,
     BOOTSTRAP_MIN_BYTES,
@@ -93,7 +86,6 @@ from qkdnet.keystore_types import (
     check_pool,
     concat_bits,
     extract_bits,
-    from_sql_id,
 )
 from qkdnet.keystore_types import CHUNK_BITS as CHUNK_BITS  # re-exported
 from qkdnet.keystore_types import HASH_KEY_BYTES as HASH_KEY_BYTES  # re-exported
@@ -114,73 +106,6 @@ __all__ = [
     "extract_bits",
     "prune_retired_periodically",
 ]
-
-# ------------------------------------------------------------------------ lease
-
-
-@dataclass(slots=True)
-class _Run:
-    """Leased bits ``[pos, stop)`` of one block; ``buf`` holds bits from ``base``."""
-
-    block_id: int
-    base: int
-    pos: int
-    stop: int
-    buf: bytes = field(repr=False)     # key material: never in a repr or traceback
-
-    @property
-    def remaining(self) -> int:
-        return self.stop - self.pos
-
-
-@dataclass(slots=True)
-class _Lease:
-    """Bits durably consumed from a pool but not yet granted (lost if the process dies)."""
-
-    runs: list[_Run] = field(default_factory=list)
-
-    @property
-    def remaining(self) -> int:
-        return sum(r.remaining for r in self.runs)
-
-    def take(self, n_bits: int) -> tuple[list[KeySegment], list[tuple[bytes, int]]]:
-        segments: list[KeySegment] = []
-        pieces: list[tuple[bytes, int]] = []
-        left = n_bits
-        while left:
-            run = self.runs[0]
-            k = min(left, run.remaining)
-            rel = run.pos - run.base
-            if rel == 0 and k == run.stop - run.base:
-                pieces.append((run.buf, k))
-            else:
-                pieces.append((extract_bits(run.buf, rel, k), k))
-            last = segments[-1] if segments else None
-            if last is not None and last.block_id == run.block_id and last.stop == run.pos:
-                # A new lease continued the previous run of the same block: one segment.
-                segments[-1] = KeySegment(run.block_id, last.offset, last.n_bits + k)
-            else:
-                segments.append(KeySegment(run.block_id, run.pos, k))
-            run.pos += k
-            left -= k
-            if run.remaining == 0:
-                self.runs.pop(0)
-        return segments, pieces
-
-    def take_contiguous(self, n_bits: int) -> tuple[KeySegment, bytes] | None:
-        """One segment of ``n_bits`` from the first run long enough; burns runs before it."""
-        for i, run in enumerate(self.runs):
-            if run.remaining >= n_bits:
-                del self.runs[:i]
-                seg = KeySegment(run.block_id, run.pos, n_bits)
-                data = extract_bits(run.buf, run.pos - run.base, n_bits)
-                run.pos += n_bits
-                if run.remaining == 0:
-                    self.runs.pop(0)
-                return seg, data
-        return None
-
-
 
 
 # ---------------------------------------------------------------------- the store
@@ -203,15 +128,16 @@ class KeyStore:
         if lease_bits < 1:
             raise LocalProtocolError(f"lease_bits must be positive, got {lease_bits}")
         self.path = Path(path)
-        self.lease_bits = lease_bits
         self.poll_interval = poll_interval
         self.tracer = tracer
         self.log = get_logger(__name__, node or self.path.stem)
-        self._leases: dict[int, _Lease] = {}
         self._waiters: dict[tuple[str, str], trio.Event] = {}
         self._kdb = KeyDB(self.path, checkpoint_bytes=checkpoint_bytes, log=self.log,
                           tracer=tracer)
-        self._pool_id = self._kdb.pool_id   # bound once: reserve() is a hot path
+        self._leasing = Leases(self._kdb, lease_bits=lease_bits, tracer=tracer, log=self.log)
+        # Bound once: reserve() is the hot path and reaches both without a lookup chain.
+        self._leases = self._leasing.by_pool
+        self._pool_id = self._kdb.pool_id
 
     # ------------------------------------------------------------- plumbing
 
@@ -219,6 +145,15 @@ class KeyStore:
     def db(self) -> sqlite3.Connection:
         """The SQLite connection (:class:`LocalProtocolError` once closed)."""
         return self._kdb.db
+
+    @property
+    def lease_bits(self) -> int:
+        """Bits one durable transaction moves into the lease of a ``-tx`` pool."""
+        return self._leasing.lease_bits
+
+    @lease_bits.setter
+    def lease_bits(self, value: int) -> None:
+        self._leasing.lease_bits = value
 
     @property
     def checkpoint_bytes(self) -> int:
@@ -339,8 +274,7 @@ class KeyStore:
         pool_id = self._pool_id(peer, purpose, create=False)
         if pool_id is None:
             return 0
-        lease = self._leases.get(pool_id)
-        return available_bits(self._kdb.db, pool_id) + (lease.remaining if lease else 0)
+        return available_bits(self._kdb.db, pool_id) + self._leasing.remaining(pool_id)
 
     def reserve(self, peer: str, purpose: str, n_bits: int, *,
                 contiguous: bool = False) -> KeyGrant:
@@ -359,18 +293,18 @@ class KeyStore:
         pool_id = self._pool_id(peer, purpose, create=False)
         if pool_id is None:
             raise KeyExhausted(n_bits, 0, pool=f"{peer}/{purpose}")
-        lease = self._leases.setdefault(pool_id, _Lease())
+        lease = self._leases.setdefault(pool_id, Lease())
         if contiguous:
             got = lease.take_contiguous(n_bits)
             if got is None:
-                lease.runs.extend(self._consume_contiguous(peer, purpose, pool_id, n_bits))
+                lease.runs.extend(self._leasing.fill_contiguous(peer, purpose, pool_id, n_bits))
                 got = lease.take_contiguous(n_bits)
                 assert got is not None
             segments, data = [got[0]], got[1]
         else:
             have = lease.remaining
             if have < n_bits:
-                lease.runs.extend(self._consume(peer, purpose, pool_id, n_bits - have, have))
+                lease.runs.extend(self._leasing.fill(peer, purpose, pool_id, n_bits - have, have))
             segments, pieces = lease.take(n_bits)
             data = concat_bits(pieces)
         grant = KeyGrant(peer, purpose, tuple(segments), data)
@@ -379,75 +313,6 @@ class KeyStore:
                 "peer": peer, "purpose": purpose, "n_bits": n_bits,
                 "segments": [[s.block_id, s.offset, s.n_bits] for s in segments]})
         return grant
-
-    def _consume(self, peer: str, purpose: str, pool_id: int, need: int,
-                 leased: int) -> list[_Run]:
-        """Durably consume at least ``need`` bits (up to a lease) FIFO; return them as runs."""
-        runs: list[_Run] = []
-        with self._kdb.tx() as db:
-            avail = available_bits(db, pool_id)
-            if avail < need:
-                raise KeyExhausted(need + leased, avail + leased, pool=f"{peer}/{purpose}")
-            want = min(avail, max(need, self.lease_bits))
-            rows = live_blocks(db, pool_id)
-            todo = want
-            plan: list[tuple[int, int, int, int]] = []
-            try:
-                for seq, bid, n, cur in rows:
-                    k = min(todo, n - cur)
-                    plan.append((int(seq), from_sql_id(int(bid)), int(n), int(cur)))
-                    todo -= k
-                    if todo == 0:
-                        break
-            finally:
-                rows.close()  # an open statement would block the WAL checkpoint
-            todo = want
-            for seq, bid, n, cur in plan:
-                k = min(todo, n - cur)
-                runs.append(_Run(bid, cur, cur, cur + k, advance_cursor(db, seq, n, cur, k)))
-                todo -= k
-        self._after_consume(peer, purpose, want, runs)
-        return runs
-
-    def _consume_contiguous(self, peer: str, purpose: str, pool_id: int,
-                            n_bits: int) -> list[_Run]:
-        """Durably consume a lease inside the first block with ``n_bits`` left.
-
-        Live blocks before it (all with fewer than ``n_bits`` left) are burned.
-        """
-        with self._kdb.tx() as db:
-            rows = live_blocks(db, pool_id).fetchall()
-            chosen = next((r for r in rows if int(r[2]) - int(r[3]) >= n_bits), None)
-            if chosen is None:
-                avail = sum(int(r[2]) - int(r[3]) for r in rows)
-                lease = self._leases.get(pool_id)
-                raise KeyExhausted(n_bits, avail + (lease.remaining if lease else 0),
-                                   pool=f"{peer}/{purpose} (one contiguous segment)")
-            burned = 0
-            for seq, _bid, n, cur in rows:
-                if seq == chosen[0]:
-                    break
-                burned += int(n) - int(cur)
-                burn_block(db, seq)
-            seq, bid, n, cur = (int(v) for v in chosen)
-            remaining = n - cur
-            k = min(remaining, max(n_bits, self.lease_bits))
-            # Do not leave a tail that no request of this size could use.
-            if remaining - k < n_bits:
-                k = remaining
-            run = _Run(from_sql_id(bid), cur, cur, cur + k, advance_cursor(db, seq, n, cur, k))
-        if burned:
-            self.log.debug("burned %d bits of block tails in %s/%s for a contiguous grant",
-                      burned, peer, purpose)
-        self._after_consume(peer, purpose, k + burned, [run])
-        return [run]
-
-    def _after_consume(self, peer: str, purpose: str, n_bits: int, runs: list[_Run]) -> None:
-        if self.tracer.enabled:
-            self.tracer.event("keystore", "lease", {
-                "peer": peer, "purpose": purpose, "n_bits": n_bits,
-                "runs": [[r.block_id, r.pos, r.remaining] for r in runs]})
-        self._kdb.maybe_checkpoint(n_bits)
 
     async def wait_reserve(self, peer: str, purpose: str, n_bits: int, *,
                            deadline: float = math.inf, contiguous: bool = False) -> KeyGrant:
@@ -621,8 +486,7 @@ class KeyStore:
     def pools(self) -> Iterator[PoolStatus]:
         """Every pool with its counts."""
         for pid, peer, purpose, avail, live, retired in self._kdb.pool_counts():
-            lease = self._leases.get(pid)
-            leased = lease.remaining if lease else 0
+            leased = self._leasing.remaining(pid)
             yield PoolStatus(peer, purpose, avail + leased, live, retired, leased)
 
     def status(self) -> list[dict[str, object]]:
