@@ -18,7 +18,9 @@ one transaction consumes up to ``lease_bits`` bits of a pool into memory, and th
 following reservations are cut from that lease without touching the disk. If the
 process dies, the rest of the lease is lost with it; those bits were already marked
 consumed, so they are burned, never reissued. Reservations larger than a lease go
-straight to the database.
+straight to the database. Receivers that take the key of several frames in a row
+share one commit with :meth:`KeyStore.batch` (group commit) and hold back what the
+key produced until it is durable (:meth:`KeyStore.after_commit`).
 
 Erasure. Key bytes live in ``chunks`` rows of :data:`CHUNK_BYTES`. When a chunk is
 wholly consumed its row is deleted; when it is partly consumed, the consumed bits are
@@ -54,6 +56,32 @@ thread); concurrent trio tasks are safe because every method but
 :meth:`KeyStore.wait_reserve` runs to completion without yielding. Several processes
 may open the same file: writers serialise on SQLite's lock (``BEGIN IMMEDIATE``) and
 each process's leases are its own, so they never overlap.
+
+Layout
+------
+The cut follows what each part must get right. The storage side (``keystore_db``,
+``keystore_blocks``) keeps the file consistent, durable and scrubbed; it holds no
+lease or waiter and never chooses which bits a request gets. The pool side (this
+module, ``keystore_lease``) makes those choices and holds the state that dies with
+the process (leases, waiters); it writes to the file only through the storage
+layer's transactions and functions. Imports go one way: types <- blocks <- db <-
+lease <- keystore.
+
+* ``keystore`` (this module): :class:`KeyStore`, the public façade and the pool
+  policy — validating requests, reserve (the lease-hit path is inline: it is the hot
+  path), take/take_many/peek, add_block(s), waiting and wake-ups per pool, status.
+  It holds no connection state of its own.
+* ``keystore_lease``: the in-memory leases of ``-tx`` pools and the durable refills
+  that fill them (FIFO and contiguous, with the burning of block tails).
+* ``keystore_db``: :class:`~qkdnet.keystore_db.KeyDB`, the file — the sqlite3
+  connection, schema, transactions, group commit (``batch``/``after_commit``), WAL
+  checkpoints, pool ids, counters, bootstrap secrets and hash keys, block metadata,
+  pruning and status counts.
+* ``keystore_blocks``: the key-material rows (blocks, chunks, taken ranges) as
+  functions run inside KeyDB transactions — storing, reading only the bytes needed,
+  advancing a cursor, merging taken ranges, and erasing what was consumed.
+* ``keystore_types``: the public value types, constants and packed-bit helpers, used
+  by all of the above. Everything public is importable from this module.
 """
 
 from __future__ import annotations
