@@ -154,6 +154,7 @@ class _Tx:
             self.db.execute("COMMIT")
         elif self.db.in_transaction:
             self.db.execute("ROLLBACK")
+            self.kdb.forget_uncommitted()
         if self.kdb._batch_depth:
             self.db.execute("BEGIN IMMEDIATE")  # reopen the batch
 
@@ -323,6 +324,7 @@ class KeyDB:
                 except BaseException:
                     if db.in_transaction:  # SQLite keeps some failed commits open
                         db.execute("ROLLBACK")
+                    self.forget_uncommitted()
                     for _fn, if_dropped in release:
                         if if_dropped is not None:
                             if_dropped()
@@ -340,6 +342,12 @@ class KeyDB:
             fn()
 
     # ------------------------------------------------------------------ pools
+
+    def forget_uncommitted(self) -> None:
+        """After a ROLLBACK: drop cached pool ids, which may name rows that were never
+        committed (a pool created by a refused ``add_blocks``). A stale id would be
+        handed to the next pool created and mix two peers' key in one pool."""
+        self._pool_ids.clear()
 
     def pool_id(self, peer: str, purpose: str, *, create: bool) -> int | None:
         """The id of pool ``(peer, purpose)``; ``None`` if it has none and not ``create``
