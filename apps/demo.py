@@ -139,8 +139,12 @@ async def _network(folder: Path, seed: int, use_link: bool) -> Any:
 
 def _enough(net: dict[str, Any], bits: int) -> bool:
     for node in net["nodes"].values():
-        keys = node.status().get("key_bits", {})
+        st = node.status()
+        keys = st.get("key_bits", {})
         if keys.get("to_hub", 0) < bits or keys.get("from_hub", 0) < bits:
+            return False
+        # A block's key is in the store a moment before its statistics are counted.
+        if st.get("link") and not st["link"].get("stored"):
             return False
     return True
 
