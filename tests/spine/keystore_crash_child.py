@@ -22,7 +22,9 @@ def main() -> None:
     rng = random.Random(seed)
     store = KeyStore(db_path, lease_bits=rng.choice([512, 4096, 65536]))
     fd = os.open(record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(fd, b"")
+    # A newline first: the previous child may have been killed inside its last write,
+    # and its torn line must not run into our first record.
+    os.write(fd, b"\n")
     while True:
         n = rng.choice([1, 7, 128, 256, 256, 1000, 5000])
         contiguous = rng.random() < 0.3 and n <= 1000
