@@ -168,12 +168,12 @@ def _check_tshark(pcap: Path, port: int) -> None:
     if "qkdnet sideband" not in out:
         pytest.fail("tshark did not run the Lua dissector (Lua disabled for root? see "
                     "run_user_scripts_when_superuser in init.lua)")
-    assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    assert "qkdnet sideband, HELLO" in out and "node_name: alice" in out
     assert out.count("Connection nonce: ") >= 2  # HELLO and HELLO_ACK
-    assert "Node name: hub" in out and "Role: spoke (1)" in out
-    assert "Nonce: 0x0000000000000051" in out  # the frame split over many segments
+    assert "node_name: hub" in out and "role: spoke (1)" in out
+    assert "nonce: 0x0000000000000051" in out  # the frame split over many segments
     for n in (1, 2, 3):  # the three frames coalesced in one segment
-        assert f"Nonce: 0x000000000000000{n}" in out
+        assert f"nonce: 0x000000000000000{n}" in out
     assert "Error code: AUTHENTICATION_FAILED (6)" in out
     assert "Tag (Poly1305, one-time padded):" in out
 
@@ -203,13 +203,13 @@ async def test_tshark_dissects_default_port_exchange(tmp_path: Path) -> None:
     flow.close()
     recorder.close()
     out = _tshark(tmp_path / "default.pcap", DEFAULT_PORT)
-    assert "qkdnet sideband, HELLO" in out and "Node name: alice" in out
+    assert "qkdnet sideband, HELLO" in out and "node_name: alice" in out
     assert "Connection nonce: 000102030405060708090a0b0c0d0e0f" in out
     assert "Connection nonce: f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff" in out
     for n in (1, 2, 3):
-        assert f"Nonce: 0x000000000000000{n}" in out
-    assert "Nonce: 0x0000000000000051" in out
-    assert "Error code: AUTHENTICATION_FAILED (6)" in out and "Reason: forged" in out
+        assert f"nonce: 0x000000000000000{n}" in out
+    assert "nonce: 0x0000000000000051" in out
+    assert "Error code: AUTHENTICATION_FAILED (6)" in out and "reason: forged" in out
     assert int(MsgType.ERROR) == 3
 
 
