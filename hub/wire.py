@@ -20,12 +20,13 @@ from enum import IntEnum
 from typing import Any
 
 from scapy.fields import (
+    ByteEnumField,
     ByteField,
     FieldLenField,
     IntField,
     LongField,
     PacketListField,
-    ShortField,
+    ShortEnumField,
     StrLenField,
 )
 from scapy.packet import Packet, bind_layers
@@ -82,6 +83,11 @@ class NackKind(IntEnum):
     OPEN = 1
     RELAY = 2
     REGISTER = 3
+
+
+#: Names of the reason and kind codes, for scapy's display and the dissector.
+_REASONS = {int(r): r.name for r in HubReason}
+_KINDS = {int(k): k.name for k in NackKind}
 
 
 class Direction(IntEnum):
@@ -151,7 +157,7 @@ class HubRegisterAck(_Body):
 
     name = "HubRegisterAck"
     fields_desc = [  # noqa: RUF012
-        ShortField("status", 0),
+        ShortEnumField("status", 0, _REASONS),
         *_name("spoke"),
         *_name("hub"),
         FieldLenField("detail_len", None, length_of="detail", fmt="H"),
@@ -174,7 +180,7 @@ class HubChannelClose(_Body):
     name = "HubChannelClose"
     fields_desc = [  # noqa: RUF012
         *_name("src"), *_name("dst"), IntField("channel_id", 0), ByteField("end", 0),
-        ShortField("reason", int(HubReason.CHANNEL_CLOSED)),
+        ShortEnumField("reason", int(HubReason.CHANNEL_CLOSED), _REASONS),
     ]
 
 
@@ -201,7 +207,8 @@ class HubDeliveryAck(_Body):
 
     name = "HubDeliveryAck"
     fields_desc = [  # noqa: RUF012
-        ByteField("kind", int(NackKind.DATA)), *_name("src"), *_name("dst"),
+        ByteEnumField("kind", int(NackKind.DATA), _KINDS), *_name("src"),
+        *_name("dst"),
         IntField("channel_id", 0), ByteField("end", 0), LongField("msg_seq", 0),
     ]
 
@@ -211,9 +218,10 @@ class HubDeliveryNack(_Body):
 
     name = "HubDeliveryNack"
     fields_desc = [  # noqa: RUF012
-        ByteField("kind", int(NackKind.DATA)), *_name("src"), *_name("dst"),
+        ByteEnumField("kind", int(NackKind.DATA), _KINDS), *_name("src"),
+        *_name("dst"),
         IntField("channel_id", 0), ByteField("end", 0), LongField("msg_seq", 0),
-        ShortField("reason", 0),
+        ShortEnumField("reason", 0, _REASONS),
         IntField("bits_needed", 0), IntField("bits_available", 0),
         FieldLenField("hop_len", None, length_of="hop", fmt="B"),
         StrLenField("hop", b"", length_from=lambda p: p.hop_len),

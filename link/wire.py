@@ -23,6 +23,7 @@ from enum import IntEnum
 
 import numpy as np
 from scapy.fields import (
+    ByteEnumField,
     ByteField,
     FieldLenField,
     IEEEDoubleField,
@@ -282,7 +283,7 @@ class AbortMsg(_Body):
     name = "LINK_ABORT"
     fields_desc = [  # noqa: RUF012
         IntField("block", 0),
-        ByteField("reason", int(AbortReason.LOCAL)),
+        ByteEnumField("reason", int(AbortReason.LOCAL), {int(r): r.word for r in AbortReason}),
     ]
 
 

@@ -121,16 +121,7 @@ def _extra_enums() -> dict[tuple[str, str], type[IntEnum]]:
     A stopgap until these fields are enum fields in their scapy classes: once one is,
     :func:`_enum_of` refuses the entry here, so it cannot go stale unnoticed.
     """
-    from qkdnet.hub.wire import HubReason, NackKind
-    from qkdnet.link.wire import AbortReason
-    return {
-        ("AbortMsg", "reason"): AbortReason,
-        ("HubRegisterAck", "status"): HubReason,
-        ("HubChannelClose", "reason"): HubReason,
-        ("HubDeliveryNack", "reason"): HubReason,
-        ("HubDeliveryAck", "kind"): NackKind,
-        ("HubDeliveryNack", "kind"): NackKind,
-    }
+    return {}
 
 
 #: Field classes holding one integer packed with their struct ``fmt`` (and the X,

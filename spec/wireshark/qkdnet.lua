@@ -93,7 +93,7 @@ for t, d in pairs(TYPES) do TYPE_NAMES[t] = d.name end
 -- Enum names of integer fields.
 local VS1 = { [0] = "unspecified", [1] = "spoke", [2] = "hub", [3] = "app", [4] = "tester" }
 local VS2 = { [0] = "NO_ERROR", [1] = "PROTOCOL_VIOLATION", [2] = "MALFORMED_FRAME", [3] = "UNSUPPORTED_VERSION", [4] = "UNKNOWN_MESSAGE_TYPE", [5] = "FRAME_TOO_LARGE", [6] = "AUTHENTICATION_FAILED", [7] = "REPLAY_OR_REORDER", [8] = "KEY_EXHAUSTED", [9] = "LINK_ABORTED", [10] = "UNKNOWN_PEER", [11] = "NAME_CONFLICT", [12] = "TIMEOUT", [13] = "INTERNAL_ERROR", [14] = "THROTTLED" }
-local VS3 = { [1] = "QBER_TOO_HIGH", [2] = "NO_KEY", [3] = "VERIFY_FAILED", [4] = "AUTH_FAILED", [5] = "TIMEOUT", [6] = "PROTOCOL", [7] = "LOCAL", [8] = "EC_FAILED", [9] = "CANCELLED" }
+local VS3 = { [1] = "qber_too_high", [2] = "no_key", [3] = "verify_failed", [4] = "auth_failed", [5] = "timeout", [6] = "protocol", [7] = "local", [8] = "ec_failed", [9] = "cancelled" }
 local VS4 = { [0] = "OK", [1] = "PROTOCOL_VIOLATION", [2] = "MALFORMED_FRAME", [6] = "AUTHENTICATION_FAILED", [8] = "KEY_EXHAUSTED", [10] = "UNKNOWN_PEER", [11] = "NAME_CONFLICT", [12] = "TIMEOUT", [13] = "INTERNAL_ERROR", [14] = "THROTTLED", [64] = "NO_SUCH_SERVICE", [65] = "PEER_DISCONNECTED", [66] = "CHANNEL_FAILED", [67] = "CHANNEL_CLOSED", [68] = "NOT_REGISTERED" }
 local VS5 = { [0] = "DATA", [1] = "OPEN", [2] = "RELAY", [3] = "REGISTER" }
 
