@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["PROFILES", "DegreeProfile", "QCCode", "get_code", "profile_for_rate"]
+__all__ = ["PROFILES", "DegreeProfile", "QCCode", "get_code", "profile_for_rate",
+           "threshold_efficiency"]
 
 #: Bumped whenever construction changes; part of every code id.
 CONSTRUCTION_VERSION = 1
@@ -54,7 +55,8 @@ class DegreeProfile:
     name: str
     rate: float
     lam: tuple[tuple[int, float], ...]
-    threshold: float        # BSC crossover threshold from density evolution (docs/ldpc.md)
+    threshold: float        # BSC crossover threshold (published, checked by DE: docs/ldpc.md)
+    f_star: float           # efficiency at the threshold, with the check degrees of the source
     source: str
 
     def node_fractions(self) -> tuple[np.ndarray, np.ndarray]:
@@ -73,22 +75,57 @@ class DegreeProfile:
         return max(d for d, _ in self.lam)
 
 
-def _p(name: str, rate: float, thr: float, lam: dict[int, float], source: str) -> DegreeProfile:
+def _p(name: str, rate: float, thr: float, fs: float, lam: dict[int, float], source: str
+       ) -> DegreeProfile:
     s = sum(lam.values())
     return DegreeProfile(name, rate, tuple((d, w / s) for d, w in sorted(lam.items())), thr,
-                         source)
+                         fs, source)
 
 
 #: Variable degree distributions, keyed by name. Filled from density-evolution design
 #: runs (docs/ldpc.md, "Codes"); check degrees follow from the rate.
 PROFILES: dict[str, DegreeProfile] = {
     p.name: p for p in [
-        _p("elk085", 0.85, 0.0199,
+        # Martinez-Mateo, Elkouss, Martin, "Blind reconciliation", QIC 12 (2012),
+        # Appendix B (designed for ≤ 6.06 edges per bit)
+        _p("mm050", 0.50, 0.102592, 1.047,
+           {2: .159673, 3: .121875, 4: .11261, 5: .190871, 10: .0770616, 25: .337909},
+           "Martinez-Mateo et al. 2012, App. B.1"),
+        _p("mm060", 0.60, 0.0745261, 1.043,
+           {2: .11653, 3: .125646, 4: .108507, 5: .0534223, 7: .0727228, 8: .0347964,
+            9: .0729986, 18: .0752607, 32: .117103, 45: .223013},
+           "Martinez-Mateo et al. 2012, App. B.2"),
+        _p("mm070", 0.70, 0.0501875, 1.045,
+           {2: .091699, 3: .171401, 4: .0683878, 5: .120523, 11: .187471, 28: .208278,
+            30: .152239},
+           "Martinez-Mateo et al. 2012, App. B.3"),
+        _p("mm080", 0.80, 0.0289413, 1.053,
+           {2: .0667948, 3: .194832, 4: .0570523, 5: .0645024, 9: .204606, 15: .0964409,
+            29: .23872, 35: .0770523},
+           "Martinez-Mateo et al. 2012, App. B.4"),
+        # Elkouss, Leverrier, Alléaume, Boutros, ISIT 2009 (arXiv:0901.2140), Table I
+        _p("elk085", 0.85, 0.0199, 1.025,
            {2: .04528, 3: .20537, 4: .05878, 5: .094274, 6: .08454, 7: .01176, 9: .05137,
             21: .50015},
            "Elkouss et al. 2009, Table I, rate 0.85"),
+        # the same rate-0.85 λ at higher rates (check degrees from the rate); thresholds
+        # from density evolution of ldpc_decode.py's decoder (docs/ldpc.md). The
+        # paper's own rate-0.90 profile reaches only f* = 1.166 there.
+        _p("elk085r90", 0.90, 0.01205, 1.063,
+           {2: .04528, 3: .20537, 4: .05878, 5: .094274, 6: .08454, 7: .01176, 9: .05137,
+            21: .50015},
+           "Elkouss et al. 2009 rate-0.85 λ, at rate 0.90"),
+        _p("elk085r95", 0.95, 0.00470, 1.159,
+           {2: .04528, 3: .20537, 4: .05878, 5: .094274, 6: .08454, 7: .01176, 9: .05137,
+            21: .50015},
+           "Elkouss et al. 2009 rate-0.85 λ, at rate 0.95"),
     ]
 }
+
+
+def threshold_efficiency(profile: DegreeProfile) -> float:
+    """f at the profile's BSC threshold: (1 - rate)/h(threshold) at its source's rate."""
+    return profile.f_star
 
 
 def profile_for_rate(rate: float) -> DegreeProfile:
@@ -121,7 +158,7 @@ def _column_degrees(profile: DegreeProfile, nb: int, mb: int) -> np.ndarray:
 def _base_graph(col_deg: np.ndarray, mb: int, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the nonzero blocks (no repeated block)."""
-    nb = col_deg.shape[0]
+    col_deg.shape[0]
     total = int(col_deg.sum())
     cap = np.full(mb, total // mb, dtype=np.int64)
     cap[rng.permutation(mb)[: total % mb]] += 1
@@ -165,10 +202,9 @@ def _shifts(rows: np.ndarray, cols: np.ndarray, mb: int, nb: int, Z: int,
             forbidden = np.unique(bad[ok])
         else:
             forbidden = np.empty(0, dtype=np.int64)
-        if forbidden.size >= Z:
-            raise ValueError(f"Z={Z} too small to avoid 4-cycles")
         s = int(rng.integers(0, Z))
-        if forbidden.size and np.any(forbidden == s):
+        # (if every shift closes a 4-cycle — only for tiny Z — keep the random one)
+        if 0 < forbidden.size < Z and np.any(forbidden == s):
             allowed = np.setdiff1d(np.arange(Z), forbidden, assume_unique=False)
             s = int(allowed[rng.integers(0, allowed.size)])
         S[i, j] = s

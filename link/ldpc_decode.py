@@ -208,7 +208,7 @@ class BatchDecoder:
         tgt = self.target[self.active]
         unsat = np.zeros(F, dtype=np.int64)
         for i, (b0, b1, cols, shifts) in enumerate(self._layers):
-            d = b1 - b0
+            b1 - b0
             off = fbase + (cols * (4 * Z) + shifts)[None, :]         # (F, d)
             Lc = win[off + Z]                                         # (F, d, Z)
             # checks as the layer sees them (stopping rule)
