@@ -153,7 +153,7 @@ class LdpcPlan:
         while (1 - r_eff) * nb < profile.max_degree + 2 and nb < 1024:
             nb *= 2
         nb = max(32, min(nb, n_need // 64))
-        Z = math.ceil(n_need / nb)
+        Z = math.ceil(n_need / (nb - 1))    # one spare block column for mb rounding
         mb = max(2, math.ceil(leak_last / Z))
         self.code: QCCode = get_code(nb, mb, Z, profile.name, self.seed)
         code = self.code

@@ -13,22 +13,30 @@ totals ``L`` of its ``d_i`` block columns, updates its check-to-variable message
 writes the totals back at once, so later layers in the same iteration see the news.
 This roughly halves the iterations of a flooding schedule. A block row has at most
 one block per column, so its reads and writes never collide. Each read is a roll:
-``L`` is kept twice over (``L_ext[..., :Z]`` and ``[..., Z:]``) and a block's rolled
-column is the window ``L_ext[c, s:s+Z]``, taken for all blocks of a layer by one
-fancy index on a strided view; writes go through the same trick on the new values.
+the totals of block column ``c`` are kept twice over, at ``L[c, Z:2Z]`` and
+``L[c, 2Z:3Z]``, so the rolled column a block with shift ``s`` needs is the window
+``L[c, Z+s : 2Z+s]``, taken for all blocks of a layer by one fancy index on a
+strided view. A write puts the new totals in the windows at ``s``, ``s+Z`` and
+``s+2Z``, which together refresh both copies (``[0, Z)`` and ``[3Z, 4Z)`` catch the
+spill). That is one gather and three contiguous copies per edge, no random access.
 
-*Check node (integer sum-product).* Messages are int16 LLRs at ``SCALE`` units per
-nat. The check update is the exact tanh rule written with φ(x) = -ln tanh(x/2):
-``|out_e| = φ(Σ_{k≠e} φ(|in_k|))``, with both φ's as lookup tables (φ values at
-``PHI_SCALE`` units, so a row's sum fits in int16). A φ table rounds φ(x) to 0 for
-``x`` above ~6 nats; when every other input of a check is that reliable, the output
-magnitude is taken as the smallest of them instead (what the tanh rule tends to for
-large inputs), capped at ``CMAX`` (30 nats). Without that rule the messages would
-saturate at ~6 nats, and density evolution shows saturated BP stalls at a residual
-error rate of 1e-4…1e-5 on codes with many degree-2 nodes (docs/ldpc.md): the channel
-LLR can no longer out-vote a wrong saturated message. With it, density evolution of
-exactly this decoder reproduces the published BP thresholds of the Elkouss et al.
-codes (docs/ldpc.md), so it loses nothing measurable to sum-product in floating point.
+*Check node (sum-product in the φ domain).* Messages are int16 LLRs at ``SCALE``
+units per nat. The check update is the exact tanh rule written with
+φ(x) = -ln tanh(x/2): ``|out_e| = φ(Σ_k φ|in_k| - φ|in_e|)``, signs by parity. The
+first φ is a table lookup on the message's 16-bit pattern giving a float32; the sum
+and the subtraction are float32 (the subtraction is exact for the dominant term,
+Sterbenz, and its rounding only matters when the answer is beyond ~16 nats); the
+second φ is a table lookup on the float's top bits (exponent and ``PSI_BITS``
+mantissa bits: a log-scale index, 6 % wide buckets), whose upper half holds the
+negated values so the sign rides along in the index. Outputs are capped at ``CMAX``
+(30 nats). The cap matters: density evolution (docs/ldpc.md) shows BP whose
+check outputs saturate near 6-9 nats stalls at a residual error rate of 1e-4…1e-5 on
+codes with many degree-2 nodes (a saturated wrong message out-votes the channel),
+while an integer variant with a 30-nat cap (exact tanh rule below 6 nats, the
+min rule above) reproduces the published BP thresholds of the Elkouss et al. and
+Martinez-Mateo et al. profiles to 3 digits. The float32 φ sums used here are closer
+still to floating-point BP. Normalised or offset min-sum was tried first: its density
+evolution stalls on these profiles (docs/ldpc.md), hence sum-product.
 
 *Stopping.* A frame whose checks were all satisfied when their layers read them, in
 one full iteration, is checked against its full syndrome and leaves the batch if it
