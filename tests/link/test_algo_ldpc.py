@@ -248,3 +248,20 @@ def test_api_misuse_is_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         enc.syndromes()
     assert "LdpcPlan" in repr(plan) and "leak" in repr(dec)
+
+
+def test_punctured_bits_come_from_alices_private_randomness() -> None:
+    alice, bob = _keys(20_000, 600, seed=2)
+    plan = _plan(20_000, 0.03, schedule=Schedule(f_first=0.9, f_last=1.5, rounds=4))
+    asked: list[int] = []
+    enc = LdpcEncoder(np.packbits(alice), 20_000, plan,
+                      lambda k: asked.append(k) or b"\xff" * k)  # type: ignore[func-returns-value]
+    dec = LdpcDecoder(np.packbits(bob), 20_000, plan)
+    dec.receive_syndromes(enc.syndromes())
+    assert asked == [(plan.frames * plan.p0 + 7) // 8]
+    dec.decode()
+    req = dec.next_request()
+    assert req is not None
+    ans = enc.answer(req)
+    n_bits = int(plan.reveal_sizes[0]) * _asked(req)
+    assert np.unpackbits(np.frombuffer(ans[2:], dtype=np.uint8))[:n_bits].all()
