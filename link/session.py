@@ -80,7 +80,7 @@ import numpy as np
 from scapy.packet import Packet
 
 from qkdnet.errors import LocalProtocolError, RemoteProtocolError
-from qkdnet.link import cascade, finite_key, privacy, sifting, verify
+from qkdnet.link import cascade, finite_key, ldpc, privacy, sifting, verify
 from qkdnet.link import wire as w
 from qkdnet.link.wire import AbortReason, LinkMsg
 
@@ -94,6 +94,13 @@ TAGGED_FRAMES_PER_BLOCK = 5
 
 #: Leakage conventions (see LinkConfig.leak_accounting).
 LEAK_ACCOUNTING = ("strict", "alice-only")
+#: Reconciliation choices (see LinkConfig.reconciliation).
+RECONCILIATION = ("auto", "ldpc", "cascade")
+#: Cascade's efficiency f (disclosed parities / n·h(QBER)) used to predict its leak
+#: when choosing the method: measured 1.04–1.07 at n ≥ 1e5, QBER 1–8 % (docs/cascade.md).
+CASCADE_F_ESTIMATE = 1.07
+#: Smallest key for LDPC frames (qkdnet.link.ldpc.LdpcPlan needs 1024 bits).
+LDPC_MIN_BITS = 1024
 
 
 class Role(enum.Enum):
@@ -136,6 +143,7 @@ TRANSITIONS: dict[tuple[Role, State, LinkMsg | Local], tuple[str, tuple[State, .
         "_a_detections", (S.WAIT_DETECTIONS, S.WAIT_ESTIMATE)),
     (A, S.WAIT_ESTIMATE, LinkMsg.ESTIMATE): ("_a_estimate", (S.RECONCILE,)),
     (A, S.RECONCILE, LinkMsg.PARITY_REQUEST): ("_a_parity_request", (S.RECONCILE,)),
+    (A, S.RECONCILE, LinkMsg.LDPC_REQUEST): ("_a_ldpc_request", (S.RECONCILE,)),
     (A, S.RECONCILE, LinkMsg.VERIFY): ("_a_verify", (S.WAIT_DONE,)),
     (A, S.WAIT_DONE, LinkMsg.BLOCK_DONE): ("_a_block_done", (S.DONE,)),
     (B, S.NEW, LinkMsg.BLOCK_START): ("_b_block_start", (S.WAIT_PHY,)),
@@ -144,6 +152,8 @@ TRANSITIONS: dict[tuple[Role, State, LinkMsg | Local], tuple[str, tuple[State, .
     (B, S.WAIT_ESTIMATE_RESULT, LinkMsg.ESTIMATE_RESULT): (
         "_b_estimate_result", (S.RECONCILE, S.WAIT_PA)),
     (B, S.RECONCILE, LinkMsg.PARITY_REPLY): ("_b_parity_reply", (S.RECONCILE, S.WAIT_PA)),
+    (B, S.RECONCILE, LinkMsg.LDPC_SYNDROME): ("_b_ldpc_syndrome", (S.RECONCILE, S.WAIT_PA)),
+    (B, S.RECONCILE, LinkMsg.LDPC_REPLY): ("_b_ldpc_reply", (S.RECONCILE, S.WAIT_PA)),
     (B, S.WAIT_PA, LinkMsg.PA): ("_b_pa", (S.WAIT_CONFIRM,)),
     (B, S.WAIT_CONFIRM, LinkMsg.CONFIRM): ("_b_confirm", (S.DONE,)),
 }
@@ -191,13 +201,19 @@ class LinkConfig:
     #: disclose (Tupkary & Lütkenhaus, Phys. Rev. Applied 20, 064040 (2023)); the older
     #: "alice-only" convention counts Alice's Cascade parities alone and is not covered
     #: by the cited proofs (kept only to reproduce earlier figures).
-    leak_accounting: str = "alice-only"   # strict becomes the default with LDPC
+    leak_accounting: str = "strict"
+    #: Error correction: "auto" (default) lets Alice pick, per block, the method whose
+    #: expected leakage under ``leak_accounting`` is smaller (LDPC under strict
+    #: accounting in practice); "ldpc" or "cascade" force one.
+    reconciliation: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 <= self.session_id < 1 << 32:
             raise ValueError("session_id must fit 32 bits")
         if self.leak_accounting not in LEAK_ACCOUNTING:
             raise ValueError(f"leak_accounting must be one of {', '.join(LEAK_ACCOUNTING)}")
+        if self.reconciliation not in RECONCILIATION:
+            raise ValueError(f"reconciliation must be one of {', '.join(RECONCILIATION)}")
         if len(self.mu) not in (2, 3) or len(self.p) != len(self.mu):
             raise ValueError("mu and p need 2 or 3 entries each")
 
@@ -275,9 +291,10 @@ class BlockStats:
     ell: int = 0
     auth_bits: int = 0
     frames: int = 0
-    cascade_steps: int = 0
+    cascade_steps: int = 0         # Cascade requests, or LDPC rounds
     wall_time: float = 0.0
-    method: str = ""
+    method: str = ""               # the finite-key bound used
+    reconciliation: str = ""       # "cascade" or "ldpc"
     abort_reason: str | None = None
     abort_detail: str = ""
     aborted_by_peer: bool = False
@@ -393,6 +410,8 @@ class _Block:
     m_z: np.ndarray | None = None
     qber: float = 0.0
     # reconciliation
+    method: Any = None                        # w.Reconciliation
+    ldpc_leak: int = 0                        # bits the LDPC exchange disclosed
     plan: Any = None
     corrector: Any = None
     step: int = 0
@@ -633,6 +652,7 @@ class LinkSession:
         counts = int(sum(math.ceil(math.log2(int(n) + 1)) for n in blk.n_z))
         n = int(blk.n_z.sum())
         parts = {
+            "ldpc": int(blk.ldpc_leak),
             "cascade_alice_parities": int(blk.leaked),
             "cascade_bob_parities": int(blk.leaked)
             if self.config.leak_accounting == "strict" else 0,
@@ -790,16 +810,60 @@ class TransmitterSession(LinkSession):
         self._record_bounds(blk, fk)
         if fk.ell <= 0:
             raise _Abort(AbortReason.NO_KEY, fk.abort_reason or "ell <= 0")
-        seed = int.from_bytes(self._random(8), "big")
+        seed = int.from_bytes(self._random(8), "big") >> 1     # fits a signed LongField
         n = len(blk.z_bits)
-        blk.plan = cascade.CascadePlan(n, max(qber, 1e-4), seed)
+        q = max(qber, 1e-4)
         blk.corrected = np.packbits(blk.z_bits)
+        plan = self._choose_method(blk, n, q, seed)
+        body = w.encode_estimate_result(blk.index, blk.m_x, q, seed, blk.method)
+        if blk.method is w.Reconciliation.LDPC:
+            blk.plan = plan
+            blk.corrector = ldpc.LdpcEncoder(blk.corrected, n, plan, random_bytes=self._random)
+            syndrome = w.encode_ldpc(LinkMsg.LDPC_SYNDROME, blk.index,
+                                     blk.corrector.syndromes())
+            blk.ldpc_leak = int(blk.corrector.leak_bits)
+            return [Send(blk.index, body), Send(blk.index, syndrome)], State.RECONCILE
+        blk.plan = cascade.CascadePlan(n, q, seed)
         blk.corrector = cascade.CascadeResponder(blk.corrected, n, blk.plan)
-        body = w.encode_estimate_result(blk.index, blk.m_x, max(qber, 1e-4), seed)
         return [Send(blk.index, body)], State.RECONCILE
+
+    def _choose_method(self, blk: _Block, n: int, qber: float, seed: int) -> Any:
+        """Pick Cascade or LDPC for this block: the one expected to disclose less under
+        the configured accounting (or the configured one); returns the LDPC plan if
+        one was built. The choice and both predictions go into the block's stats."""
+        choice = self.config.reconciliation
+        plan = None
+        ldpc_leak = math.inf
+        if choice != "cascade" and n >= LDPC_MIN_BITS:
+            plan = ldpc.LdpcPlan.for_block(n, qber, seed)
+            ldpc_leak = float(plan.expected_leak_bits)
+        sides = 2 if self.config.leak_accounting == "strict" else 1
+        cascade_leak = sides * CASCADE_F_ESTIMATE * n * float(
+            finite_key.binary_entropy(qber))
+        if choice == "ldpc" and plan is None:
+            raise _Abort(AbortReason.LOCAL, f"{n} key bits are too few for LDPC frames")
+        use_ldpc = plan is not None and (choice == "ldpc" or ldpc_leak <= cascade_leak)
+        blk.method = w.Reconciliation.LDPC if use_ldpc else w.Reconciliation.CASCADE
+        blk.stats.update(reconciliation=blk.method.name.lower())
+        blk.stats.setdefault("ell_inputs", {}).update(
+            reconciliation=blk.method.name.lower(),
+            expected_leak={"cascade": round(cascade_leak),
+                           "ldpc": None if plan is None else int(ldpc_leak)},
+            ldpc_plan=plan.describe() if use_ldpc and plan is not None else None)
+        return plan if use_ldpc else None
+
+    def _a_ldpc_request(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        if blk.method is not w.Reconciliation.LDPC:
+            raise RemoteProtocolError("LDPC_REQUEST for a block reconciled with Cascade")
+        answer = blk.corrector.answer(bytes(pkt.data))
+        blk.ldpc_leak = int(blk.corrector.leak_bits)
+        return [Send(blk.index, w.encode_ldpc(LinkMsg.LDPC_REPLY, blk.index, answer))], \
+            State.RECONCILE
 
     def _a_parity_request(self, blk: _Block, pkt: Packet, now: float) -> Any:
         assert blk.z_bits is not None and blk.corrected is not None
+        if blk.method is not w.Reconciliation.CASCADE:
+            raise RemoteProtocolError("PARITY_REQUEST for a block reconciled with LDPC")
         n = len(blk.z_bits)
         passes, starts, ends = w.decode_parity_request(pkt, n, _n_passes(blk.plan))
         if pkt.step != blk.step & 0xFFFF:
@@ -949,11 +1013,57 @@ class ReceiverSession(LinkSession):
         n = len(blk.z_bits)
         if n == 0:
             raise RemoteProtocolError("ESTIMATE_RESULT: no key-basis bits to reconcile")
+        blk.method = w.decode_method(pkt)
+        blk.stats.update(reconciliation=blk.method.name.lower())
+        if blk.method is w.Reconciliation.LDPC:
+            if n < LDPC_MIN_BITS:
+                raise RemoteProtocolError(f"ESTIMATE_RESULT: LDPC for only {n} key bits")
+            blk.plan = ldpc.LdpcPlan.for_block(n, qber, seed)
+            blk.corrector = ldpc.LdpcDecoder(np.packbits(blk.z_bits), n, blk.plan)
+            blk.stats.setdefault("ell_inputs", {}).update(
+                reconciliation="ldpc", ldpc_plan=blk.plan.describe())
+            return [], State.RECONCILE          # the syndromes follow
         blk.plan = cascade.CascadePlan(n, qber, seed)
         blk.corrector = cascade.CascadeCorrector(np.packbits(blk.z_bits), n, blk.plan)
+        blk.stats.setdefault("ell_inputs", {}).update(reconciliation="cascade")
         return self._b_next(blk)
 
+    def _b_ldpc_syndrome(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        if blk.method is not w.Reconciliation.LDPC or blk.step != 0:
+            raise RemoteProtocolError("LDPC_SYNDROME not expected for this block")
+        blk.corrector.receive_syndromes(bytes(pkt.data))
+        return self._b_ldpc_round(blk)
+
+    def _b_ldpc_reply(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        if blk.method is not w.Reconciliation.LDPC or blk.outstanding != 1:
+            raise RemoteProtocolError("LDPC_REPLY without an outstanding LDPC_REQUEST")
+        blk.outstanding = 0
+        blk.corrector.receive(bytes(pkt.data))
+        return self._b_ldpc_round(blk)
+
+    def _b_ldpc_round(self, blk: _Block) -> Any:
+        """Decode the frames of this round; ask for more, or finish with VERIFY."""
+        dec = blk.corrector
+        dec.decode()
+        request = dec.next_request()
+        blk.ldpc_leak = int(dec.leak_bits)
+        blk.step += 1
+        if request is not None:
+            blk.outstanding = 1
+            body = w.encode_ldpc(LinkMsg.LDPC_REQUEST, blk.index, request)
+            return [Send(blk.index, body)], State.RECONCILE
+        if dec.failed_frames:
+            # Verification would fail: stop here (nothing disclosed beyond what counts).
+            raise _Abort(AbortReason.EC_FAILED, f"{len(dec.failed_frames)} LDPC frame(s) "
+                                                f"did not decode after {dec.rounds_used} rounds")
+        corrected = np.unpackbits(np.asarray(dec.corrected(), dtype=np.uint8),
+                                  count=len(blk.z_bits))
+        blk.corrector = None
+        return self._b_verify(blk, corrected)
+
     def _b_parity_reply(self, blk: _Block, pkt: Packet, now: float) -> Any:
+        if blk.method is not w.Reconciliation.CASCADE:
+            raise RemoteProtocolError("PARITY_REPLY for a block reconciled with LDPC")
         parities = w.decode_parity_reply(pkt, blk.step - 1, blk.outstanding)
         blk.leaked += blk.outstanding
         blk.corrector.receive(parities)
@@ -962,7 +1072,6 @@ class ReceiverSession(LinkSession):
     def _b_next(self, blk: _Block) -> Any:
         assert blk.z_bits is not None and blk.z_int is not None
         request = blk.corrector.next_request()
-        n = len(blk.z_bits)
         if request is not None:
             passes, starts, ends = _request_arrays(request)
             if blk.step >= self.config.max_cascade_steps or len(starts) > w.MAX_RANGES:
@@ -972,8 +1081,14 @@ class ReceiverSession(LinkSession):
             blk.step += 1
             return [Send(blk.index, body)], State.RECONCILE
         corrected_bits = blk.corrector.corrected_bits()
-        blk.corrected = np.packbits(corrected_bits)
         blk.corrector = None
+        return self._b_verify(blk, corrected_bits)
+
+    def _b_verify(self, blk: _Block, corrected_bits: np.ndarray) -> Any:
+        """Reconciliation done: VERIFY with the per-intensity corrections and the tag."""
+        assert blk.z_bits is not None and blk.z_int is not None
+        n = len(blk.z_bits)
+        blk.corrected = np.packbits(corrected_bits)
         flips = corrected_bits ^ blk.z_bits
         blk.m_z = _per_intensity(blk.z_int, self.config.n_intensities, flips.astype(np.float64))
         tag_bits = verify.tag_bits_for(blk.eps_cor, n)

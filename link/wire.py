@@ -55,6 +55,9 @@ class LinkMsg(IntEnum):
     PA = 0x18               # A -> B: Toeplitz seed, final length and the key split
     BLOCK_DONE = 0x19       # B -> A: Bob has the final key and is ready to store
     CONFIRM = 0x1A          # A -> B: Alice stored the block; Bob stores it too
+    LDPC_SYNDROME = 0x1B    # A -> B: syndromes of Alice's key frames (LDPC reconciliation)
+    LDPC_REQUEST = 0x1C     # B -> A: which frames failed this round (blind reconciliation)
+    LDPC_REPLY = 0x1D       # A -> B: values of the next punctured bits of those frames
     ABORT = 0x1F            # either: the block is abandoned, with a reason
 
 
@@ -179,9 +182,16 @@ class EstimateMsg(_Body):
     ]
 
 
+class Reconciliation(IntEnum):
+    """Error-correction method of a block, chosen by Alice in ESTIMATE_RESULT."""
+
+    CASCADE = 0     # two-way, PARITY_REQUEST / PARITY_REPLY
+    LDPC = 1        # one-way syndrome, blind rounds: LDPC_SYNDROME / _REQUEST / _REPLY
+
+
 class EstimateResultMsg(_Body):
-    """A → B: X-basis errors per intensity (m_x0..2), the QBER Cascade plans with,
-    and the public seed of Cascade's permutations."""
+    """A → B: X-basis errors per intensity (m_x0..2), the QBER reconciliation plans
+    with, its public seed, and which method reconciles this block."""
 
     name = "LINK_ESTIMATE_RESULT"
     summary_fields = ("qber",)
@@ -192,6 +202,41 @@ class EstimateResultMsg(_Body):
         IntField("m_x2", 0),
         IEEEDoubleField("qber", 0.0),  # type: ignore[arg-type]
         LongField("cascade_seed", 0),
+        ByteEnumField("method", int(Reconciliation.CASCADE),
+                      {int(r): r.name for r in Reconciliation}),
+    ]
+
+
+class LdpcSyndromeMsg(_Body):
+    """A → B: the syndrome of every key frame of the block (qkdnet.link.ldpc)."""
+
+    name = "LINK_LDPC_SYNDROME"
+    fields_desc = [  # noqa: RUF012
+        IntField("block", 0),
+        FieldLenField("data_len", None, length_of="data", fmt="!I"),
+        StrLenField("data", b"", length_from=lambda p: p.data_len),
+    ]
+
+
+class LdpcRequestMsg(_Body):
+    """B → A: one bit per frame decoded this round: 1 = it failed, reveal more."""
+
+    name = "LINK_LDPC_REQUEST"
+    fields_desc = [  # noqa: RUF012
+        IntField("block", 0),
+        FieldLenField("data_len", None, length_of="data", fmt="!I"),
+        StrLenField("data", b"", length_from=lambda p: p.data_len),
+    ]
+
+
+class LdpcReplyMsg(_Body):
+    """A → B: the values of the next punctured bits of each frame that asked."""
+
+    name = "LINK_LDPC_REPLY"
+    fields_desc = [  # noqa: RUF012
+        IntField("block", 0),
+        FieldLenField("data_len", None, length_of="data", fmt="!I"),
+        StrLenField("data", b"", length_from=lambda p: p.data_len),
     ]
 
 
@@ -301,6 +346,9 @@ BODIES: dict[LinkMsg, type[Packet]] = {
     LinkMsg.BLOCK_DONE: BlockDoneMsg,
     LinkMsg.CONFIRM: ConfirmMsg,
     LinkMsg.ABORT: AbortMsg,
+    LinkMsg.LDPC_SYNDROME: LdpcSyndromeMsg,
+    LinkMsg.LDPC_REQUEST: LdpcRequestMsg,
+    LinkMsg.LDPC_REPLY: LdpcReplyMsg,
 }
 _TYPE_OF: dict[type[Packet], LinkMsg] = {cls: t for t, cls in BODIES.items()}
 
@@ -320,6 +368,7 @@ for _t, _cls in BODIES.items():
 DEFERRED_MSGS = frozenset({
     LinkMsg.DETECTIONS, LinkMsg.SIFT, LinkMsg.ESTIMATE, LinkMsg.ESTIMATE_RESULT,
     LinkMsg.PARITY_REQUEST, LinkMsg.PARITY_REPLY,
+    LinkMsg.LDPC_SYNDROME, LinkMsg.LDPC_REQUEST, LinkMsg.LDPC_REPLY,
 })
 allow_deferred(int(t) for t in DEFERRED_MSGS)
 
@@ -535,12 +584,29 @@ def decode_estimate(pkt: Packet, n_x: int) -> np.ndarray:
     return unpack_bits(pkt.bits, n_x, "ESTIMATE bits")
 
 
-def encode_estimate_result(block: int, m_x: np.ndarray, qber: float, cascade_seed: int
-                           ) -> Packet:
-    """ESTIMATE_RESULT body: X errors per intensity, the QBER Cascade plans for, its seed."""
+def encode_estimate_result(block: int, m_x: np.ndarray, qber: float, cascade_seed: int,
+                           method: Reconciliation = Reconciliation.CASCADE) -> Packet:
+    """ESTIMATE_RESULT body: X errors per intensity, the QBER reconciliation plans for,
+    its seed and the method."""
     m = [int(v) for v in m_x] + [0] * (3 - len(m_x))
     return EstimateResultMsg(block=block, m_x0=m[0], m_x1=m[1], m_x2=m[2], qber=qber,
-                             cascade_seed=cascade_seed)
+                             cascade_seed=cascade_seed, method=int(method))
+
+
+def decode_method(pkt: Packet) -> Reconciliation:
+    """The reconciliation method an ESTIMATE_RESULT names."""
+    try:
+        return Reconciliation(int(pkt.method))
+    except ValueError:
+        raise _bad(f"ESTIMATE_RESULT: unknown reconciliation method {pkt.method}") from None
+
+
+def encode_ldpc(msg: LinkMsg, block: int, data: bytes) -> Packet:
+    """An LDPC_SYNDROME / LDPC_REQUEST / LDPC_REPLY body around the algorithm's bytes
+    (their layout is qkdnet.link.ldpc's, validated there)."""
+    cls = {LinkMsg.LDPC_SYNDROME: LdpcSyndromeMsg, LinkMsg.LDPC_REQUEST: LdpcRequestMsg,
+           LinkMsg.LDPC_REPLY: LdpcReplyMsg}[msg]
+    return cls(block=block, data=bytes(data))
 
 
 def decode_estimate_result(pkt: Packet, n_x: np.ndarray) -> tuple[np.ndarray, float, int]:

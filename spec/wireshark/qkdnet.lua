@@ -66,6 +66,9 @@ local TYPES = {
     [0x18] = { name = "PA", layout = "link_pa" },
     [0x19] = { name = "BLOCK_DONE", layout = "link_block_done" },
     [0x1a] = { name = "CONFIRM", layout = "link_confirm" },
+    [0x1b] = { name = "LDPC_SYNDROME", layout = "link_ldpc_syndrome" },
+    [0x1c] = { name = "LDPC_REQUEST", layout = "link_ldpc_request" },
+    [0x1d] = { name = "LDPC_REPLY", layout = "link_ldpc_reply" },
     [0x1f] = { name = "ABORT", layout = "link_abort" },
     [0x40] = { name = "REGISTER", layout = "hub_register" },
     [0x41] = { name = "REGISTER_ACK", layout = "hub_register_ack" },
@@ -93,9 +96,10 @@ for t, d in pairs(TYPES) do TYPE_NAMES[t] = d.name end
 -- Enum names of integer fields.
 local VS1 = { [0] = "unspecified", [1] = "spoke", [2] = "hub", [3] = "app", [4] = "tester" }
 local VS2 = { [0] = "NO_ERROR", [1] = "PROTOCOL_VIOLATION", [2] = "MALFORMED_FRAME", [3] = "UNSUPPORTED_VERSION", [4] = "UNKNOWN_MESSAGE_TYPE", [5] = "FRAME_TOO_LARGE", [6] = "AUTHENTICATION_FAILED", [7] = "REPLAY_OR_REORDER", [8] = "KEY_EXHAUSTED", [9] = "LINK_ABORTED", [10] = "UNKNOWN_PEER", [11] = "NAME_CONFLICT", [12] = "TIMEOUT", [13] = "INTERNAL_ERROR", [14] = "THROTTLED" }
-local VS3 = { [1] = "qber_too_high", [2] = "no_key", [3] = "verify_failed", [4] = "auth_failed", [5] = "timeout", [6] = "protocol", [7] = "local", [8] = "ec_failed", [9] = "cancelled" }
-local VS4 = { [0] = "OK", [1] = "PROTOCOL_VIOLATION", [2] = "MALFORMED_FRAME", [6] = "AUTHENTICATION_FAILED", [8] = "KEY_EXHAUSTED", [10] = "UNKNOWN_PEER", [11] = "NAME_CONFLICT", [12] = "TIMEOUT", [13] = "INTERNAL_ERROR", [14] = "THROTTLED", [64] = "NO_SUCH_SERVICE", [65] = "PEER_DISCONNECTED", [66] = "CHANNEL_FAILED", [67] = "CHANNEL_CLOSED", [68] = "NOT_REGISTERED" }
-local VS5 = { [0] = "DATA", [1] = "OPEN", [2] = "RELAY", [3] = "REGISTER" }
+local VS3 = { [0] = "CASCADE", [1] = "LDPC" }
+local VS4 = { [1] = "qber_too_high", [2] = "no_key", [3] = "verify_failed", [4] = "auth_failed", [5] = "timeout", [6] = "protocol", [7] = "local", [8] = "ec_failed", [9] = "cancelled" }
+local VS5 = { [0] = "OK", [1] = "PROTOCOL_VIOLATION", [2] = "MALFORMED_FRAME", [6] = "AUTHENTICATION_FAILED", [8] = "KEY_EXHAUSTED", [10] = "UNKNOWN_PEER", [11] = "NAME_CONFLICT", [12] = "TIMEOUT", [13] = "INTERNAL_ERROR", [14] = "THROTTLED", [64] = "NO_SUCH_SERVICE", [65] = "PEER_DISCONNECTED", [66] = "CHANNEL_FAILED", [67] = "CHANNEL_CLOSED", [68] = "NOT_REGISTERED" }
+local VS6 = { [0] = "DATA", [1] = "OPEN", [2] = "RELAY", [3] = "REGISTER" }
 
 -- Wireshark fields: qkdnet.<header field> and qkdnet.<body>.<field>.
 local F = {
@@ -185,6 +189,7 @@ local F = {
     ["link_estimate_result.m_x2"] = ProtoField.uint32("qkdnet.link_estimate_result.m_x2", "m_x2", base.DEC),
     ["link_estimate_result.qber"] = ProtoField.double("qkdnet.link_estimate_result.qber", "qber"),
     ["link_estimate_result.cascade_seed"] = ProtoField.uint64("qkdnet.link_estimate_result.cascade_seed", "cascade_seed", base.DEC),
+    ["link_estimate_result.method"] = ProtoField.uint8("qkdnet.link_estimate_result.method", "method", base.DEC, VS3),
     ["link_parity_request"] = ProtoField.none("qkdnet.link_parity_request", "LINK_PARITY_REQUEST"),
     ["link_parity_request.block"] = ProtoField.uint32("qkdnet.link_parity_request.block", "block", base.DEC),
     ["link_parity_request.step"] = ProtoField.uint16("qkdnet.link_parity_request.step", "step", base.DEC),
@@ -223,15 +228,27 @@ local F = {
     ["link_block_done.block"] = ProtoField.uint32("qkdnet.link_block_done.block", "block", base.DEC),
     ["link_confirm"] = ProtoField.none("qkdnet.link_confirm", "LINK_CONFIRM"),
     ["link_confirm.block"] = ProtoField.uint32("qkdnet.link_confirm.block", "block", base.DEC),
+    ["link_ldpc_syndrome"] = ProtoField.none("qkdnet.link_ldpc_syndrome", "LINK_LDPC_SYNDROME"),
+    ["link_ldpc_syndrome.block"] = ProtoField.uint32("qkdnet.link_ldpc_syndrome.block", "block", base.DEC),
+    ["link_ldpc_syndrome.data_len"] = ProtoField.uint32("qkdnet.link_ldpc_syndrome.data_len", "data_len", base.DEC),
+    ["link_ldpc_syndrome.data"] = ProtoField.bytes("qkdnet.link_ldpc_syndrome.data", "data"),
+    ["link_ldpc_request"] = ProtoField.none("qkdnet.link_ldpc_request", "LINK_LDPC_REQUEST"),
+    ["link_ldpc_request.block"] = ProtoField.uint32("qkdnet.link_ldpc_request.block", "block", base.DEC),
+    ["link_ldpc_request.data_len"] = ProtoField.uint32("qkdnet.link_ldpc_request.data_len", "data_len", base.DEC),
+    ["link_ldpc_request.data"] = ProtoField.bytes("qkdnet.link_ldpc_request.data", "data"),
+    ["link_ldpc_reply"] = ProtoField.none("qkdnet.link_ldpc_reply", "LINK_LDPC_REPLY"),
+    ["link_ldpc_reply.block"] = ProtoField.uint32("qkdnet.link_ldpc_reply.block", "block", base.DEC),
+    ["link_ldpc_reply.data_len"] = ProtoField.uint32("qkdnet.link_ldpc_reply.data_len", "data_len", base.DEC),
+    ["link_ldpc_reply.data"] = ProtoField.bytes("qkdnet.link_ldpc_reply.data", "data"),
     ["link_abort"] = ProtoField.none("qkdnet.link_abort", "LINK_ABORT"),
     ["link_abort.block"] = ProtoField.uint32("qkdnet.link_abort.block", "block", base.DEC),
-    ["link_abort.reason"] = ProtoField.uint8("qkdnet.link_abort.reason", "reason", base.DEC, VS3),
+    ["link_abort.reason"] = ProtoField.uint8("qkdnet.link_abort.reason", "reason", base.DEC, VS4),
     ["hub_register"] = ProtoField.none("qkdnet.hub_register", "HubRegister"),
     ["hub_register.version"] = ProtoField.uint8("qkdnet.hub_register.version", "version", base.DEC),
     ["hub_register.spoke_len"] = ProtoField.uint8("qkdnet.hub_register.spoke_len", "spoke_len", base.DEC),
     ["hub_register.spoke"] = ProtoField.string("qkdnet.hub_register.spoke", "spoke"),
     ["hub_register_ack"] = ProtoField.none("qkdnet.hub_register_ack", "HubRegisterAck"),
-    ["hub_register_ack.status"] = ProtoField.uint16("qkdnet.hub_register_ack.status", "status", base.DEC, VS4),
+    ["hub_register_ack.status"] = ProtoField.uint16("qkdnet.hub_register_ack.status", "status", base.DEC, VS5),
     ["hub_register_ack.spoke_len"] = ProtoField.uint8("qkdnet.hub_register_ack.spoke_len", "spoke_len", base.DEC),
     ["hub_register_ack.spoke"] = ProtoField.string("qkdnet.hub_register_ack.spoke", "spoke"),
     ["hub_register_ack.hub_len"] = ProtoField.uint8("qkdnet.hub_register_ack.hub_len", "hub_len", base.DEC),
@@ -253,7 +270,7 @@ local F = {
     ["hub_channel_close.dst"] = ProtoField.string("qkdnet.hub_channel_close.dst", "dst"),
     ["hub_channel_close.channel_id"] = ProtoField.uint32("qkdnet.hub_channel_close.channel_id", "channel_id", base.DEC),
     ["hub_channel_close.end"] = ProtoField.uint8("qkdnet.hub_channel_close.end", "end", base.DEC),
-    ["hub_channel_close.reason"] = ProtoField.uint16("qkdnet.hub_channel_close.reason", "reason", base.DEC, VS4),
+    ["hub_channel_close.reason"] = ProtoField.uint16("qkdnet.hub_channel_close.reason", "reason", base.DEC, VS5),
     ["hub_data"] = ProtoField.none("qkdnet.hub_data", "HubData"),
     ["hub_data.src_len"] = ProtoField.uint8("qkdnet.hub_data.src_len", "src_len", base.DEC),
     ["hub_data.src"] = ProtoField.string("qkdnet.hub_data.src", "src"),
@@ -273,7 +290,7 @@ local F = {
     ["hub_data.ct_len"] = ProtoField.uint32("qkdnet.hub_data.ct_len", "ct_len", base.DEC),
     ["hub_data.ciphertext"] = ProtoField.bytes("qkdnet.hub_data.ciphertext", "ciphertext"),
     ["hub_delivery_ack"] = ProtoField.none("qkdnet.hub_delivery_ack", "HubDeliveryAck"),
-    ["hub_delivery_ack.kind"] = ProtoField.uint8("qkdnet.hub_delivery_ack.kind", "kind", base.DEC, VS5),
+    ["hub_delivery_ack.kind"] = ProtoField.uint8("qkdnet.hub_delivery_ack.kind", "kind", base.DEC, VS6),
     ["hub_delivery_ack.src_len"] = ProtoField.uint8("qkdnet.hub_delivery_ack.src_len", "src_len", base.DEC),
     ["hub_delivery_ack.src"] = ProtoField.string("qkdnet.hub_delivery_ack.src", "src"),
     ["hub_delivery_ack.dst_len"] = ProtoField.uint8("qkdnet.hub_delivery_ack.dst_len", "dst_len", base.DEC),
@@ -282,7 +299,7 @@ local F = {
     ["hub_delivery_ack.end"] = ProtoField.uint8("qkdnet.hub_delivery_ack.end", "end", base.DEC),
     ["hub_delivery_ack.msg_seq"] = ProtoField.uint64("qkdnet.hub_delivery_ack.msg_seq", "msg_seq", base.DEC),
     ["hub_delivery_nack"] = ProtoField.none("qkdnet.hub_delivery_nack", "HubDeliveryNack"),
-    ["hub_delivery_nack.kind"] = ProtoField.uint8("qkdnet.hub_delivery_nack.kind", "kind", base.DEC, VS5),
+    ["hub_delivery_nack.kind"] = ProtoField.uint8("qkdnet.hub_delivery_nack.kind", "kind", base.DEC, VS6),
     ["hub_delivery_nack.src_len"] = ProtoField.uint8("qkdnet.hub_delivery_nack.src_len", "src_len", base.DEC),
     ["hub_delivery_nack.src"] = ProtoField.string("qkdnet.hub_delivery_nack.src", "src"),
     ["hub_delivery_nack.dst_len"] = ProtoField.uint8("qkdnet.hub_delivery_nack.dst_len", "dst_len", base.DEC),
@@ -290,7 +307,7 @@ local F = {
     ["hub_delivery_nack.channel_id"] = ProtoField.uint32("qkdnet.hub_delivery_nack.channel_id", "channel_id", base.DEC),
     ["hub_delivery_nack.end"] = ProtoField.uint8("qkdnet.hub_delivery_nack.end", "end", base.DEC),
     ["hub_delivery_nack.msg_seq"] = ProtoField.uint64("qkdnet.hub_delivery_nack.msg_seq", "msg_seq", base.DEC),
-    ["hub_delivery_nack.reason"] = ProtoField.uint16("qkdnet.hub_delivery_nack.reason", "reason", base.DEC, VS4),
+    ["hub_delivery_nack.reason"] = ProtoField.uint16("qkdnet.hub_delivery_nack.reason", "reason", base.DEC, VS5),
     ["hub_delivery_nack.bits_needed"] = ProtoField.uint32("qkdnet.hub_delivery_nack.bits_needed", "bits_needed", base.DEC),
     ["hub_delivery_nack.bits_available"] = ProtoField.uint32("qkdnet.hub_delivery_nack.bits_available", "bits_available", base.DEC),
     ["hub_delivery_nack.hop_len"] = ProtoField.uint8("qkdnet.hub_delivery_nack.hop_len", "hop_len", base.DEC),
@@ -429,6 +446,7 @@ local LAYOUTS = {
         { k = "int", name = "m_x2", pf = F["link_estimate_result.m_x2"], size = 4 },
         { k = "double", name = "qber", pf = F["link_estimate_result.qber"], size = 8, info = true },
         { k = "int", name = "cascade_seed", pf = F["link_estimate_result.cascade_seed"], size = 8 },
+        { k = "int", name = "method", pf = F["link_estimate_result.method"], size = 1, vs = VS3, info = true },
     } },
     ["link_parity_request"] = { label = "LINK_PARITY_REQUEST", pf = F["link_parity_request"], fields = {
         { k = "int", name = "block", pf = F["link_parity_request.block"], size = 4, info = true },
@@ -474,9 +492,24 @@ local LAYOUTS = {
     ["link_confirm"] = { label = "LINK_CONFIRM", pf = F["link_confirm"], fields = {
         { k = "int", name = "block", pf = F["link_confirm.block"], size = 4, info = true },
     } },
+    ["link_ldpc_syndrome"] = { label = "LINK_LDPC_SYNDROME", pf = F["link_ldpc_syndrome"], fields = {
+        { k = "int", name = "block", pf = F["link_ldpc_syndrome.block"], size = 4, info = true },
+        { k = "int", name = "data_len", pf = F["link_ldpc_syndrome.data_len"], size = 4 },
+        { k = "bytes", name = "data", pf = F["link_ldpc_syndrome.data"], len = "data_len" },
+    } },
+    ["link_ldpc_request"] = { label = "LINK_LDPC_REQUEST", pf = F["link_ldpc_request"], fields = {
+        { k = "int", name = "block", pf = F["link_ldpc_request.block"], size = 4, info = true },
+        { k = "int", name = "data_len", pf = F["link_ldpc_request.data_len"], size = 4 },
+        { k = "bytes", name = "data", pf = F["link_ldpc_request.data"], len = "data_len" },
+    } },
+    ["link_ldpc_reply"] = { label = "LINK_LDPC_REPLY", pf = F["link_ldpc_reply"], fields = {
+        { k = "int", name = "block", pf = F["link_ldpc_reply.block"], size = 4, info = true },
+        { k = "int", name = "data_len", pf = F["link_ldpc_reply.data_len"], size = 4 },
+        { k = "bytes", name = "data", pf = F["link_ldpc_reply.data"], len = "data_len" },
+    } },
     ["link_abort"] = { label = "LINK_ABORT", pf = F["link_abort"], fields = {
         { k = "int", name = "block", pf = F["link_abort.block"], size = 4, info = true },
-        { k = "int", name = "reason", pf = F["link_abort.reason"], size = 1, vs = VS3, info = true },
+        { k = "int", name = "reason", pf = F["link_abort.reason"], size = 1, vs = VS4, info = true },
     } },
     ["hub_register"] = { label = "HubRegister", pf = F["hub_register"], fields = {
         { k = "int", name = "version", pf = F["hub_register.version"], size = 1 },
@@ -484,7 +517,7 @@ local LAYOUTS = {
         { k = "bytes", name = "spoke", pf = F["hub_register.spoke"], len = "spoke_len", text = true, info = true },
     } },
     ["hub_register_ack"] = { label = "HubRegisterAck", pf = F["hub_register_ack"], fields = {
-        { k = "int", name = "status", pf = F["hub_register_ack.status"], size = 2, vs = VS4, info = true },
+        { k = "int", name = "status", pf = F["hub_register_ack.status"], size = 2, vs = VS5, info = true },
         { k = "int", name = "spoke_len", pf = F["hub_register_ack.spoke_len"], size = 1 },
         { k = "bytes", name = "spoke", pf = F["hub_register_ack.spoke"], len = "spoke_len", text = true, info = true },
         { k = "int", name = "hub_len", pf = F["hub_register_ack.hub_len"], size = 1 },
@@ -508,7 +541,7 @@ local LAYOUTS = {
         { k = "bytes", name = "dst", pf = F["hub_channel_close.dst"], len = "dst_len", text = true, info = true },
         { k = "int", name = "channel_id", pf = F["hub_channel_close.channel_id"], size = 4, info = true },
         { k = "int", name = "end", pf = F["hub_channel_close.end"], size = 1 },
-        { k = "int", name = "reason", pf = F["hub_channel_close.reason"], size = 2, vs = VS4, info = true },
+        { k = "int", name = "reason", pf = F["hub_channel_close.reason"], size = 2, vs = VS5, info = true },
     } },
     ["key_segment"] = { label = "KeySegment", pf = F["key_segment"], fields = {
         { k = "int", name = "block_id", pf = F["key_segment.block_id"], size = 8 },
@@ -531,7 +564,7 @@ local LAYOUTS = {
         { k = "bytes", name = "ciphertext", pf = F["hub_data.ciphertext"], len = "ct_len" },
     } },
     ["hub_delivery_ack"] = { label = "HubDeliveryAck", pf = F["hub_delivery_ack"], fields = {
-        { k = "int", name = "kind", pf = F["hub_delivery_ack.kind"], size = 1, vs = VS5, info = true },
+        { k = "int", name = "kind", pf = F["hub_delivery_ack.kind"], size = 1, vs = VS6, info = true },
         { k = "int", name = "src_len", pf = F["hub_delivery_ack.src_len"], size = 1 },
         { k = "bytes", name = "src", pf = F["hub_delivery_ack.src"], len = "src_len", text = true, info = true },
         { k = "int", name = "dst_len", pf = F["hub_delivery_ack.dst_len"], size = 1 },
@@ -541,7 +574,7 @@ local LAYOUTS = {
         { k = "int", name = "msg_seq", pf = F["hub_delivery_ack.msg_seq"], size = 8, info = true },
     } },
     ["hub_delivery_nack"] = { label = "HubDeliveryNack", pf = F["hub_delivery_nack"], fields = {
-        { k = "int", name = "kind", pf = F["hub_delivery_nack.kind"], size = 1, vs = VS5, info = true },
+        { k = "int", name = "kind", pf = F["hub_delivery_nack.kind"], size = 1, vs = VS6, info = true },
         { k = "int", name = "src_len", pf = F["hub_delivery_nack.src_len"], size = 1 },
         { k = "bytes", name = "src", pf = F["hub_delivery_nack.src"], len = "src_len", text = true, info = true },
         { k = "int", name = "dst_len", pf = F["hub_delivery_nack.dst_len"], size = 1 },
@@ -549,7 +582,7 @@ local LAYOUTS = {
         { k = "int", name = "channel_id", pf = F["hub_delivery_nack.channel_id"], size = 4, info = true },
         { k = "int", name = "end", pf = F["hub_delivery_nack.end"], size = 1 },
         { k = "int", name = "msg_seq", pf = F["hub_delivery_nack.msg_seq"], size = 8, info = true },
-        { k = "int", name = "reason", pf = F["hub_delivery_nack.reason"], size = 2, vs = VS4, info = true },
+        { k = "int", name = "reason", pf = F["hub_delivery_nack.reason"], size = 2, vs = VS5, info = true },
         { k = "int", name = "bits_needed", pf = F["hub_delivery_nack.bits_needed"], size = 4 },
         { k = "int", name = "bits_available", pf = F["hub_delivery_nack.bits_available"], size = 4 },
         { k = "int", name = "hop_len", pf = F["hub_delivery_nack.hop_len"], size = 1 },
