@@ -17,12 +17,19 @@ A run over a range of slots is streamed in chunks (bounded memory). For each chu
    outcomes land on four detectors (arm × bit).
 3. Dark counts: a Bernoulli(p_dark) process over the 4 × n gates of the chunk,
    drawn by geometric gaps.
-4. Dead time and afterpulsing per detector (:func:`dead_time_afterpulse`): a
-   click kills the next d gates; with probability p_ap it is followed by an
-   afterpulse click in the first live gate (d + 1 later), which may itself
-   afterpulse. The afterpulse coin is a hash of (detector, gate), so a fixed-point
-   iteration (filter → afterpulses → filter …) converges to the sequential answer.
-   State (last click, pending afterpulses) carries over to the next chunk.
+4. Dead time and afterpulsing. ``dead_time_mode="common"`` (default,
+   :func:`common_dead_time`): a click of any detector (photon, dark count or
+   afterpulse) makes all four detectors dead for the next d gates; clicks inside
+   the dead window are lost and blind nothing (non-paralysable), so the kept gates
+   are one greedy chain over the merged candidate gates. ``"per-detector"``
+   (:func:`dead_time_afterpulse`): the same per detector. In both, a registered
+   click is followed with probability p_ap by an afterpulse of the same detector
+   in the first live gate (d + 1 later), which may itself afterpulse. The
+   afterpulse coin is a hash of (detector, gate), so a fixed-point iteration
+   (filter → afterpulses → filter …) converges to the sequential answer (the
+   first gate where an iterate differs from the sequential answer moves forward
+   every round). State (last click, pending afterpulses) carries over to the next
+   chunk.
 5. Squashing: clicks in both arms → a random arm; both detectors of the arm → a
    random bit. Every detection carries its slot index.
 """
@@ -131,6 +138,57 @@ def dead_time_afterpulse(raw: np.ndarray, d: int, p_ap: float, last: int,
     return kept, new_last, np.concatenate([later, new_ap[new_ap >= end]])
 
 
+def _common_filter(keys: np.ndarray, d: int, last: int) -> tuple[np.ndarray, int]:
+    """Common dead time on sorted unique keys (gate·4 + detector): (kept keys, last gate).
+
+    Every detector that has a candidate in a kept gate registers; a gate is kept if
+    it lies more than ``d`` gates after the last kept one.
+    """
+    if keys.size == 0:
+        return keys, last
+    gates = keys >> 2
+    first = np.empty(gates.shape[0], dtype=bool)
+    first[0] = True
+    np.not_equal(gates[1:], gates[:-1], out=first[1:])
+    if first.all():
+        kept_g = dead_time_filter(gates, d, last)
+        kept = np.compress(kept_g, keys)
+    else:
+        ug = np.compress(first, gates)
+        kept_g = dead_time_filter(ug, d, last)
+        kept = np.compress(kept_g[np.cumsum(first) - 1], keys)
+    return kept, (int(kept[-1] >> 2) if kept.size else last)
+
+
+def common_dead_time(keys: np.ndarray, d: int, p_ap: float, last: int, pending: np.ndarray,
+                     end: int, key: np.uint64) -> tuple[np.ndarray, int, np.ndarray]:
+    """Registered clicks under a common dead time, in a chunk ending (exclusive) at ``end``.
+
+    ``keys`` sorted unique gate·4 + detector of photon and dark-count candidates;
+    ``last`` the last registered gate; ``pending`` afterpulse keys carried from
+    earlier chunks. Returns (kept keys, new last gate, new pending afterpulse keys).
+    """
+    end_key = end * N_DETECTORS
+    carried = pending[pending < end_key]
+    later = pending[pending >= end_key]
+    base = np.union1d(keys, carried) if carried.size else keys
+    if p_ap <= 0:
+        kept, new_last = _common_filter(base, d, last)
+        return kept, new_last, later
+    aps = np.empty(0, dtype=np.int64)
+    step = (d + 1) * N_DETECTORS
+    while True:
+        events = np.union1d(base, aps) if aps.size else base
+        kept, new_last = _common_filter(events, d, last)
+        coin = hash_uniform(key, kept.astype(np.uint64))
+        new_ap = kept[coin < p_ap] + step
+        inside = new_ap[new_ap < end_key]
+        if np.array_equal(inside, aps):
+            break
+        aps = inside
+    return kept, new_last, np.concatenate([later, new_ap[new_ap >= end_key]])
+
+
 class BobDetector:
     """Bob's passive-basis receiver with four detectors; stateful across chunks.
 
@@ -148,6 +206,9 @@ class BobDetector:
         self._ap_key = derive_key(seed, 7)
         self._last = [_NEVER] * N_DETECTORS
         self._pending = [np.empty(0, dtype=np.int64) for _ in range(N_DETECTORS)]
+        # Common dead time: the last registered gate and pending afterpulse keys.
+        self._common_last = _NEVER
+        self._common_pending = np.empty(0, dtype=np.int64)
         self._next_slot = 0
 
     def detect(self, batch: PulseBatch, rng: np.random.Generator
@@ -195,13 +256,18 @@ class BobDetector:
             keys = np.insert(keys, np.searchsorted(keys, dkeys), dkeys)
         if keys.size > 1 and (not single or dpos.size):
             keys = np.compress(np.concatenate([[True], keys[1:] != keys[:-1]]), keys)
-        if p.dead_gates > 0 or p.p_afterpulse > 0 or any(x.size for x in self._pending):
+        if p.dead_gates > 0 or p.p_afterpulse > 0:
             keys = self._dead_time(keys, start + n)
         return self._squash(keys, rng)
 
     def _dead_time(self, keys: np.ndarray, end: int) -> np.ndarray:
         p = self.params
         d = p.dead_gates
+        if p.dead_time_mode == "common":
+            keys, self._common_last, self._common_pending = common_dead_time(
+                keys, d, p.p_afterpulse, self._common_last, self._common_pending, end,
+                self._ap_key)
+            return keys
         gates = keys >> 2            # key = gate·4 + detector (N_DETECTORS = 4)
         det = keys & 3
         if p.p_afterpulse <= 0 and not any(x.size for x in self._pending):

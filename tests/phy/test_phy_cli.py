@@ -181,7 +181,7 @@ async def test_alice_fiber_eve_bob_as_four_roles_in_three_processes() -> None:
             await _wait_for_line(fiber, b"listening on")
             alice = await trio.run_process(
                 [*q, "phy", "alice", "--connect", f"127.0.0.1:{fiber_port}", "--preset",
-                 preset, "--seed", "5", "--slots", "2e6", "--json"], capture_stdout=True)
+                 preset, "--seed", "5", "--slots", "3e6", "--json"], capture_stdout=True)
             bob_out = await _read_all(bob.stdout)
             fiber_out = await _read_all(fiber.stdout)
             assert await bob.wait() == 0 and await fiber.wait() == 0

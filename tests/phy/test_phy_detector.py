@@ -51,7 +51,8 @@ def test_afterpulse_chain_matches_a_loop() -> None:
 def test_fast_dead_time_path_equals_general_path_across_chunks() -> None:
     """Without afterpulses the detector takes a cluster-only shortcut; it must agree
     with the general per-detector path, chunk after chunk."""
-    p = presets.get("snspd-metro").with_overrides(dead_time_s=4e-9)      # 10 gates
+    p = presets.get("snspd-metro").with_overrides(dead_time_s=4e-9,     # 10 gates
+                                                  dead_time_mode="per-detector")
     src = AliceSource(p, 1)
     fast = BobDetector(p, 1.0, seed=2)
     general = BobDetector(p, 1.0, seed=2)
