@@ -45,6 +45,7 @@ from qkdnet.errors import ConfigError, LocalProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord, parse_attack
 from qkdnet.phy.params import N_DETECTORS, PhyParams
 from qkdnet.phy.source import (
+    MAX_SLOT,
     AliceSource,
     PulseBatch,
     bernoulli_positions,
@@ -94,7 +95,11 @@ def dead_time_filter(t: np.ndarray, d: int, last: int) -> np.ndarray:
     prev[1:] = t[:-1]
     isolated = (t - prev) > d
     kept = isolated.copy()
-    cur = np.flatnonzero(isolated)
+    # Chains need following only from isolated clicks whose successor is close.
+    starts = isolated.copy()
+    starts[:-1] &= ~isolated[1:]
+    starts[-1] = False
+    cur = np.flatnonzero(starts)
     j0 = int(np.searchsorted(t, last + d + 1))
     if j0 < n and not isolated[j0]:
         kept[j0] = True
@@ -147,12 +152,22 @@ def _common_filter(keys: np.ndarray, d: int, last: int) -> tuple[np.ndarray, int
     if keys.size == 0:
         return keys, last
     gates = keys >> 2
-    first = np.empty(gates.shape[0], dtype=bool)
-    first[0] = True
-    np.not_equal(gates[1:], gates[:-1], out=first[1:])
+    gaps = np.empty(gates.shape[0], dtype=np.int64)
+    gaps[0] = gates[0] - last if last > _NEVER else d + 1
+    np.subtract(gates[1:], gates[:-1], out=gaps[1:])
+    close = gaps <= d
+    if not close.any():                  # far from saturation: nothing to filter
+        return keys, int(gates[-1])
+    first = gaps != 0
     if first.all():
-        kept_g = dead_time_filter(gates, d, last)
-        kept = np.compress(kept_g, keys)
+        # Only clusters of close clicks (and the click opening each) need the chain;
+        # the others are more than d gates from both neighbours and are kept.
+        member = close.copy()
+        member[:-1] |= close[1:]
+        sub = np.flatnonzero(member)
+        keep = np.ones(keys.shape[0], dtype=bool)
+        keep[sub] = dead_time_filter(gates[sub], d, last)
+        kept = np.compress(keep, keys)
     else:
         ug = np.compress(first, gates)
         kept_g = dead_time_filter(ug, d, last)
@@ -390,9 +405,14 @@ class QuantumChannel:
         if self.attack is not None:
             self.attack.configure(params, self.fibre_t)
         self._rng = np.random.default_rng([int(derive_key(seed, 3))])
+        self._renewal = None
         if self.attack is None:
             self._emit_t = self.fibre_t * params.eta_bob
             self.bob = BobDetector(params, 1.0, seed)
+            # Common dead time without afterpulses: draw only what Bob can register.
+            from qkdnet.phy import renewal
+            if renewal.applicable(params, self._emit_t):
+                self._renewal = renewal.RenewalChannel(params, self._emit_t, self.bob)
         else:
             self._emit_t = 1.0
             self.bob = BobDetector(params, params.eta_bob, seed)
@@ -440,6 +460,9 @@ class QuantumChannel:
         if source.params is not self.params and source.params != self.params:
             raise ConfigError("source and channel use different parameters",
                               source="parameters", key="params")
+        if self._renewal is not None:
+            yield from self._stream_renewal(source, start_slot, n_slots, chunk_slots)
+            return
         chunk = chunk_slots or self._chunk_slots()
         pos, end = start_slot, start_slot + n_slots
         while pos < end:
@@ -454,6 +477,28 @@ class QuantumChannel:
             if record is not None:
                 record.restrict(s)
             yield Detections(s, b, v, record, pos, n)
+            pos += n
+
+
+    def _stream_renewal(self, source: AliceSource, start_slot: int, n_slots: int,
+                        chunk_slots: int | None) -> Iterator[Detections]:
+        renewal = self._renewal
+        assert renewal is not None
+        if start_slot < self.bob._next_slot:
+            raise LocalProtocolError(
+                f"slot range starts at {start_slot}, before the end of the previous one "
+                f"({self.bob._next_slot}): slots cannot be replayed")
+        if start_slot < 0 or start_slot + n_slots > MAX_SLOT:
+            raise ConfigError("slot range out of bounds", source="parameters", key="slots",
+                              expected="0 <= start and start + n <= 2**60")
+        chunk = chunk_slots or renewal.chunk_slots()
+        pos, end = start_slot, start_slot + n_slots
+        while pos < end:
+            n = min(chunk, end - pos)
+            gates, hashes = renewal.registered_gates(source, pos, n, self._rng)
+            self.bob._next_slot = pos + n
+            s, b, v = renewal.detect(source, gates, hashes, self._rng)
+            yield Detections(s, b, v, None, pos, n)
             pos += n
 
 

@@ -143,3 +143,30 @@ def test_comparison_tells_the_two_dead_time_modes_apart() -> None:
     """Power check: a common-dead-time reference is rejected against per-detector."""
     res = compare(HEAVY.with_overrides(dead_time_mode="per-detector"), HEAVY, 0.0, 150_000)
     assert min(res["rate"], res["gaps_chi2"], res["gaps_ks"]) < ALPHA, res
+
+
+def test_renewal_sampler_matches_the_general_path_across_chunks() -> None:
+    """The renewal sampler (saturated common dead time) against the general
+    emit-and-filter path of the same link, in small chunks so that segment and chunk
+    boundaries are crossed often."""
+    p = presets.get("snspd-metro")
+    n_slots = 3_000_000
+    src = AliceSource(p, 31)
+    renewal = QuantumChannel(p, 10.0, seed=32)
+    general = QuantumChannel(p, 10.0, seed=33)
+    assert renewal._renewal is not None
+    general._renewal = None
+    parts = list(renewal.stream(src, 0, n_slots, chunk_slots=70_001))
+    fast = Detections(np.concatenate([x.slots for x in parts]),
+                      np.concatenate([x.basis for x in parts]),
+                      np.concatenate([x.bit for x in parts]), None, 0, n_slots)
+    slow = general.run(src, 0, n_slots)
+    assert np.all(np.diff(fast.slots.astype(np.int64)) > p.dead_gates)
+    n_f, n_s = len(fast), len(slow)
+    assert n_f > 50_000
+    assert math.erfc(abs(n_f - n_s) / math.sqrt(n_f + n_s) / math.sqrt(2)) > ALPHA
+    assert chi2_pvalue(np.vstack([categories(src, fast), categories(src, slow)])) > ALPHA
+    gaps = np.vstack([gap_histogram(fast, p), gap_histogram(slow, p)])
+    assert chi2_pvalue(gaps) > ALPHA
+    assert ks_pvalue(np.diff(fast.slots.astype(np.int64)),
+                     np.diff(slow.slots.astype(np.int64))) > ALPHA
