@@ -193,13 +193,19 @@ def _check_mode(params: PhyParams) -> None:
                           expected='"common" (or no dead time)')
 
 
-def gate_states(params: PhyParams, km: np.ndarray | float) -> GateStates:
-    """Stationary gate-state probabilities of the common-dead-time receiver."""
+def gate_states(params: PhyParams, km: np.ndarray | float,
+                laws: np.ndarray | None = None) -> GateStates:
+    """Stationary gate-state probabilities of the common-dead-time receiver.
+
+    ``laws[k, β, x, S, N]``: candidate-pattern laws of a gate given Alice's intensity
+    and state (default: the line without Eve, :func:`_input_laws`)."""
     _check_mode(params)
     km = np.atleast_1d(np.asarray(km, dtype=np.float64))
+    if laws is None:
+        laws = _input_laws(params, km)
     weights = np.asarray(params.p_mu)[:, None, None] * np.array(
         [params.p_z, 1 - params.p_z])[None, :, None] * 0.5                   # (3, 2, 2)
-    mix = np.einsum("kbx,kbxsn->sn", weights, _input_laws(params, km))       # (16, N)
+    mix = np.einsum("kbx,kbxsn->sn", weights, laws)                          # (16, N)
     c = 1.0 - mix[0]                                                          # candidate prob
     norm = np.zeros_like(mix)
     norm[1:] = mix[1:] / c
@@ -267,11 +273,15 @@ def _outcomes(reg: np.ndarray) -> np.ndarray:
     return np.einsum("...sn,sby->...byn", reg, _SQUASH)
 
 
-def basis_stats(params: PhyParams, km: np.ndarray | float) -> BasisStats:
-    """Full-model sifted gains and error rates per intensity and basis."""
+def basis_stats(params: PhyParams, km: np.ndarray | float,
+                laws: np.ndarray | None = None) -> BasisStats:
+    """Full-model sifted gains and error rates per intensity and basis (``laws`` as in
+    :func:`gate_states`; errors are counted against Alice's bit)."""
     km = np.atleast_1d(np.asarray(km, dtype=np.float64))
-    states = gate_states(params, km)
-    reg = _registered(states, _input_laws(params, km))                     # (3,2,2,16,N)
+    if laws is None:
+        laws = _input_laws(params, km)
+    states = gate_states(params, km, laws)
+    reg = _registered(states, laws)                                         # (3,2,2,16,N)
     out = _outcomes(reg)                                                    # (3,2,2,2,2,N)
     clicks_kbx = reg.sum(axis=-2)                                           # (3,2,2,N)
     pb = np.array([params.p_z, 1 - params.p_z])
@@ -289,7 +299,28 @@ def basis_stats(params: PhyParams, km: np.ndarray | float) -> BasisStats:
 def gains(params: PhyParams, km: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """Full-model (Q, E), arrays (3, len(km)), as :func:`qkdnet.phy.estimate.measure`
     counts them: Q_k = detections / pulses of intensity k; E_k = errors / sifted."""
-    st = basis_stats(params, km)
+    return _totals(params, basis_stats(params, km))
+
+
+def intercept_resend(params: PhyParams, km: np.ndarray | float, fraction: float = 1.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Full-model (Q, E) under intercept-resend of a ``fraction`` of the pulses at
+    Alice's output, Eve's basis a fair coin (``InterceptResend(fraction, "random")``).
+
+    Eve resends the pulse's photons in her basis and result: in Alice's basis (1/2)
+    Alice's state; in the other (1/2) a random bit of the other basis. On clicks of
+    Eve's photons alone, a single photon, E = 1/2·e_mis + 1/2·1/2 = 1/4 + e_mis/2;
+    dark counts and afterpulses (error 1/2) and multi-photon squashing shift it.
+    """
+    km = np.atleast_1d(np.asarray(km, dtype=np.float64))
+    laws = _input_laws(params, km)                                         # (3,2,2,16,N)
+    other = 0.5 * (laws[:, ::-1, 0] + laws[:, ::-1, 1])                    # (3,2,16,N)
+    resent = 0.5 * laws + 0.5 * other[:, :, None]
+    mixed = (1.0 - fraction) * laws + fraction * resent
+    return _totals(params, basis_stats(params, km, mixed))
+
+
+def _totals(params: PhyParams, st: BasisStats) -> tuple[np.ndarray, np.ndarray]:
     pb = np.array([params.p_z, 1 - params.p_z])[None, :, None]
     sifted = (pb * st.gain).sum(axis=1)
     errors = (pb * st.gain * st.error).sum(axis=1)

@@ -138,3 +138,20 @@ def test_decoy_estimate_from_emulation_tracks_theory() -> None:
     q, e = theory.gains(p, 50.0)
     assert est.key_rate[0] == pytest.approx(theory.decoy_bounds(p, q, e).key_rate[0], rel=0.15)
     assert est.y1_lower[0] == pytest.approx(theory.yield_n(p, 50.0, 1)[0], rel=0.15)
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_infinite_decoy_rate_is_never_below_the_decoy_bound(name: str) -> None:
+    """Exact Y1 and e1 (with the biased-basis sifting weights: key from Z-Z, phase
+    error from X-X) can only beat their decoy bounds, so the infinite-decoy cutoff is
+    never below the decoy cutoff. (The previous formula, without the sifting weights,
+    put lim2014-apd's infinite-decoy cutoff at 175 km, below the decoy one, 177 km.)"""
+    p = presets.get(name)
+    km = np.arange(0.0, 501.0, 1.0)
+    decoy = theory.key_rate(p, km)
+    exact = theory.key_rate_infinite_decoy(p, km)
+    assert np.all(exact >= decoy * (1 - 1e-12))
+    assert decoy[0] > 0
+    cut_decoy = km[np.flatnonzero(decoy > 0)[-1]]
+    cut_exact = km[np.flatnonzero(exact > 0)[-1]]
+    assert cut_exact >= cut_decoy
