@@ -27,6 +27,7 @@ through, possibly changed. Each records what Eve learned (:class:`EveRecord`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -205,6 +206,34 @@ class PhotonNumberSplitting:
         record.add(batch.slots[split], batch.bit[split], np.ones(int(split.sum()), bool))
         photons = np.where(split, batch.photons - 1, batch.photons).astype(np.uint8)
         return batch.select(keep, photons=photons)
+
+
+def pns_threshold_km(params: PhyParams) -> float:
+    """Shortest fibre from which PNS can keep Bob's click rate with multi-photon pulses
+    alone (all single photons blocked): Σ_k p_k (1 − e^(−μ_k η)) ≤ Σ_k p_k
+    Σ_{n≥2} P_μk(n)(1 − (1 − η_B)^(n−1)). Beyond it the decoy estimate of Y1 collapses;
+    before it Eve must let single photons through and the gains per intensity change.
+    """
+    eta_b = params.eta_bob
+    multi = sum(p * _multi_photon_pass_yield(mu, eta_b)
+                for mu, p in zip(params.mu, params.p_mu, strict=True))
+
+    def excess(km: float) -> float:
+        eta = params.fibre_transmittance(km) * eta_b
+        return sum(p * -np.expm1(-mu * eta)
+                   for mu, p in zip(params.mu, params.p_mu, strict=True)) - multi
+
+    if excess(0.0) <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while excess(hi) > 0:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            return math.inf
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return hi
 
 
 def parse_attack(spec: str | None) -> Attack | None:

@@ -17,12 +17,19 @@ A run over a range of slots is streamed in chunks (bounded memory). For each chu
    outcomes land on four detectors (arm × bit).
 3. Dark counts: a Bernoulli(p_dark) process over the 4 × n gates of the chunk,
    drawn by geometric gaps.
-4. Dead time and afterpulsing per detector (:func:`dead_time_afterpulse`): a
-   click kills the next d gates; with probability p_ap it is followed by an
-   afterpulse click in the first live gate (d + 1 later), which may itself
-   afterpulse. The afterpulse coin is a hash of (detector, gate), so a fixed-point
-   iteration (filter → afterpulses → filter …) converges to the sequential answer.
-   State (last click, pending afterpulses) carries over to the next chunk.
+4. Dead time and afterpulsing. ``dead_time_mode="common"`` (default,
+   :func:`common_dead_time`): a click of any detector (photon, dark count or
+   afterpulse) makes all four detectors dead for the next d gates; clicks inside
+   the dead window are lost and blind nothing (non-paralysable), so the kept gates
+   are one greedy chain over the merged candidate gates. ``"per-detector"``
+   (:func:`dead_time_afterpulse`): the same per detector. In both, a registered
+   click is followed with probability p_ap by an afterpulse of the same detector
+   in the first live gate (d + 1 later), which may itself afterpulse. The
+   afterpulse coin is a hash of (detector, gate), so a fixed-point iteration
+   (filter → afterpulses → filter …) converges to the sequential answer (the
+   first gate where an iterate differs from the sequential answer moves forward
+   every round). State (last click, pending afterpulses) carries over to the next
+   chunk.
 5. Squashing: clicks in both arms → a random arm; both detectors of the arm → a
    random bit. Every detection carries its slot index.
 """
@@ -38,6 +45,7 @@ from qkdnet.errors import ConfigError, LocalProtocolError
 from qkdnet.phy.attacks import Attack, EveRecord, parse_attack
 from qkdnet.phy.params import N_DETECTORS, PhyParams
 from qkdnet.phy.source import (
+    MAX_SLOT,
     AliceSource,
     PulseBatch,
     bernoulli_positions,
@@ -87,7 +95,11 @@ def dead_time_filter(t: np.ndarray, d: int, last: int) -> np.ndarray:
     prev[1:] = t[:-1]
     isolated = (t - prev) > d
     kept = isolated.copy()
-    cur = np.flatnonzero(isolated)
+    # Chains need following only from isolated clicks whose successor is close.
+    starts = isolated.copy()
+    starts[:-1] &= ~isolated[1:]
+    starts[-1] = False
+    cur = np.flatnonzero(starts)
     j0 = int(np.searchsorted(t, last + d + 1))
     if j0 < n and not isolated[j0]:
         kept[j0] = True
@@ -131,6 +143,67 @@ def dead_time_afterpulse(raw: np.ndarray, d: int, p_ap: float, last: int,
     return kept, new_last, np.concatenate([later, new_ap[new_ap >= end]])
 
 
+def _common_filter(keys: np.ndarray, d: int, last: int) -> tuple[np.ndarray, int]:
+    """Common dead time on sorted unique keys (gate·4 + detector): (kept keys, last gate).
+
+    Every detector that has a candidate in a kept gate registers; a gate is kept if
+    it lies more than ``d`` gates after the last kept one.
+    """
+    if keys.size == 0:
+        return keys, last
+    gates = keys >> 2
+    gaps = np.empty(gates.shape[0], dtype=np.int64)
+    gaps[0] = gates[0] - last if last > _NEVER else d + 1
+    np.subtract(gates[1:], gates[:-1], out=gaps[1:])
+    close = gaps <= d
+    if not close.any():                  # far from saturation: nothing to filter
+        return keys, int(gates[-1])
+    first = gaps != 0
+    if first.all():
+        # Only clusters of close clicks (and the click opening each) need the chain;
+        # the others are more than d gates from both neighbours and are kept.
+        member = close.copy()
+        member[:-1] |= close[1:]
+        sub = np.flatnonzero(member)
+        keep = np.ones(keys.shape[0], dtype=bool)
+        keep[sub] = dead_time_filter(gates[sub], d, last)
+        kept = np.compress(keep, keys)
+    else:
+        ug = np.compress(first, gates)
+        kept_g = dead_time_filter(ug, d, last)
+        kept = np.compress(kept_g[np.cumsum(first) - 1], keys)
+    return kept, (int(kept[-1] >> 2) if kept.size else last)
+
+
+def common_dead_time(keys: np.ndarray, d: int, p_ap: float, last: int, pending: np.ndarray,
+                     end: int, key: np.uint64) -> tuple[np.ndarray, int, np.ndarray]:
+    """Registered clicks under a common dead time, in a chunk ending (exclusive) at ``end``.
+
+    ``keys`` sorted unique gate·4 + detector of photon and dark-count candidates;
+    ``last`` the last registered gate; ``pending`` afterpulse keys carried from
+    earlier chunks. Returns (kept keys, new last gate, new pending afterpulse keys).
+    """
+    end_key = end * N_DETECTORS
+    carried = pending[pending < end_key]
+    later = pending[pending >= end_key]
+    base = np.union1d(keys, carried) if carried.size else keys
+    if p_ap <= 0:
+        kept, new_last = _common_filter(base, d, last)
+        return kept, new_last, later
+    aps = np.empty(0, dtype=np.int64)
+    step = (d + 1) * N_DETECTORS
+    while True:
+        events = np.union1d(base, aps) if aps.size else base
+        kept, new_last = _common_filter(events, d, last)
+        coin = hash_uniform(key, kept.astype(np.uint64))
+        new_ap = kept[coin < p_ap] + step
+        inside = new_ap[new_ap < end_key]
+        if np.array_equal(inside, aps):
+            break
+        aps = inside
+    return kept, new_last, np.concatenate([later, new_ap[new_ap >= end_key]])
+
+
 class BobDetector:
     """Bob's passive-basis receiver with four detectors; stateful across chunks.
 
@@ -148,6 +221,9 @@ class BobDetector:
         self._ap_key = derive_key(seed, 7)
         self._last = [_NEVER] * N_DETECTORS
         self._pending = [np.empty(0, dtype=np.int64) for _ in range(N_DETECTORS)]
+        # Common dead time: the last registered gate and pending afterpulse keys.
+        self._common_last = _NEVER
+        self._common_pending = np.empty(0, dtype=np.int64)
         self._next_slot = 0
 
     def detect(self, batch: PulseBatch, rng: np.random.Generator
@@ -195,13 +271,18 @@ class BobDetector:
             keys = np.insert(keys, np.searchsorted(keys, dkeys), dkeys)
         if keys.size > 1 and (not single or dpos.size):
             keys = np.compress(np.concatenate([[True], keys[1:] != keys[:-1]]), keys)
-        if p.dead_gates > 0 or p.p_afterpulse > 0 or any(x.size for x in self._pending):
+        if p.dead_gates > 0 or p.p_afterpulse > 0:
             keys = self._dead_time(keys, start + n)
         return self._squash(keys, rng)
 
     def _dead_time(self, keys: np.ndarray, end: int) -> np.ndarray:
         p = self.params
         d = p.dead_gates
+        if p.dead_time_mode == "common":
+            keys, self._common_last, self._common_pending = common_dead_time(
+                keys, d, p.p_afterpulse, self._common_last, self._common_pending, end,
+                self._ap_key)
+            return keys
         gates = keys >> 2            # key = gate·4 + detector (N_DETECTORS = 4)
         det = keys & 3
         if p.p_afterpulse <= 0 and not any(x.size for x in self._pending):
@@ -324,9 +405,14 @@ class QuantumChannel:
         if self.attack is not None:
             self.attack.configure(params, self.fibre_t)
         self._rng = np.random.default_rng([int(derive_key(seed, 3))])
+        self._renewal = None
         if self.attack is None:
             self._emit_t = self.fibre_t * params.eta_bob
             self.bob = BobDetector(params, 1.0, seed)
+            # Common dead time without afterpulses: draw only what Bob can register.
+            from qkdnet.phy import renewal
+            if renewal.applicable(params, self._emit_t):
+                self._renewal = renewal.RenewalChannel(params, self._emit_t, self.bob)
         else:
             self._emit_t = 1.0
             self.bob = BobDetector(params, params.eta_bob, seed)
@@ -374,6 +460,9 @@ class QuantumChannel:
         if source.params is not self.params and source.params != self.params:
             raise ConfigError("source and channel use different parameters",
                               source="parameters", key="params")
+        if self._renewal is not None:
+            yield from self._stream_renewal(source, start_slot, n_slots, chunk_slots)
+            return
         chunk = chunk_slots or self._chunk_slots()
         pos, end = start_slot, start_slot + n_slots
         while pos < end:
@@ -388,6 +477,28 @@ class QuantumChannel:
             if record is not None:
                 record.restrict(s)
             yield Detections(s, b, v, record, pos, n)
+            pos += n
+
+
+    def _stream_renewal(self, source: AliceSource, start_slot: int, n_slots: int,
+                        chunk_slots: int | None) -> Iterator[Detections]:
+        renewal = self._renewal
+        assert renewal is not None
+        if start_slot < self.bob._next_slot:
+            raise LocalProtocolError(
+                f"slot range starts at {start_slot}, before the end of the previous one "
+                f"({self.bob._next_slot}): slots cannot be replayed")
+        if start_slot < 0 or start_slot + n_slots > MAX_SLOT:
+            raise ConfigError("slot range out of bounds", source="parameters", key="slots",
+                              expected="0 <= start and start + n <= 2**60")
+        chunk = chunk_slots or renewal.chunk_slots()
+        pos, end = start_slot, start_slot + n_slots
+        while pos < end:
+            n = min(chunk, end - pos)
+            gates, hashes = renewal.registered_gates(source, pos, n, self._rng)
+            self.bob._next_slot = pos + n
+            s, b, v = renewal.detect(source, gates, hashes, self._rng)
+            yield Detections(s, b, v, None, pos, n)
             pos += n
 
 

@@ -1,8 +1,15 @@
 """``qkdnet phy presets``, ``qkdnet phy sweep`` and ``qkdnet fiber``.
 
 ``sweep`` runs the emulated link at each distance and reports, per intensity, the
-counts, gains and QBER, then the asymptotic decoy key rate estimated from those
-emulated counts next to the formula's prediction and the PLOB bound.
+counts, gains and QBER next to two theories: the full model of the emulated
+receiver (``gain_theory``/``qber_theory``: common dead time by renewal theory,
+afterpulses, dark counts per detector, squashing) and the first-order formulas of
+Ma et al. 2005 (``gain_ma2005``/``qber_ma2005``: no dead time, no afterpulses).
+Key rates are asymptotic decoy-state rates (per basis, as the link sifts): from the
+emulated counts, from the full model, with exact single-photon figures (infinite
+decoys), from Ma et al.'s formulas; and in bit/s gross, minus the authentication
+key a link spends per block (``--auth-bits-per-block`` per ``--block-bits`` sifted
+key bits), net. PLOB is the repeaterless bound.
 ``fiber`` runs a fibre (and optionally Eve) process between two quantum ports.
 """
 
@@ -22,7 +29,7 @@ from qkdnet.errors import ConfigError
 from qkdnet.phy import presets, theory
 from qkdnet.phy.attacks import parse_attack
 from qkdnet.phy.channel import QuantumChannel
-from qkdnet.phy.estimate import measure
+from qkdnet.phy.estimate import measure, measure_bases
 from qkdnet.phy.port import DEFAULT_MAX_FRAME, FibreElement, run_alice, run_bob, run_fiber
 from qkdnet.phy.source import AliceSource
 
@@ -43,6 +50,12 @@ def register(commands: CommandSet) -> None:
     s.add_argument("--attack", default=None,
                    help="intercept-resend[:F[:random|biased|z|x]], beam-splitting[:TAP], pns")
     s.add_argument("--seed", type=int, default=1, help="random seed")
+    s.add_argument("--block-bits", default="1e6",
+                   help="sifted key-basis bits per link block, for the net rate "
+                        "(default 1e6)")
+    s.add_argument("--auth-bits-per-block", default=str(theory.AUTH_BITS_PER_BLOCK),
+                   help="authentication key spent per block, bits (default "
+                        f"{theory.AUTH_BITS_PER_BLOCK}: 5 tagged frames x 128 bits)")
     s.add_argument("--plot", metavar="FILE.png", default=None,
                    help="plot key rates against distance (needs the 'plot' extra)")
     a = phy.add("alice", _cmd_alice,
@@ -135,15 +148,24 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None,
-          seed: int) -> dict[str, Any]:
+def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None, seed: int,
+          block_bits: float = 1e6,
+          auth_bits_per_block: float = theory.AUTH_BITS_PER_BLOCK) -> dict[str, Any]:
     """Run the sweep; plain-data result (what ``--json`` prints)."""
     params = presets.get(preset)
     parse_attack(attack)               # validate the spec before the first run
+    if not block_bits > 0 or not auth_bits_per_block >= 0:
+        raise ConfigError("block size must be positive, authentication cost >= 0",
+                          source="command line", key="--block-bits")
     theory_rate = theory.key_rate(params, km)
     inf_rate = theory.key_rate_infinite_decoy(params, km)
+    ma_rate = theory.key_rate_ma2005(params, km)
     plob = theory.plob(params, km)
     q_th, e_th = theory.gains(params, km)
+    q_ma, e_ma = theory.gains_ma2005(params, km)
+    live = theory.live_fraction(params, km)
+    gross, auth, net = theory.net_key_rate(params, km, theory_rate, block_bits,
+                                           auth_bits_per_block)
     rows = []
     for i, d in enumerate(km):
         src = AliceSource(params, seed + i)
@@ -151,23 +173,41 @@ def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None,
         det = channel.run(src, 0, pulses)
         st = measure(src, det)
         est = st.decoy()
+        b_gain, b_err = measure_bases(src, det)
+        r_emu = float(theory.key_rate_from_stats(params, b_gain, b_err)[0])
+        sifted_z = float(params.p_z * np.dot(params.p_mu, b_gain[:, 0]))
+        emu_gross = r_emu * params.clock_hz
+        emu_auth = sifted_z * params.clock_hz / block_bits * auth_bits_per_block
         rows.append({
             "km": float(d),
             "clicks": len(det),
             "per_intensity": st.as_dict(),
             "gain_theory": q_th[:, i].tolist(),
             "qber_theory": e_th[:, i].tolist(),
+            "gain_ma2005": q_ma[:, i].tolist(),
+            "qber_ma2005": e_ma[:, i].tolist(),
+            "live_fraction_theory": float(live[i]),
             "y1_lower": float(est.y1_lower[0]),
             "e1_upper": float(est.e1_upper[0]),
-            "key_rate_emulated": float(est.key_rate[0]),
-            "key_rate_emulated_bps": float(est.key_rate[0]) * params.clock_hz,
+            "key_rate_emulated": r_emu,
+            "key_rate_emulated_bps": emu_gross,
+            "auth_emulated_bps": emu_auth,
+            "key_rate_emulated_net_bps": emu_gross - emu_auth,
             "key_rate_theory": float(theory_rate[i]),
+            "key_rate_theory_bps": float(gross[i]),
+            "auth_theory_bps": float(auth[i]),
+            "key_rate_theory_net_bps": float(net[i]),
             "key_rate_infinite_decoy": float(inf_rate[i]),
+            "key_rate_ma2005": float(ma_rate[i]),
             "plob": float(plob[i]) if math.isfinite(plob[i]) else None,
             "eve_known_bits": int(det.eve.known.sum()) if det.eve is not None else None,
         })
     return {"preset": preset, "attack": attack, "pulses": pulses, "seed": seed,
-            "clock_hz": params.clock_hz, "units": "key rates and PLOB in bits per pulse slot",
+            "clock_hz": params.clock_hz, "block_bits": block_bits,
+            "auth_bits_per_block": auth_bits_per_block,
+            "units": "key_rate_* and plob: secret bits per pulse slot (asymptotic decoy "
+                     "rate, key from Z, phase error from X); *_bps: bit/s; net = gross - "
+                     "auth_bits_per_block per block of block_bits sifted Z bits",
             "rows": rows}
 
 
@@ -181,6 +221,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if pulses <= 0:
         raise ConfigError(f"{pulses}", source="command line", key="--pulses",
                           expected="a positive number of slots")
+    try:
+        block_bits = float(args.block_bits)
+        auth_bits = float(args.auth_bits_per_block)
+    except ValueError:
+        raise ConfigError("not a number", source="command line", key="--block-bits",
+                          expected="numbers such as 1e6 and 640") from None
     if args.plot:
         try:
             import matplotlib
@@ -188,7 +234,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         except ImportError:
             return fail("--plot needs matplotlib: install the extra with "
                         "pip install 'qkdnet[plot]'", 2)
-    result = sweep(args.preset, km, pulses, args.attack, args.seed)
+    result = sweep(args.preset, km, pulses, args.attack, args.seed, block_bits, auth_bits)
     if args.plot:
         _plot(result, args.plot)
     if args.json:
@@ -205,19 +251,23 @@ def _print_sweep(result: dict[str, Any]) -> None:
     if result["attack"]:
         title += f", attack {result['attack']}"
     table = Table(title=title, caption=result["units"])
-    for c in ("km", "clicks", "Q1 / Q2 / Q3", "E1 / E2 / E3 %", "R emulated", "bit/s",
-              "R theory", "PLOB"):
+    for c in ("km", "clicks", "Q1 emul.", "Q1 theory", "Q1 Ma05", "E1 % emul.",
+              "E1 % theory", "E1 % Ma05", "R emul.", "R theory", "R Ma05", "gross b/s",
+              "auth b/s", "net b/s", "PLOB"):
         table.add_column(c, justify="right")
     for r in result["rows"]:
         pi = r["per_intensity"]
         table.add_row(
-            f"{r['km']:g}", str(r["clicks"]),
-            " / ".join(f"{x:.2e}" for x in pi["gain"]),
-            " / ".join(f"{100 * x:.2f}" for x in pi["qber"]),
-            f"{r['key_rate_emulated']:.3e}", f"{r['key_rate_emulated_bps']:.3g}",
-            f"{r['key_rate_theory']:.3e}",
-            "inf" if r["plob"] is None else f"{r['plob']:.3e}")
-    Console().print(table)
+            f"{r['km']:g}", str(r["clicks"]), f"{pi['gain'][0]:.3e}",
+            f"{r['gain_theory'][0]:.3e}", f"{r['gain_ma2005'][0]:.3e}",
+            f"{100 * pi['qber'][0]:.2f}", f"{100 * r['qber_theory'][0]:.2f}",
+            f"{100 * r['qber_ma2005'][0]:.2f}",
+            f"{r['key_rate_emulated']:.2e}", f"{r['key_rate_theory']:.2e}",
+            f"{r['key_rate_ma2005']:.2e}", f"{r['key_rate_theory_bps']:.3g}",
+            f"{r['auth_theory_bps']:.3g}", f"{r['key_rate_theory_net_bps']:.3g}",
+            "inf" if r["plob"] is None else f"{r['plob']:.2e}")
+    console = Console()
+    Console(width=max(console.width, 170)).print(table)
 
 
 def _plot(result: dict[str, Any], path: str) -> None:
@@ -228,7 +278,9 @@ def _plot(result: dict[str, Any], path: str) -> None:
     ax.semilogy(km, [r["key_rate_emulated"] or np.nan for r in rows], "o",
                 label="emulated (decoy estimate)")
     ax.semilogy(km, [r["key_rate_theory"] or np.nan for r in rows], "-",
-                label="theory (Ma et al. 2005)")
+                label="theory (full model: dead time, afterpulses)")
+    ax.semilogy(km, [r["key_rate_ma2005"] or np.nan for r in rows], ":",
+                label="first order (Ma et al. 2005)")
     ax.semilogy(km, [np.nan if r["plob"] is None else r["plob"] for r in rows], "--",
                 label="PLOB bound")
     ax.set_xlabel("distance (km)")

@@ -54,6 +54,24 @@ class IntensityStats:
                 "gain": self.gains.tolist(), "qber": self.qber.tolist()}
 
 
+def measure_bases(source: AliceSource, det: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """Per-basis sifted gains and error rates, arrays (3, 2): ``gain[k, b]`` = detections
+    with Alice and Bob both in basis b per pulse Alice sent with intensity k in b;
+    ``error[k, b]`` the error rate among them (as the link sifts)."""
+    p = source.params
+    a = source.lookup(det.slots)
+    both = a.basis == det.basis
+    wrong = both & (a.bit != det.bit)
+    cell = a.intensity.astype(np.int64) * 2 + a.basis
+    n = np.bincount(cell, weights=both, minlength=6).reshape(3, 2)
+    m = np.bincount(cell, weights=wrong, minlength=6).reshape(3, 2)
+    sent = det.n_slots * np.outer(p.p_mu, [p.p_z, 1 - p.p_z])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(sent > 0, n / sent, 0.0)
+        error = np.where(n > 0, m / np.maximum(n, 1), 0.0)
+    return gain, error
+
+
 def measure(source: AliceSource, det: Detections) -> IntensityStats:
     """Per-intensity click, sifted and error counts of ``det``."""
     p = source.params

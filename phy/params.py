@@ -14,7 +14,12 @@ Conventions used throughout :mod:`qkdnet.phy`:
 * Bob has four detectors (two per basis, passive basis choice); ``p_dark`` is the
   dark-count probability per detector per gate, so the vacuum yield is
   Y0 = 1 − (1 − p_dark)^4;
-* one gate = one pulse slot; ``dead_time_s`` is turned into whole gates.
+* one gate = one pulse slot; ``dead_time_s`` is turned into whole gates;
+* ``dead_time_mode`` "common" (default): a click of any detector makes all four
+  detectors dead for the next ``dead_gates`` gates, so Bob's detection probability
+  cannot depend on his basis or on his last outcome (the countermeasure to Weier
+  et al., NJP 13, 073024 (2011); the argument is in spec/link.md).
+  "per-detector": each detector has its own dead time (demonstrates the flaw).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from qkdnet.errors import ConfigError
 
 #: Number of single-photon detectors at Bob (two per basis: passive basis choice).
 N_DETECTORS = 4
+
+#: Accepted values of :attr:`PhyParams.dead_time_mode`.
+DEAD_TIME_MODES = ("common", "per-detector")
 
 
 def _check_prob(name: str, value: float, *, open_upper: bool = False) -> None:
@@ -74,8 +82,11 @@ class PhyParams:
     p_dark: float = 1e-7
     #: Probability that a click is followed by an afterpulse in the first live gate.
     p_afterpulse: float = 0.0
-    #: Dead time after each click of a detector, in seconds (rounded to whole gates).
+    #: Dead time after each click, in seconds (rounded to whole gates).
     dead_time_s: float = 0.0
+    #: "common": any click blinds all four detectors for the dead time (the
+    #: countermeasure; default); "per-detector": only the detector that clicked.
+    dead_time_mode: str = "common"
     #: Misalignment / optical error: probability a photon measured in the right basis flips.
     e_mis: float = 0.01
     #: Error-correction inefficiency f used by the asymptotic key-rate estimate.
@@ -124,6 +135,11 @@ class PhyParams:
         _check_prob("p_dark", self.p_dark, open_upper=True)
         _check_prob("p_afterpulse", self.p_afterpulse, open_upper=True)
         _check_nonneg("dead_time_s", self.dead_time_s)
+        if self.dead_time_mode not in DEAD_TIME_MODES:
+            raise ConfigError(f"unknown dead-time mode {self.dead_time_mode!r}",
+                              source="parameters", key="dead_time_mode",
+                              expected='"common" (any click blinds all four detectors) or '
+                                       '"per-detector"')
         _check_prob("e_mis", self.e_mis)
         if self.e_mis > 0.5:
             raise ConfigError("misalignment above 50 %", source="parameters", key="e_mis",

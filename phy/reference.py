@@ -4,8 +4,11 @@ It walks every slot in order and does what the hardware does, with no skipping
 and no fusing: draw the pulse's photon number from Poisson(μ_k), let an optional
 intercept-resend Eve measure and resend it, keep each photon with the line's
 transmittance, route each to an arm of Bob's passive beam splitter and measure
-it, add each detector's dark count, then apply each detector's dead time and
-afterpulsing in time order, and squash multi-clicks. It exists to be compared
+it, add each detector's dark count and pending afterpulse, then apply the dead
+time in time order — common to all four detectors (``dead_time_mode="common"``:
+a gate with any candidate click registers all of them if it lies more than d gates
+after the last registered gate) or per detector — draw each registered click's
+afterpulse, and squash multi-clicks. It exists to be compared
 with the fast model (tests/phy, chi-square and KS tests) and as the baseline of
 bench/phy; it is far too slow for real runs (a Python loop over slots).
 """
@@ -42,12 +45,14 @@ class ReferenceChannel:
         self.eta = params.eta_total(km)
         self.rng = np.random.default_rng(seed)
         self.last = [_NEVER] * N_DETECTORS
+        self.common_last = _NEVER
         self.pending: list[set[int]] = [set() for _ in range(N_DETECTORS)]
 
     def run(self, source: AliceSource, start_slot: int, n_slots: int) -> Detections:
         """Emulate every slot of ``[start_slot, start_slot + n_slots)`` one by one."""
         p, rng = self.params, self.rng
         d = p.dead_gates
+        common = p.dead_time_mode == "common"
         choice = source.lookup(np.arange(start_slot, start_slot + n_slots, dtype=np.uint64))
         mu = np.asarray(p.mu)
         record = EveRecord(self.attack.name) if self.attack else None
@@ -82,11 +87,20 @@ class ReferenceChannel:
                 if slot in self.pending[k]:
                     self.pending[k].discard(slot)
                     candidates[k] = True
-                if candidates[k] and slot > self.last[k] + d:
-                    self.last[k] = slot
-                    clicked |= 1 << k
-                    if rng.random() < p.p_afterpulse:
-                        self.pending[k].add(slot + d + 1)
+            if common:
+                # One dead time for all four: any candidate in a live gate registers
+                # every detector with a candidate; in a dead gate all are lost.
+                if any(candidates) and slot > self.common_last + d:
+                    self.common_last = slot
+                    clicked = sum(1 << k for k in range(N_DETECTORS) if candidates[k])
+            else:
+                for k in range(N_DETECTORS):
+                    if candidates[k] and slot > self.last[k] + d:
+                        self.last[k] = slot
+                        clicked |= 1 << k
+            for k in range(N_DETECTORS):
+                if clicked >> k & 1 and rng.random() < p.p_afterpulse:
+                    self.pending[k].add(slot + d + 1)
             if not clicked:
                 continue
             z, x = clicked & 3, clicked & 12

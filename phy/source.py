@@ -138,10 +138,16 @@ def bernoulli_positions(rng: np.random.Generator, p: float, n: int) -> np.ndarra
         return np.arange(n, dtype=np.int64)
     chunks = []
     pos = -1
+    # Geometric gaps as 1 + floor(E / −ln(1 − p)), E ~ Exp(1): the same law as
+    # rng.geometric, about four times faster (ziggurat exponentials).
+    inv_rate = -1.0 / math.log1p(-p)
     while True:
         expect = (n - pos) * p
         size = int(expect + 6.0 * math.sqrt(expect) + 16)
-        gaps = rng.geometric(p, size=size)
+        e = rng.standard_exponential(size)
+        e *= inv_rate
+        gaps = e.astype(np.int64)
+        gaps += 1
         cum = np.cumsum(gaps, dtype=np.int64)
         cum += pos
         if cum[-1] >= n:

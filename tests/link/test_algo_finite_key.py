@@ -40,18 +40,22 @@ def _max_km(model: ChannelModel, n: float, kms: range, grid: dict = GRID, **kw: 
     return last
 
 
-def test_lim2014_small_block_reaches_about_135_km() -> None:
+def test_lim2014_small_block_reach_with_the_papers_epsilon_convention() -> None:
     # Lim et al. 2014, Sec. IV and Fig. 1: with n_X = 1e4 key-basis detections "keys can
     # still be distributed over a fiber length of 135 km", model WITH afterpulses
     # (eta_Bob 10 %, p_dc 6e-7, p_ap 4 %, e_mis 0.5 %, 0.2 dB/km, f 1.16, eps_cor 1e-15,
-    # mu3 = 2e-4; q_x, p_mu1, p_mu2, mu1, mu2 optimised). With eps_sec = 1e-10 the last
-    # positive point is 134 km; with the paper's eps_sec = kappa * l (kappa = 1e-15) 128 km.
-    # The rate there is ~1e-10..1e-9 per pulse (p_z ~ 0.05-0.1).
-    km = _max_km(ChannelModel(), 1e4, range(120, 146, 2), grid=GRID_LIM)
-    assert 130 <= km <= 136
-    km_kappa = _max_km(ChannelModel(), 1e4, range(120, 146, 2), grid=GRID_LIM,
+    # mu3 = 2e-4; q_x, p_mu1, p_mu2, mu1, mu2 optimised). The paper fixes the secrecy per
+    # key bit, eps_sec = kappa * l with kappa = 1e-15; with that convention and this
+    # module's coarse optimiser grid the last distance with a positive key, on a 1 km
+    # grid, is exactly 128 km (rate ~1e-9 per pulse, p_z 0.05): 7 km short of the
+    # paper's figure, which came from a finer optimisation over all five parameters.
+    # A fixed eps_sec = 1e-10 (weaker than kappa * l, about 1e-13 for the ~100-bit keys
+    # at that distance) reaches 134 km; that is not the paper's convention.
+    km_kappa = _max_km(ChannelModel(), 1e4, range(124, 133), grid=GRID_LIM,
                        eps_sec_per_bit=1e-15)
-    assert 126 <= km_kappa < km
+    assert km_kappa == 128
+    km_fixed = _max_km(ChannelModel(), 1e4, range(130, 138, 2), grid=GRID_LIM)
+    assert km_fixed == 134
 
 
 def test_lim2014_reach_grows_with_block_size_and_shrinks_with_afterpulses() -> None:

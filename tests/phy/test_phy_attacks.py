@@ -9,7 +9,7 @@ import pytest
 
 from qkdnet.errors import ConfigError
 from qkdnet.phy import presets, theory
-from qkdnet.phy.attacks import PhotonNumberSplitting, parse_attack
+from qkdnet.phy.attacks import PhotonNumberSplitting, parse_attack, pns_threshold_km
 from qkdnet.phy.channel import QuantumChannel
 from qkdnet.phy.estimate import measure
 from qkdnet.phy.source import AliceSource
@@ -37,6 +37,86 @@ def test_full_intercept_resend_gives_25_percent() -> None:
     assert np.array_equal(eve.bits[eve.known], a.bit[eve.known])
     assert abs(eve.known.mean() - 0.5) < 0.02
     assert abs((eve.bits[~eve.known] == a.bit[~eve.known]).mean() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_full_intercept_resend_qber_is_a_quarter_plus_half_the_misalignment(name: str) -> None:
+    """Every preset as shipped, 10 km, Eve on every pulse (random basis): on clicks of
+    Eve's photons the sifted QBER is 1/4 + e_mis/2 (Eve's basis right half the time:
+    error e_mis; wrong: a fair coin). Dark counts and afterpulses err half the time
+    and multi-photon squashing shifts it slightly; the full model includes them, and
+    where they are negligible (every preset but lim2014-apd, 4 % afterpulses) the
+    emulation is within 4 sigma of 1/4 + e_mis/2 itself."""
+    p = presets.get(name)
+    km = 10.0
+    q_th, e_th = theory.intercept_resend(p, km)
+    n = int(3e5 / float(np.dot(p.p_mu, q_th[:, 0])))
+    src = AliceSource(p, 21)
+    det = QuantumChannel(p, km, attack="intercept-resend:1.0", seed=22).run(src, 0, n)
+    st = measure(src, det)
+    assert st.sifted[0] > 50_000
+    e_sig = float(e_th[0, 0])
+    sd = math.sqrt(e_sig * (1 - e_sig) / st.sifted[0])
+    assert abs(st.qber[0] - e_sig) < 4 * sd, (name, st.qber[0], e_sig, sd)
+    textbook = 0.25 + p.e_mis / 2
+    if p.p_afterpulse == 0:
+        assert abs(e_sig - textbook) < 1e-4
+        assert abs(st.qber[0] - textbook) < 4 * sd, (name, st.qber[0], textbook)
+    else:
+        # Afterpulse clicks (a share f of the clicks) err half the time.
+        assert e_sig > textbook + 4 * sd
+        assert abs(st.qber[0] - textbook) > 4 * sd
+
+
+def test_intercept_resend_test_has_power() -> None:
+    """A misalignment of 2 % instead of 1 % is told apart by the same statistics."""
+    p = presets.get("snspd-metro")
+    _, e_th = theory.intercept_resend(p.with_overrides(e_mis=0.02), 10.0)
+    q_th, _ = theory.intercept_resend(p, 10.0)
+    n = int(6e5 / float(np.dot(p.p_mu, q_th[:, 0])))
+    src = AliceSource(p, 21)
+    st = measure(src, QuantumChannel(p, 10.0, attack="intercept-resend:1.0",
+                                     seed=22).run(src, 0, n))
+    sd = math.sqrt(0.25 * 0.75 / st.sifted[0])
+    assert abs(st.qber[0] - e_th[0, 0]) > 4 * sd
+
+
+@pytest.mark.parametrize(("name", "below", "above"),
+                         [("gys2004", 15.0, 55.0), ("snspd-metro", 20.0, 60.0)])
+def test_pns_on_both_sides_of_its_threshold(name: str, below: float, above: float) -> None:
+    """PNS (Eve keeps one photon of every multi-photon pulse, blocks single photons to
+    keep Bob's click rate). Beyond the distance where multi-photon pulses alone can
+    carry Bob's click rate she blocks every single photon: the click rate is unchanged,
+    the decoy estimate of Y1 collapses and the key goes to 0. Before it she must let
+    single photons through: the total click rate is kept but the gains per intensity
+    change, the decoy bound stays below the single-photon yield she leaves, and the
+    key shrinks but stays positive (and secure)."""
+    p = presets.get(name)
+    threshold = pns_threshold_km(p)
+    assert below < threshold < above
+    for km, beyond in ((below, False), (above, True)):
+        q, _ = theory.gains(p, km)
+        n = int(3e5 / float(np.dot(p.p_mu, q[:, 0])))
+        src = AliceSource(p, 9)
+        plain = QuantumChannel(p, km, seed=10).run(src, 0, n)
+        pns = QuantumChannel(p, km, attack="pns", seed=11).run(src, 0, n)
+        eve = PhotonNumberSplitting()
+        eve.configure(p, p.fibre_transmittance(km))
+        assert (eve.block_single == 1.0) == beyond
+        assert abs(len(pns) - len(plain)) < 4 * math.sqrt(len(plain) + len(pns))
+        s_plain, s_pns = measure(src, plain), measure(src, pns)
+        e_plain, e_pns = s_plain.decoy(), s_pns.decoy()
+        assert e_plain.key_rate[0] > 0
+        z = (s_pns.gains[:2] - s_plain.gains[:2]) / np.sqrt(
+            (s_pns.gains[:2] + s_plain.gains[:2]) / s_pns.sent[:2])
+        assert np.max(np.abs(z)) > 5                     # the gains betray her
+        if beyond:
+            assert e_pns.y1_lower[0] < 0.1 * e_plain.y1_lower[0]
+            assert e_pns.key_rate[0] == 0.0
+        else:
+            y1_left = (1.0 - eve.block_single) * p.eta_bob    # what she lets through
+            assert e_pns.y1_lower[0] <= y1_left
+            assert 0 < e_pns.key_rate[0] < e_plain.key_rate[0]
 
 
 def test_partial_intercept_resend_and_no_attack_qber() -> None:

@@ -46,6 +46,30 @@ def test_sweep_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(r["per_intensity"]["qber"]) == 3
 
 
+def test_sweep_reports_full_model_first_order_and_net_rates(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phy", "sweep", "--preset", "snspd-metro", "--km", "0,10", "--pulses", "4e6",
+                 "--block-bits", "1e5", "--auth-bits-per-block", "1280", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    p = presets.get("snspd-metro")
+    assert data["block_bits"] == 1e5 and data["auth_bits_per_block"] == 1280
+    for r in data["rows"]:
+        q_full, _ = theory.gains(p, r["km"])
+        q_ma, _ = theory.gains_ma2005(p, r["km"])
+        assert r["gain_theory"] == pytest.approx(q_full[:, 0].tolist())
+        assert r["gain_ma2005"] == pytest.approx(q_ma[:, 0].tolist())
+        # Saturated detectors: the emulation follows the full model, not the first order.
+        sd = math.sqrt(r["gain_theory"][0] / r["per_intensity"]["sent"][0])
+        assert abs(r["per_intensity"]["gain"][0] - r["gain_theory"][0]) < 4 * sd
+        assert r["gain_ma2005"][0] > 3 * r["gain_theory"][0]
+        assert r["key_rate_theory_bps"] == pytest.approx(r["key_rate_theory"] * p.clock_hz)
+        blocks = float(theory.sifted_key_bits_per_slot(p, r["km"])[0]) * p.clock_hz / 1e5
+        assert r["auth_theory_bps"] == pytest.approx(1280 * blocks)
+        assert r["key_rate_theory_net_bps"] == pytest.approx(
+            r["key_rate_theory_bps"] - r["auth_theory_bps"])
+        assert r["key_rate_infinite_decoy"] >= r["key_rate_theory"] > 0
+
+
 def test_sweep_table_with_attack(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["phy", "sweep", "--km", "10", "--pulses", "1e6",
                  "--attack", "intercept-resend:1"]) == 0
@@ -58,6 +82,8 @@ def test_sweep_table_with_attack(capsys: pytest.CaptureFixture[str]) -> None:
     ["phy", "sweep", "--preset", "nope"],
     ["phy", "sweep", "--attack", "teleport"],
     ["phy", "sweep", "--pulses", "-5"],
+    ["phy", "sweep", "--block-bits", "0"],
+    ["phy", "sweep", "--auth-bits-per-block", "x"],
 ])
 def test_sweep_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
@@ -181,7 +207,7 @@ async def test_alice_fiber_eve_bob_as_four_roles_in_three_processes() -> None:
             await _wait_for_line(fiber, b"listening on")
             alice = await trio.run_process(
                 [*q, "phy", "alice", "--connect", f"127.0.0.1:{fiber_port}", "--preset",
-                 preset, "--seed", "5", "--slots", "2e6", "--json"], capture_stdout=True)
+                 preset, "--seed", "5", "--slots", "3e6", "--json"], capture_stdout=True)
             bob_out = await _read_all(bob.stdout)
             fiber_out = await _read_all(fiber.stdout)
             assert await bob.wait() == 0 and await fiber.wait() == 0

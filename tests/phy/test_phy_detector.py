@@ -51,7 +51,8 @@ def test_afterpulse_chain_matches_a_loop() -> None:
 def test_fast_dead_time_path_equals_general_path_across_chunks() -> None:
     """Without afterpulses the detector takes a cluster-only shortcut; it must agree
     with the general per-detector path, chunk after chunk."""
-    p = presets.get("snspd-metro").with_overrides(dead_time_s=4e-9)      # 10 gates
+    p = presets.get("snspd-metro").with_overrides(dead_time_s=4e-9,     # 10 gates
+                                                  dead_time_mode="per-detector")
     src = AliceSource(p, 1)
     fast = BobDetector(p, 1.0, seed=2)
     general = BobDetector(p, 1.0, seed=2)
@@ -94,3 +95,70 @@ def test_reprs_hide_bits() -> None:
     for obj in (batch, src.lookup(batch.slots)):
         text = repr(obj)
         assert "array" not in text and "[" not in text
+
+
+# --- common dead time: exact against a sequential loop --------------------------------
+
+def sequential_common(keys: list[int], d: int, p_ap: float, key: np.uint64, ends: list[int]
+                      ) -> list[int]:
+    """Gate by gate, as hardware would: candidates (photon/dark keys and afterpulses) of
+    a gate register, all of them, if the gate is more than d after the last registered
+    gate; each registered click afterpulses (hash coin of its key) d + 1 gates later."""
+    from qkdnet.phy.source import hash_uniform
+    by_gate: dict[int, set[int]] = {}
+    for kk in keys:
+        by_gate.setdefault(kk >> 2, set()).add(kk & 3)
+    out: list[int] = []
+    last = -(2**62)
+    for g in range(ends[-1]):
+        dets = by_gate.get(g)
+        if not dets or g <= last + d:
+            continue
+        last = g
+        for det in sorted(dets):
+            kk = g * 4 + det
+            out.append(kk)
+            coin = hash_uniform(key, np.array([kk], dtype=np.uint64))[0]
+            if coin < p_ap:
+                by_gate.setdefault(g + d + 1, set()).add(det)
+    return out
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_common_dead_time_equals_a_sequential_loop(case: int) -> None:
+    """Random candidates, dead times, afterpulse probabilities and chunk boundaries: the
+    vectorised common dead time gives exactly the sequential answer, chunk by chunk."""
+    from qkdnet.phy.channel import common_dead_time
+    rng = np.random.default_rng(100 + case)
+    n = int(rng.integers(200, 3000))
+    d = int(rng.integers(0, 30))
+    p_ap = float(rng.choice([0.0, 0.05, 0.3, 0.7]))
+    density = float(rng.choice([0.01, 0.1, 0.5, 0.9]))
+    gates = np.flatnonzero(rng.random(n) < density)
+    dets = rng.integers(0, 4, size=gates.size)
+    keys = np.unique(gates * 4 + dets)
+    # a few multi-detector gates
+    extra = rng.choice(gates, size=min(5, gates.size), replace=False) * 4 + 3
+    keys = np.unique(np.concatenate([keys, extra])).astype(np.int64)
+    cuts = sorted({int(x) for x in rng.integers(1, n, size=int(rng.integers(0, 6)))} | {n})
+    key = derive_key(case, 7)
+    got: list[int] = []
+    last, pending, lo = -(2**62), np.empty(0, np.int64), 0
+    for hi in cuts:
+        part = keys[(keys >> 2 >= lo) & (keys >> 2 < hi)]
+        kept, last, pending = common_dead_time(part, d, p_ap, last, pending, hi, key)
+        assert np.all((kept >> 2 >= lo) & (kept >> 2 < hi))
+        got.extend(kept.tolist())
+        lo = hi
+    assert got == sequential_common(keys.tolist(), d, p_ap, key, cuts)
+
+
+def test_renewal_sampler_is_used_where_detectors_saturate() -> None:
+    from qkdnet.phy import QuantumChannel
+    p = presets.get("snspd-metro")
+    assert QuantumChannel(p, 10.0, seed=1)._renewal is not None
+    assert QuantumChannel(p, 100.0, seed=1)._renewal is None          # far from saturation
+    assert QuantumChannel(p, 10.0, attack="intercept-resend:1", seed=1)._renewal is None
+    assert QuantumChannel(p.with_overrides(dead_time_mode="per-detector"), 10.0,
+                          seed=1)._renewal is None
+    assert QuantumChannel(p.with_overrides(p_afterpulse=0.01), 10.0, seed=1)._renewal is None
