@@ -56,7 +56,6 @@ import numpy as np
 
 from qkdnet.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from qkdnet.link.ldpc_codes import (
-    PROFILES,
     QCCode,
     get_code,
     profile_for_rate,
@@ -491,5 +490,3 @@ class LdpcDecoder:
                     out[o:o + lay.key.shape[0]] ^= dec.hard[i, lay.key]
         return np.packbits(out)
 
-
-_ = PROFILES  # re-exported for callers that inspect the profile table
