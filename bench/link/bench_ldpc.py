@@ -22,7 +22,6 @@ It prints the speed ratios (key bits decoded per CPU second at Bob's end).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -30,7 +29,6 @@ import numpy as np
 
 from qkdnet.link.cascade import CascadeCorrector, CascadePlan, CascadeResponder
 from qkdnet.link.ldpc import LdpcDecoder, LdpcEncoder, LdpcPlan, binary_entropy
-from qkdnet.link.ldpc_decode import channel_llr
 
 
 def make_keys(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,4 +211,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    _ = math, channel_llr
