@@ -835,7 +835,8 @@ class TransmitterSession(LinkSession):
         plan = None
         ldpc_leak = math.inf
         if choice != "cascade" and n >= LDPC_MIN_BITS:
-            plan = ldpc.LdpcPlan.for_block(n, qber, seed)
+            assert blk.n_x is not None
+            plan = _ldpc_plan(n, qber, int(blk.n_x.sum()), seed)
             ldpc_leak = float(plan.expected_leak_bits)
         sides = 2 if self.config.leak_accounting == "strict" else 1
         cascade_leak = sides * CASCADE_F_ESTIMATE * n * float(
@@ -1018,7 +1019,7 @@ class ReceiverSession(LinkSession):
         if blk.method is w.Reconciliation.LDPC:
             if n < LDPC_MIN_BITS:
                 raise RemoteProtocolError(f"ESTIMATE_RESULT: LDPC for only {n} key bits")
-            blk.plan = ldpc.LdpcPlan.for_block(n, qber, seed)
+            blk.plan = _ldpc_plan(n, qber, n_x, seed)
             blk.corrector = ldpc.LdpcDecoder(np.packbits(blk.z_bits), n, blk.plan)
             blk.stats.setdefault("ell_inputs", {}).update(
                 reconciliation="ldpc", ldpc_plan=blk.plan.describe())
@@ -1133,6 +1134,28 @@ class ReceiverSession(LinkSession):
 
 # --------------------------------------------------------------------------------------
 # Adapters to the algorithm modules
+
+
+def _ldpc_plan(n_key: int, qber: float, n_x: int, seed: int) -> ldpc.LdpcPlan:
+    """The LDPC plan both ends build from public values (n, the announced QBER, the
+    number of X-basis bits it was estimated from, the seed).
+
+    The blind rounds must reach the key basis' actual error rate, which the estimate
+    misses by its statistical error: the last round is stretched to cover the QBER
+    three standard deviations above the estimate (sqrt(q(1 - q)/n_x)), in steps of
+    0.02 in efficiency. The first round stays where it was, so a block whose key basis
+    is as clean as the estimate discloses no more than before.
+    """
+    base = ldpc.default_schedule(qber, min(n_key, ldpc.FRAME_BITS))
+    q = min(max(qber, 0.002), 0.11)
+    sigma = math.sqrt(q * (1.0 - q) / max(n_x, 1))
+    h = float(finite_key.binary_entropy(q))
+    need = float(finite_key.binary_entropy(min(q + 3.0 * sigma, 0.2))) / h
+    f_mid = base.f_first + 0.04
+    f_last = max(base.f_last, f_mid * need + 0.02)
+    rounds = min(16, max(base.rounds, math.ceil((f_last - base.f_first) / 0.02) + 1))
+    schedule = ldpc.Schedule(f_first=base.f_first, f_last=f_last, rounds=rounds)
+    return ldpc.LdpcPlan.for_block(n_key, qber, seed, schedule=schedule)
 
 
 def _pa(corrected_packed: np.ndarray, n: int, ell: int, seed_bits: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ from qkdnet.link import wire as w
 from qkdnet.link.driver import run_point_to_point
 from qkdnet.phy import presets
 
-PRESET = "ull-longhaul"
-KM = 10.0
+PRESET = "snspd-metro"   # one decoy; 25 km: key in 1e7-slot blocks
+KM = 25.0
 SLOTS = 10_000_000
 
 
@@ -54,7 +54,7 @@ def _keep_mask_wrong_length(b: Any) -> Any:
 
 
 def _intensity_out_of_range(b: Any) -> Any:
-    # ull-longhaul uses two intensities: index 3 does not exist.
+    # snspd-metro uses two intensities: index 3 does not exist.
     b.intensities, b.intens_len = b"\xff" + b.intensities[1:], None
     return b
 
@@ -80,6 +80,15 @@ def _wrong_state(b: Any) -> Any:
     return w.ConfirmMsg(block=b.block)
 
 
+def _syndromes_short(b: Any) -> Any:
+    return w.encode_ldpc(w.LinkMsg.LDPC_SYNDROME, b.block, bytes(b.data)[:-1])
+
+
+def _method_unknown(b: Any) -> Any:
+    b.method = 7
+    return b
+
+
 CASES = {
     # Bob -> Alice
     "detections-bases-length": ("bob", w.DetectionsMsg, _bases_too_short),
@@ -91,7 +100,11 @@ CASES = {
     "parity-reply-size": ("alice", w.ParityReplyMsg, _parity_reply_short),
     "pa-ell-above-bound": ("alice", w.PaMsg, _ell_above_bound),
     "message-in-wrong-state": ("alice", w.SiftMsg, _wrong_state),
+    "ldpc-syndrome-length": ("alice", w.LdpcSyndromeMsg, _syndromes_short),
+    "estimate-result-method": ("alice", w.EstimateResultMsg, _method_unknown),
 }
+#: Cases about Cascade's messages run with Cascade (LDPC is the default).
+CASCADE_CASES = {"parity-request-range", "parity-reply-size"}
 
 
 @pytest.mark.slow
@@ -101,6 +114,7 @@ async def test_contradiction_aborts_block_with_protocol_error(case: str, tmp_pat
     hook = once(msg, change)
     result = await run_point_to_point(
         presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path, seed=21, max_in_flight=1,
+        config_overrides={"reconciliation": "cascade"} if case in CASCADE_CASES else None,
         tamper_alice=hook if liar == "alice" else None,
         tamper_bob=hook if liar == "bob" else None)
     checker = result.bob if liar == "alice" else result.alice

@@ -19,7 +19,7 @@ def test_spec_prints_the_transition_table_of_the_code() -> None:
 
 @pytest.mark.slow
 def test_link_run_json_reports_blocks_and_identical_keys(capsys) -> None:
-    code = main(["link", "run", "--preset", "ull-longhaul", "--km", "10", "--blocks", "2",
+    code = main(["link", "run", "--preset", "snspd-metro", "--km", "25", "--blocks", "2",
                  "--block-slots", "1e7", "--seed", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0

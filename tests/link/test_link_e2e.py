@@ -96,7 +96,7 @@ async def test_blocks_too_small_for_the_bound_are_abandoned_consistently(tmp_pat
 @pytest.mark.slow
 async def test_identical_keys_with_pulses_over_the_quantum_port(tmp_path) -> None:
     """Pulses over TCP too: Alice's quantum port → fibre element → Bob's quantum port."""
-    result = await run_point_to_point(presets.get("ull-longhaul"), KM, 2, 10_000_000,
+    result = await run_point_to_point(presets.get("snspd-metro"), 25.0, 2, 10_000_000,
                                       workdir=tmp_path, seed=12, quantum_port=True)
     assert result.alice.stored == result.bob.stored == 2, result.alice.abort_reasons
     assert result.identical and result.comparison["bits_compared"] > 0

@@ -24,14 +24,16 @@ from qkdnet.link.wire import LinkMsg
 from qkdnet.phy import presets
 from qkdnet.wire import HEADER_LEN, TAG_LEN
 
-PRESET = "ull-longhaul"
-KM = 10.0
+PRESET = "snspd-metro"   # one decoy; 25 km: key in 1e7-slot blocks
+KM = 25.0
 SLOTS = 10_000_000
 
 #: Messages whose flipping must leave nothing of the block stored at either end.
 BEFORE_STORAGE = [LinkMsg.BLOCK_START, LinkMsg.DETECTIONS, LinkMsg.SIFT, LinkMsg.ESTIMATE,
-                  LinkMsg.ESTIMATE_RESULT, LinkMsg.PARITY_REQUEST, LinkMsg.PARITY_REPLY,
-                  LinkMsg.VERIFY, LinkMsg.PA]
+                  LinkMsg.ESTIMATE_RESULT, LinkMsg.LDPC_SYNDROME, LinkMsg.PARITY_REQUEST,
+                  LinkMsg.PARITY_REPLY, LinkMsg.VERIFY, LinkMsg.PA]
+#: Cascade's messages appear only when a block is reconciled with Cascade.
+CASCADE_ONLY = {LinkMsg.PARITY_REQUEST, LinkMsg.PARITY_REPLY}
 #: After PA the two-phase storage decides what each end holds (spec/link.md §2).
 DURING_STORAGE = [LinkMsg.BLOCK_DONE, LinkMsg.CONFIRM]
 
@@ -103,7 +105,8 @@ async def _attack(tmp_path: Any, target: LinkMsg) -> tuple[Any, set[int], set[in
     try:
         result = await run_point_to_point(
             presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path, seed=21, max_in_flight=1,
-            stores=(store_a, store_b), relay=_relay(_flipper(target, seen)), compare=False)
+            stores=(store_a, store_b), relay=_relay(_flipper(target, seen)), compare=False,
+            config_overrides={"reconciliation": "cascade"} if target in CASCADE_ONLY else None)
         ids = (_block_ids(store_a, "tx"), _block_ids(store_a, "rx"),
                _block_ids(store_b, "tx"), _block_ids(store_b, "rx"))
     finally:
@@ -123,8 +126,9 @@ async def test_a_flipped_bit_before_storage_stores_nothing(tmp_path: Any,
     assert not (a_tx | a_rx | b_tx | b_rx), "key of the attacked block was stored"
     first = result.alice.blocks[0]
     assert first.abort_reason is not None
-    # Caught by a tag (the connection ends: link down) or by a protocol check.
-    assert first.abort_reason in ("local", "protocol"), first.abort_reason
+    # Caught by a tag (the connection ends: link down), by a protocol check, or — a
+    # changed syndrome bit — by the frame failing to decode (ec_failed).
+    assert first.abort_reason in ("local", "protocol", "ec_failed"), first.abort_reason
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from qkdnet.link.driver import EmulatedPhy
 from qkdnet.phy import presets
 
 
-def _pair(preset: str = "ull-longhaul", km: float = 10.0, seed: int = 3):
+def _pair(preset: str = "snspd-metro", km: float = 25.0, seed: int = 3):
     params = presets.get(preset)
     phy = EmulatedPhy(params, km, seed=seed)
     cfg = s.LinkConfig.from_phy(params, 0xABCD, step_timeout=5.0)
@@ -136,7 +136,7 @@ def test_frame_for_unknown_block_is_a_connection_error() -> None:
 
 
 def test_block_start_with_wrong_intensity_count_is_aborted() -> None:
-    _phy, _alice, bob = _pair()   # ull-longhaul: one decoy, two intensities
+    _phy, _alice, bob = _pair()   # snspd-metro: one decoy, two intensities
     body = w.encode_block_start(0, 0, 1000, 3, 1e-10, 1e-15, 0.11)
     outs = bob.receive_frame((0x10, bytes(body)), 0.0)
     assert isinstance(outs[0].body, w.AbortMsg)

@@ -30,8 +30,8 @@ from qkdnet.link.driver import (
 )
 from qkdnet.phy import presets
 
-PRESET = "ull-longhaul"
-KM = 10.0
+PRESET = "snspd-metro"   # one decoy; 25 km: key in 1e7-slot blocks
+KM = 25.0
 #: Small blocks: they abort no_key at once, but their slot ranges are used all the same.
 SMALL = 200_000
 SEED = 7

@@ -234,7 +234,7 @@ async def test_tcpdump_capture_of_a_real_link_run(tmp_path: Path) -> None:
                 assert proc.poll() is None, err.read_text()
                 await trio.sleep(0.05)
         result = await link_driver.run_point_to_point(
-            presets.get("ull-longhaul"), 10.0, 1, 10_000_000, workdir=tmp_path, seed=3)
+            presets.get("snspd-metro"), 25.0, 1, 10_000_000, workdir=tmp_path, seed=3)
         await _until_capture_settles(pcap)
     finally:
         _stop_tcpdump(proc, err, lossless=False)
@@ -247,6 +247,7 @@ async def test_tcpdump_capture_of_a_real_link_run(tmp_path: Path) -> None:
     # Other tests may share lo; with one link run in this capture these are ours.
     assert s["final_key_bits"] >= block.ell
     assert block.qber_est in s["qber"]
-    # Parities disclosed by Cascade; the link's leak_ec_bits adds a little more.
-    assert 0 < s["leaked_bits"] <= block.leak_ec_bits or len(s["sessions"]) > 1
-    assert s["per_type"]["LINK_PARITY_REPLY"]["frames"] >= 1
+    # The block was reconciled by LDPC syndromes (Cascade's parities would be counted
+    # in leaked_bits).
+    assert block.reconciliation == "ldpc"
+    assert s["per_type"]["LINK_LDPC_SYNDROME"]["frames"] >= 1
