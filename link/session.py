@@ -1057,6 +1057,7 @@ class ReceiverSession(LinkSession):
             # Verification would fail: stop here (nothing disclosed beyond what counts).
             raise _Abort(AbortReason.EC_FAILED, f"{len(dec.failed_frames)} LDPC frame(s) "
                                                 f"did not decode after {dec.rounds_used} rounds")
+        assert blk.z_bits is not None
         corrected = np.unpackbits(np.asarray(dec.corrected(), dtype=np.uint8),
                                   count=len(blk.z_bits))
         blk.corrector = None
