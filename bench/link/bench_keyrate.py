@@ -277,13 +277,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def measure_daemons(n_spokes: int, km: float, seconds: float, *, start_timeout: float = 180,
-                    extra_link: str = "", keep: Path | None = None) -> dict[str, Any]:
+def daemon_slots(km: float, how: str) -> int:
+    """Block size for the daemons: what the hub glue picks by default ("daemon"), what
+    ``link run`` picks ("linkrun"), or a number."""
     from qkdnet.link.cli import default_block_slots
     from qkdnet.phy import presets
 
+    params = presets.get(PRESET)
+    if how == "linkrun":
+        return int(default_block_slots(params, km))
+    if how == "daemon":
+        try:
+            from qkdnet.hub.linkrun import daemon_block_slots
+        except ImportError:      # a hub glue without its own sizing uses link run's
+            return int(default_block_slots(params, km))
+        return int(daemon_block_slots(params, km))
+    return int(float(how))
+
+
+def measure_daemons(n_spokes: int, km: float, seconds: float, *, start_timeout: float = 180,
+                    extra_link: str = "", keep: Path | None = None,
+                    slots: int | None = None) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="qkdnet-bench-daemons-"))
-    slots = default_block_slots(presets.get(PRESET), km)
+    slots = slots or daemon_slots(km, "daemon")
     names = _write_network(folder, n_spokes, km, slots, extra_link)
     logs = {n: open(folder / f"{n}.log", "wb") for n in ["hub", *names]}  # noqa: SIM115
     hub = subprocess.Popen([*QKDNET, "hub", "--config", "hub.toml"], cwd=folder,
@@ -397,6 +413,9 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=2, help="link run pipelining")
     ap.add_argument("--spokes", default="1,2,8", help="daemon spoke counts")
     ap.add_argument("--daemon-km", type=float, default=10.0)
+    ap.add_argument("--daemon-block-slots", default="daemon", metavar="daemon|linkrun|N",
+                    help="daemon block size: the hub glue's default for the distance "
+                         "(written into the configs), link run's, or N slots")
     ap.add_argument("--seconds", type=float, default=None,
                     help="daemon measuring window (default 20 s, --full 60 s)")
     ap.add_argument("--sequence", choices=("auto", "run", "recorded"), default="auto",
@@ -465,8 +484,10 @@ def main() -> int:
         keep = Path(args.keep) if args.keep else None
         if km not in results["linkrun"] and not args.skip_linkrun:
             results["linkrun"][km] = measure_linkrun(km, blocks, args.in_flight)
+        slots = daemon_slots(km, args.daemon_block_slots)
+        print(f"   {slots:.3g} slots per block ({args.daemon_block_slots})")
         for n in [int(x) for x in args.spokes.split(",") if x]:
-            d = measure_daemons(n, km, seconds, keep=keep)
+            d = measure_daemons(n, km, seconds, keep=keep, slots=slots)
             results["daemons"][n] = d
             rates = [v["net"] for v in d["per_link"].values()]
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in d["cpu_s"].items()
