@@ -135,21 +135,22 @@ def _link_lifetime(status: LinkStatus, endpoint_box: list[Any]) -> Iterator[None
         status.down(reason)
 
 
-#: Share of the link's per-block click limit (``qkdnet.link.wire.MAX_CLICKS``) a
-#: daemon's blocks aim at: big blocks cost less CPU per key bit (the round trips and
-#: fixed costs of a block are shared by more bits, and the finite-key terms shrink),
-#: and the margin covers the sampling error of the probe below.
+#: Share of the link's per-block click limit (``qkdnet.link.wire.MAX_CLICKS``) that
+#: :func:`daemon_block_slots` aims at.
 TARGET_CLICK_SHARE = 0.75
 _PROBE_SLOTS = 1 << 22
 
 
 def daemon_block_slots(params: Any, km: float, share: float = TARGET_CLICK_SHARE) -> int:
-    """Pulse slots per block for a daemon link: ``share`` of the per-block click limit.
+    """Pulse slots per block for ``share`` of the per-block click limit.
 
     The click probability per slot is measured on a short emulated probe (~10 ms),
     because detector dead time makes it much lower than the channel's click
     probability at short distances (snspd-metro at 10 km: 0.067 per slot, where
     ``link run``'s estimate assumes 0.13, so its blocks hold half the clicks allowed).
+    Bigger blocks cost less CPU per key bit, but they are not the daemons' default
+    yet: with eight spokes on a loaded 2-core machine they ran into the step timeout
+    (docs/daemon-keyrate.md).  Set ``[link] block_slots`` to use them.
     """
     from qkdnet.link.driver import EmulatedPhy
     from qkdnet.link.wire import MAX_CLICKS
@@ -160,7 +161,9 @@ def daemon_block_slots(params: Any, km: float, share: float = TARGET_CLICK_SHARE
 
 
 def _default_slots(preset: str, km: float, overrides: dict[str, Any] | None = None) -> int:
-    return daemon_block_slots(_params(preset, overrides), km)
+    from qkdnet.link.cli import default_block_slots
+
+    return int(default_block_slots(_params(preset, overrides), km))
 
 
 def _params(preset: str, overrides: dict[str, Any] | None) -> Any:
@@ -293,9 +296,8 @@ def spoke_link_runner(settings: Any) -> Any:
         km = float(link.get("km", DEFAULT_KM))
         seed = int(link.get("seed", 0))
         block_slots = int(link.get("block_slots") or 0)
-        if not block_slots:     # sized by a probe of the emulated channel (off the loop)
-            block_slots = await trio.to_thread.run_sync(
-                _default_slots, preset, km, link.get("params")) or 0
+        if not block_slots:
+            block_slots = _default_slots(preset, km, link.get("params"))
         node.link_stats.update({"preset": preset, "km": km, "role": "transmitter"})
         sid = new_session_id()
         phy = _phy(preset, km, seed, overrides=link.get("params"))

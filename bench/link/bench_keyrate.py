@@ -278,15 +278,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def daemon_slots(km: float, how: str) -> int:
-    """Block size for the daemons: what the hub glue picks by default ("daemon"), what
-    ``link run`` picks ("linkrun"), or a number."""
+    """Block size for the daemons: ``link run``'s ("linkrun", also the daemons' own
+    default), 3/4 of the per-block click limit from a probe of the channel ("probe",
+    :func:`qkdnet.hub.linkrun.daemon_block_slots`), or a number."""
     from qkdnet.link.cli import default_block_slots
     from qkdnet.phy import presets
 
     params = presets.get(PRESET)
     if how == "linkrun":
         return int(default_block_slots(params, km))
-    if how == "daemon":
+    if how == "probe":
         try:
             from qkdnet.hub.linkrun import daemon_block_slots
         except ImportError:      # a hub glue without its own sizing uses link run's
@@ -299,7 +300,7 @@ def measure_daemons(n_spokes: int, km: float, seconds: float, *, start_timeout: 
                     extra_link: str = "", keep: Path | None = None,
                     slots: int | None = None) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="qkdnet-bench-daemons-"))
-    slots = slots or daemon_slots(km, "daemon")
+    slots = slots or daemon_slots(km, "linkrun")
     names = _write_network(folder, n_spokes, km, slots, extra_link)
     logs = {n: open(folder / f"{n}.log", "wb") for n in ["hub", *names]}  # noqa: SIM115
     hub = subprocess.Popen([*QKDNET, "hub", "--config", "hub.toml"], cwd=folder,
@@ -413,9 +414,9 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=2, help="link run pipelining")
     ap.add_argument("--spokes", default="1,2,8", help="daemon spoke counts")
     ap.add_argument("--daemon-km", type=float, default=10.0)
-    ap.add_argument("--daemon-block-slots", default="daemon", metavar="daemon|linkrun|N",
-                    help="daemon block size: the hub glue's default for the distance "
-                         "(written into the configs), link run's, or N slots")
+    ap.add_argument("--daemon-block-slots", default="linkrun", metavar="linkrun|probe|N",
+                    help="daemon block size written into the configs: link run's (the "
+                         "daemons' default too), 3/4 of the click limit (probe), or N")
     ap.add_argument("--seconds", type=float, default=None,
                     help="daemon measuring window (default 20 s, --full 60 s)")
     ap.add_argument("--sequence", choices=("auto", "run", "recorded"), default="auto",
