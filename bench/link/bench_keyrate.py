@@ -141,9 +141,9 @@ def _child_sequence(km: float) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     bits = keylen * len(sinks[0].keys)
     same = sinks[0].keys == sinks[1].keys
-    import sequence
+    from importlib.metadata import version
     return {"km": km, "bits": bits, "wall": wall, "identical": same,
-            "version": getattr(sequence, "__version__", "?")}
+            "version": version("sequence")}
 
 
 def _run_child(*args: str, timeout: float) -> dict[str, Any]:
@@ -410,7 +410,7 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="longer runs (about 10 minutes)")
     ap.add_argument("--km", default="10,50,100", help="link run distances (km)")
     ap.add_argument("--blocks", type=int, default=None,
-                    help="link run blocks per distance (default 6, --full 16)")
+                    help="link run blocks per distance (default 4, --full 16)")
     ap.add_argument("--in-flight", type=int, default=2, help="link run pipelining")
     ap.add_argument("--spokes", default="1,2,8", help="daemon spoke counts")
     ap.add_argument("--daemon-km", type=float, default=10.0)
@@ -442,7 +442,7 @@ def main() -> int:
         return 0
 
     kms = [float(k) for k in args.km.split(",") if k]
-    blocks = args.blocks or (16 if args.full else 6)
+    blocks = args.blocks or (16 if args.full else 4)
     seconds = args.seconds or (60.0 if args.full else 20.0)
     seq_kms = [float(k) for k in (args.sequence_km or (args.km if args.full else "10"))
                .split(",") if k]
