@@ -12,6 +12,10 @@ before the receive loop starts. Statistics (QBER, key rate, aborts) land in
 A runner factory returns ``None`` when the link is disabled in the config, so the
 daemons then route with whatever key is already in the store.
 
+The hub emulates its links' PHYs in a small pool of worker processes
+(:mod:`qkdnet.link.phy_worker`, :class:`HubLinkRunner`), so that numpy work does not
+hold the hub's GIL while the trio loop serves every spoke (docs/daemon-keyrate.md).
+
 Slot ranges never repeat for a spoke: the spoke's blocks start at
 ``max(time_slot_base(), durable per-hub high-water mark)`` and the mark is advanced
 before the slots are used; the hub refuses any BLOCK_START below its own durable
