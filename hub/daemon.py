@@ -59,7 +59,9 @@ LINK_TYPES = range(0x10, 0x40)
 #: Hook that runs the link layer on one spoke's connection (the hub is the receiver).
 #: Started as ``await nursery.start(link_runner, daemon, spoke, channel, frame_router)``
 #: inside the session: it registers the link types on ``frame_router``, calls
-#: ``task_status.started()``, then runs until cancelled.
+#: ``task_status.started()``, then runs until cancelled.  If it has a ``resources()``
+#: method (an async context manager, e.g. the PHY worker processes of
+#: :class:`qkdnet.hub.linkrun.HubLinkRunner`), the hub holds it open while it serves.
 LinkRunner = Callable[["HubDaemon", str, SidebandChannel, FrameRouter], Any]
 
 
@@ -160,8 +162,11 @@ class HubDaemon:
                   = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status.started(self)`` once listening."""
         store = self._open()
+        # What the links share for the hub's lifetime (e.g. PHY worker processes).
+        shared = getattr(self.link_runner, "resources", None)
         try:
-            async with trio.open_nursery() as nursery:
+            async with (shared() if shared is not None else _nothing()), \
+                    trio.open_nursery() as nursery:
                 self.listeners = await nursery.start(_serve_partial(self))
                 if self.settings.control_socket is not None:
                     await nursery.start(serve_control_socket, self.settings.control_socket,
@@ -317,6 +322,11 @@ class HubDaemon:
         st["port"] = self.port if self.listeners else None
         st["connections"] = dict(self.counters)
         return st
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
 
 
 def _key_bits(store: KeyStore | None, spoke: str) -> dict[str, int]:

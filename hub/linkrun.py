@@ -12,6 +12,10 @@ before the receive loop starts. Statistics (QBER, key rate, aborts) land in
 A runner factory returns ``None`` when the link is disabled in the config, so the
 daemons then route with whatever key is already in the store.
 
+The hub emulates its links' PHYs in a small pool of worker processes
+(:mod:`qkdnet.link.phy_worker`, :class:`HubLinkRunner`), so that numpy work does not
+hold the hub's GIL while the trio loop serves every spoke (docs/daemon-keyrate.md).
+
 Slot ranges never repeat for a spoke: the spoke's blocks start at
 ``max(time_slot_base(), durable per-hub high-water mark)`` and the mark is advanced
 before the slots are used; the hub refuses any BLOCK_START below its own durable
@@ -28,7 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import trio
@@ -40,6 +44,13 @@ log = logging.getLogger(__name__)
 DEFAULT_PRESET = "snspd-metro"
 DEFAULT_KM = 10.0
 
+
+#: PHY worker processes a hub runs when ``[link] phy_workers`` is not set (None: one
+#: per CPU core, at most four; see :mod:`qkdnet.link.phy_worker`).
+DEFAULT_PHY_WORKERS: int | None = None
+
+#: Blocks a spoke keeps in flight when ``[link] in_flight`` is not set.
+DEFAULT_IN_FLIGHT = 2
 
 #: Key rates in the status are measured over this many seconds of recent blocks.
 RATE_WINDOW_S = 60.0
@@ -128,11 +139,35 @@ def _link_lifetime(status: LinkStatus, endpoint_box: list[Any]) -> Iterator[None
         status.down(reason)
 
 
-def _default_slots(preset: str, km: float) -> int:
-    from qkdnet.link.cli import default_block_slots
-    from qkdnet.phy import presets
+#: Share of the link's per-block click limit (``qkdnet.link.wire.MAX_CLICKS``) that
+#: :func:`daemon_block_slots` aims at.
+TARGET_CLICK_SHARE = 0.75
+_PROBE_SLOTS = 1 << 22
 
-    return int(default_block_slots(presets.get(preset), km))
+
+def daemon_block_slots(params: Any, km: float, share: float = TARGET_CLICK_SHARE) -> int:
+    """Pulse slots per block for ``share`` of the per-block click limit.
+
+    The click probability per slot is measured on a short emulated probe (~10 ms),
+    because detector dead time makes it much lower than the channel's click
+    probability at short distances (snspd-metro at 10 km: 0.067 per slot, where
+    ``link run``'s estimate assumes 0.13, so its blocks hold half the clicks allowed).
+    Bigger blocks cost less CPU per key bit, but they are not the daemons' default
+    yet: with eight spokes on a loaded 2-core machine they ran into the step timeout
+    (docs/daemon-keyrate.md).  Set ``[link] block_slots`` to use them.
+    """
+    from qkdnet.link.driver import EmulatedPhy
+    from qkdnet.link.wire import MAX_CLICKS
+
+    probe = EmulatedPhy(params, km, seed=0, noise_seed=0).run(0, _PROBE_SLOTS)
+    rate = max(len(probe), 1) / _PROBE_SLOTS
+    return int(min(max(share * MAX_CLICKS / rate, 1e5), 1e10))
+
+
+def _default_slots(preset: str, km: float, overrides: dict[str, Any] | None = None) -> int:
+    from qkdnet.link.cli import default_block_slots
+
+    return int(default_block_slots(_params(preset, overrides), km))
 
 
 def _params(preset: str, overrides: dict[str, Any] | None) -> Any:
@@ -159,16 +194,59 @@ def _link_config(link: dict[str, Any], params: Any, session_id: int) -> Any:
     return LinkConfig.from_phy(params, session_id, **dict(link.get("config", {})))
 
 
-def hub_link_runner(settings: Any) -> Any:
-    """The hub's per-spoke link receiver, or None if ``[link] enabled = false``."""
-    link = dict(settings.link)
-    if not link.get("enabled", True):
-        return None
+class HubLinkRunner:
+    """The hub's per-spoke link receiver (``await nursery.start(runner, daemon, spoke,
+    chan, frames)``), with the resources the links share for the hub's lifetime.
 
-    async def run(daemon: Any, spoke: str, chan: Any, frames: Any, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    :meth:`resources` is entered once by :class:`~qkdnet.hub.daemon.HubDaemon` around
+    its serving: it runs the pool of PHY worker processes (``[link] phy_workers``,
+    :data:`DEFAULT_PHY_WORKERS`; 0 emulates every link's PHY in the hub's own process,
+    in a worker thread).  Each spoke connection then opens its link's emulated
+    PHY in the pool, pinned to one worker, and closes it when the connection ends.
+    """
+
+    def __init__(self, link: dict[str, Any]) -> None:
+        self.link = link
+        self.pool: Any = None
+
+    def phy_workers(self) -> int:
+        """Worker processes to run (0: PHY emulation in the hub's process)."""
+        from qkdnet.link.phy_worker import default_workers
+
+        n = self.link.get("phy_workers", DEFAULT_PHY_WORKERS)
+        return default_workers() if n is None else int(n)
+
+    @contextlib.asynccontextmanager
+    async def resources(self) -> AsyncIterator[None]:
+        """Run what the links share (the PHY worker pool) while the hub serves."""
+        n = self.phy_workers()
+        if n <= 0:
+            yield
+            return
+        from qkdnet.link.phy_worker import PhyWorkerPool
+
+        async with PhyWorkerPool(n) as pool:
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
+
+    async def _open_phy(self, preset: str, km: float, seed: int, attack: Any,
+                        overrides: dict[str, Any] | None, noise_seed: int) -> Any:
+        if self.pool is None:
+            return _phy(preset, km, seed, attack=attack, overrides=overrides,
+                        noise_seed=noise_seed)
+        if attack in ("", "none"):
+            attack = None
+        return await self.pool.open_link(_params(preset, overrides), km, seed=seed,
+                                         attack=attack, noise_seed=noise_seed)
+
+    async def __call__(self, daemon: Any, spoke: str, chan: Any, frames: Any, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from qkdnet.link.driver import LinkEndpoint
 
+        link = self.link
         per = link.get("spokes", {}).get(spoke, {})
         preset = per.get("preset", link.get("preset", DEFAULT_PRESET))
         km = float(per.get("km", link.get("km", DEFAULT_KM)))
@@ -181,19 +259,31 @@ def hub_link_runner(settings: Any) -> Any:
         # The hub holds the detectors, so the fibre (and any configured eavesdropper)
         # is emulated on its side.  Fresh noise entropy per connection: the channel's
         # coins must not repeat from one connection to the next.
-        phy = _phy(preset, km, seed, attack=attack, overrides=overrides,
-                   noise_seed=secrets.randbits(63))
-        config = _link_config(link, phy.params, 1)
-        with _link_tracer(link, daemon.settings.name,
-                          f"link-{spoke}-{time.time_ns() // 1_000_000}") as tracer:
-            endpoint = LinkEndpoint("receiver", chan, config, peer=spoke, store=daemon.store,
-                                    phy=phy, on_block=status.on_block, tracer=tracer)
-            endpoint.register(frames)
-            task_status.started()
-            with _link_lifetime(status, [endpoint]):
-                await endpoint.run()
+        phy = await self._open_phy(preset, km, seed, attack, overrides,
+                                   secrets.randbits(63))
+        try:
+            config = _link_config(link, phy.params, 1)
+            with _link_tracer(link, daemon.settings.name,
+                              f"link-{spoke}-{time.time_ns() // 1_000_000}") as tracer:
+                endpoint = LinkEndpoint("receiver", chan, config, peer=spoke,
+                                        store=daemon.store, phy=phy,
+                                        on_block=status.on_block, tracer=tracer)
+                endpoint.register(frames)
+                task_status.started()
+                with _link_lifetime(status, [endpoint]):
+                    await endpoint.run()
+        finally:
+            if hasattr(phy, "aclose"):
+                with trio.CancelScope(shield=True):
+                    await phy.aclose()
 
-    return run
+
+def hub_link_runner(settings: Any) -> HubLinkRunner | None:
+    """The hub's per-spoke link receiver, or None if ``[link] enabled = false``."""
+    link = dict(settings.link)
+    if not link.get("enabled", True):
+        return None
+    return HubLinkRunner(link)
 
 
 def spoke_link_runner(settings: Any) -> Any:
@@ -209,21 +299,23 @@ def spoke_link_runner(settings: Any) -> Any:
         preset = link.get("preset", DEFAULT_PRESET)
         km = float(link.get("km", DEFAULT_KM))
         seed = int(link.get("seed", 0))
-        block_slots = int(link.get("block_slots") or _default_slots(preset, km))
+        block_slots = int(link.get("block_slots") or 0)
+        if not block_slots:
+            block_slots = _default_slots(preset, km, link.get("params"))
         node.link_stats.update({"preset": preset, "km": km, "role": "transmitter"})
         sid = new_session_id()
         phy = _phy(preset, km, seed, overrides=link.get("params"))
         config = _link_config(link, phy.params, sid)
         with _link_tracer(link, node.name, f"link-{node.hub}-{sid:08x}") as tracer:
             await _run_transmitter(node, chan, frames, config, phy, block_slots, tracer,
-                                   task_status)
+                                   task_status, int(link.get("in_flight") or DEFAULT_IN_FLIGHT))
 
     return run
 
 
 async def _run_transmitter(node: Any, chan: Any, frames: Any, config: Any, phy: Any,
                            block_slots: int, tracer: Any,
-                           task_status: trio.TaskStatus[None]) -> None:
+                           task_status: trio.TaskStatus[None], in_flight: int) -> None:
     from qkdnet.link.driver import LinkEndpoint, time_slot_base
 
     status = LinkStatus(node.link_stats)
@@ -238,7 +330,8 @@ async def _run_transmitter(node: Any, chan: Any, frames: Any, config: Any, phy: 
             # run_blocks starts each block at or after the store's durable per-hub
             # high-water mark and advances it first; the wall-clock base also keeps a
             # spoke whose store was replaced ahead of the hub's own mark.
-            await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base())
+            await endpoint.run_blocks(None, block_slots, slot_base=time_slot_base(),
+                                      max_in_flight=in_flight)
             nursery.cancel_scope.cancel()
 
 
