@@ -126,8 +126,9 @@ class _Tx:
 
     Inside :meth:`KeyDB.batch` a *deferrable* transaction (a ``take``) becomes a
     SAVEPOINT of the batch's transaction (all or none on its own, committed with the
-    batch); any other one first commits what the batch holds so far, commits itself,
-    and reopens the batch, so everything but takes stays durable on return.
+    batch; the batch's transaction begins with its first take); any other one first
+    commits what the batch holds so far and commits itself, so everything but takes
+    stays durable on return.
     """
 
     def __init__(self, kdb: KeyDB, deferrable: bool) -> None:
@@ -137,6 +138,8 @@ class _Tx:
 
     def __enter__(self) -> sqlite3.Connection:
         if self.savepoint:
+            if not self.db.in_transaction:   # the batch's transaction starts lazily
+                self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("SAVEPOINT take_in_batch")
             return self.db
         if self.kdb._batch_depth and self.db.in_transaction:
@@ -155,8 +158,7 @@ class _Tx:
         elif self.db.in_transaction:
             self.db.execute("ROLLBACK")
             self.kdb.forget_uncommitted()
-        if self.kdb._batch_depth:
-            self.db.execute("BEGIN IMMEDIATE")  # reopen the batch
+        # Inside a batch the next take reopens the batch's transaction (lazily).
 
 
 class KeyDB:
@@ -309,7 +311,9 @@ class KeyDB:
                 self._batch_depth -= 1
             return
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        # The transaction begins with the batch's first take (see _Tx): most reads of
+        # a sideband connection take no key now (deferred authentication), and an
+        # empty BEGIN IMMEDIATE / COMMIT per read was a large share of a hub's work.
         self._batch_depth = 1
         try:
             yield
