@@ -87,6 +87,12 @@ RX_SLOT_COUNTER = "link.rx_next_slot:{peer}"
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (QkdnetError, OSError, sqlite3.Error)
 
+#: Frames whose handling is numpy work worth a worker thread (sifting, estimation,
+#: syndromes and decoding, verification and privacy amplification).
+_HEAVY_FRAMES = frozenset(int(t) for t in (
+    w.LinkMsg.DETECTIONS, w.LinkMsg.SIFT, w.LinkMsg.ESTIMATE, w.LinkMsg.ESTIMATE_RESULT,
+    w.LinkMsg.VERIFY, w.LinkMsg.PA, w.LinkMsg.LDPC_SYNDROME, w.LinkMsg.LDPC_REPLY))
+
 
 class _LinkDown(Exception):
     """The channel can no longer carry link frames."""
@@ -491,7 +497,8 @@ class LinkEndpoint:
                 if hasattr(self.phy, "arun"):
                     det = await self.phy.arun(need.start_slot, need.n_slots)
                 else:
-                    det = await self._call(self.phy.run, need.start_slot, need.n_slots)
+                    det = await self._call(self.phy.run, need.start_slot, need.n_slots,
+                                           heavy=True)
             except Exception as err:  # any PHY failure abandons just that block
                 log.warning("PHY failed for block %d: %s", need.block, type(err).__name__)
                 await self._inbox_send.send(("phy_error", sid, need, type(err).__name__))
@@ -529,7 +536,8 @@ class LinkEndpoint:
                 self._refresh_levels(int(item[1].type))
             if item is None:
                 for sid, sess in list(self._sessions.items()):
-                    await self._execute(sid, await self._call(sess.handle_timer, now))
+                    await self._execute(sid, await self._call(sess.handle_timer, now,
+                                                              heavy=False))
                 continue
             kind = item[0]
             if kind == "down":
@@ -556,14 +564,16 @@ class LinkEndpoint:
                 assert isinstance(sess, TransmitterSession)
                 _, index, start, n = item
                 await self._execute(self.config.session_id,
-                                    await self._call(sess.start_block, index, start, n, now))
+                                    await self._call(sess.start_block, index, start, n, now,
+                                                     heavy=False))
                 if self.emitter is not None:
                     self._emit_send.send_nowait((start, n))
             elif kind == "phy":
                 _, sid, need, det = item
                 rsess = self._sessions.get(sid)
                 if isinstance(rsess, ReceiverSession):
-                    outs = await self._call(rsess.supply_detections, need.block, det, now)
+                    outs = await self._call(rsess.supply_detections, need.block, det, now,
+                                            heavy=True)
                     await self._execute(sid, outs)
             elif kind == "phy_error":
                 _, sid, need, what = item
@@ -583,11 +593,16 @@ class LinkEndpoint:
             while len(self._sessions) >= 4:
                 self._sessions.pop(next(iter(self._sessions)))
             self._sessions[sid] = sess
-        outs = await self._call(sess.receive_frame, frame, now)
+        outs = await self._call(sess.receive_frame, frame, now,
+                                heavy=int(frame.type) in _HEAVY_FRAMES)
         await self._execute(sid, outs)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._threads:
+    async def _call(self, fn: Callable[..., Any], *args: Any, heavy: bool) -> Any:
+        # numpy-heavy steps go to a worker thread (numpy releases the GIL in its big
+        # loops, so they overlap with the other end, the PHY and other links); short
+        # steps (a Cascade round, an LDPC request, a store) run inline: a thread hop
+        # costs two GIL hand-offs and a wake-up, more than most such steps.
+        if self._threads and heavy:
             return await trio.to_thread.run_sync(fn, *args)
         return fn(*args)
 
