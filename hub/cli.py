@@ -32,11 +32,13 @@ def _link_dict(cfg: Any) -> dict[str, Any]:
 
     link: dict[str, Any] = {
         "enabled": cfg.link.enabled, "block_slots": cfg.link.block_slots,
+        "in_flight": cfg.link.in_flight, "phy_workers": cfg.link.phy_workers,
         # Both ends must agree on these or the receiver aborts every block.
         "config": {"eps_sec": cfg.link.eps_sec, "eps_cor": cfg.link.eps_cor,
                    "qber_max": cfg.link.qber_threshold,
                    "auth_reserve_bits": cfg.link.auth_reserve_bits,
-                   "step_timeout": cfg.link.step_timeout},
+                   "step_timeout": cfg.link.step_timeout,
+                   "reconciliation": cfg.link.reconciliation},
         **phy_entry(cfg.phy_for(None)),
         # [trace]: the link endpoints write one JSON-lines file per link session here.
         "trace": str(cfg.trace.folder) if cfg.trace.enabled and cfg.trace.folder else None,

@@ -224,9 +224,10 @@ class LinkConfig:
 
     #: Run QKD on the link (false: route with key already in the store only).
     enabled: bool = True
-    #: Pulse slots per link block.
-    block_slots: int = field(default=10_000_000,
-                            metadata=_meta(_block_size, "an integer >= 1000"))
+    #: Pulse slots per link block (None: sized for the preset and distance, see
+    #: docs/block-size.md).
+    block_slots: int | None = field(default=None,
+                                    metadata=_meta(_block_size, "an integer >= 1000"))
     eps_sec: float = field(default=1e-10, metadata=_meta(_open_unit, "a number in (0, 1)"))
     eps_cor: float = field(default=1e-15, metadata=_meta(_open_unit, "a number in (0, 1)"))
     qber_threshold: float = field(default=0.11, metadata=_meta(_qber, "a number in (0, 0.5)"))
@@ -237,6 +238,16 @@ class LinkConfig:
                                    metadata=_meta(_positive, "a positive integer"))
     #: Seconds a link step may wait for the peer before the block is aborted.
     step_timeout: float = field(default=60.0, metadata=_meta(_positive, "seconds > 0"))
+    #: Error correction: "auto" (per block, the method expected to disclose less),
+    #: "ldpc" or "cascade".
+    reconciliation: Literal["auto", "ldpc", "cascade"] = field(default="auto", metadata=_meta(
+        expected='"auto", "ldpc" or "cascade"'))
+    #: Spoke: blocks in flight at once (pipelining).
+    in_flight: int = field(default=2, metadata=_meta(_positive, "a positive integer"))
+    #: Hub: processes that emulate the spokes' PHYs (0: in the hub's own process;
+    #: None: min(4, CPU cores)).
+    phy_workers: int | None = field(default=None, metadata=_meta(
+        lambda v: None if v >= 0 else f"{v!r} is negative", "an integer >= 0"))
 
 
 @dataclass(frozen=True)
