@@ -111,11 +111,26 @@ def _params(args: argparse.Namespace) -> Any:
 
 
 def default_block_slots(params: Any, km: float, target_clicks: float = 1.5e6) -> int:
-    """Slots giving about ``target_clicks`` clicks per block (key needs ~1e6 per block)."""
-    eta = params.eta_total(km) if hasattr(params, "eta_total") else 0.1
-    p_click = sum(p * -math.expm1(-mu * eta) for mu, p in zip(params.mu, params.p_mu,
-                                                                  strict=True))
-    p_click += 2 * params.p_dark
+    """Pulse slots giving about ``target_clicks`` detections per block.
+
+    The click probability per slot comes from the full receiver model
+    (:func:`qkdnet.phy.theory.gains`: dead time and afterpulsing included), so the
+    blocks really hold ``target_clicks``; the channel-only formula overstated it by
+    up to 2x at short distances.  1.5e6 is ~70 % of the per-block limit
+    (``qkdnet.link.wire.MAX_CLICKS``), far enough below it for the Poisson spread.
+    Why this size: finite-key key per wall-second grows with the block (measured in
+    docs/block-size.md), and this is the largest block the wire format allows.
+    """
+    try:
+        from qkdnet.phy import theory
+
+        clicks, _ = theory.gains(params, km)
+        p_click = float((clicks[:, 0] * params.p_mu).sum())
+    except (AttributeError, TypeError, ValueError):
+        eta = params.eta_total(km) if hasattr(params, "eta_total") else 0.1
+        p_click = sum(p * -math.expm1(-mu * eta) for mu, p in zip(params.mu, params.p_mu,
+                                                                      strict=True))
+        p_click += 2 * params.p_dark
     return int(min(max(target_clicks / max(p_click, 1e-12), 1e5), 1e10))
 
 

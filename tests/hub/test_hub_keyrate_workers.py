@@ -102,8 +102,12 @@ def test_hub_phy_workers_survive_a_worker_crash_and_stop_with_the_hub(tmp_path: 
         after = _wait(tmp_path, "three more stored blocks per link after the crash",
                       lambda ls: all(ls[n].get("stored", 0) >= before[n]["stored"] + 3
                                      for n in SPOKES))
-        # The crash costs at most the block that was waiting on the dead worker.
-        lost = {n: after[n].get("aborted", 0) - before[n].get("aborted", 0) for n in SPOKES}
+        # The crash costs at most the block that was waiting on the dead worker.  Blocks
+        # this small (4e6 slots, for speed) sometimes distil nothing under strict
+        # accounting; those end as "no_key", which is not the crash's doing.
+        def failed(link: dict) -> int:
+            return link.get("aborted", 0) - link.get("abort_reasons", {}).get("no_key", 0)
+        lost = {n: failed(after[n]) - failed(before[n]) for n in SPOKES}
         assert sum(lost.values()) <= 1, after
         assert all(lk["state"] == "up" and lk["key_rate_bps"] > 0 for lk in after.values())
         restarted = _workers(hub.pid)
