@@ -25,8 +25,8 @@ HERE = Path(__file__).parent
 QKDNET = [sys.executable, "-m", "qkdnet"]
 
 
-def run(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*QKDNET, *args], capture_output=True, text=True, timeout=timeout,
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*QKDNET, *args], capture_output=True, text=True, timeout=60,
                           cwd=cwd)
 
 
