@@ -89,8 +89,8 @@ def _receive(args: argparse.Namespace) -> int:
             node, into, service=args.service, count=args.count, quiet=args.json)
         return result
 
-    result = run_trio(receive, message="receiving interrupted (partial files are kept "
-                                       "as NAME.part and resume when sent again)")
+    result = run_trio(receive, message="receiving interrupted (a partial file is kept "
+                                       "as NAME.part: sending it again resumes)")
     if args.json:
         emit_json(result)
     return 0 if all(r.get("verified") for r in result.get("files", [])) else 1
