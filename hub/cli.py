@@ -226,67 +226,23 @@ def _status(kind: str, loader: Callable[[str], Any]) -> Callable[[argparse.Names
                   file=sys.stderr)
             return 1
         if args.json:
-            emit_json(result)
+            from qkdnet.hub.status_view import rounded
+            emit_json(rounded(result))
         else:
             _print_status(kind, result)
         return 0
     return handler
 
 
-def _link_state(link: dict[str, Any]) -> str:
-    """"up since T", "DOWN since T (why)" or "-" (no link yet)."""
-    state = link.get("state")
-    if state == "up":
-        return f"up since {link.get('since', '?')}"
-    if state == "down":
-        return f"DOWN since {link.get('since', '?')} ({link.get('down_reason') or '?'})"
-    return "-"
-
-
 def _print_status(kind: str, st: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console(stderr=False)
-    if kind == "hub":
-        table = Table(title=f"hub {st.get('hub')} (port {st.get('port')})")
-        for col in ("spoke", "connected", "link", "QBER", "net key b/s", "key hub→spoke",
-                    "key spoke→hub", "frames in/out", "relays", "drops"):
-            table.add_column(col)
-        for name, sp in sorted(st.get("spokes", {}).items()):
-            link = sp.get("link", {})
-            keys = sp.get("key_bits", {})
-            qber = link.get("qber")
-            table.add_row(
-                name, "yes" if sp.get("connected") else "no", _link_state(link),
-                f"{qber:.3%}" if isinstance(qber, int | float) else "-",
-                f"{link.get('key_rate_bps', 0):.0f}",
-                str(keys.get("hub_to_spoke", "-")), str(keys.get("spoke_to_hub", "-")),
-                f"{sp.get('frames_in', 0)}/{sp.get('frames_out', 0)}",
-                str(sp.get("key_relays", 0)),
-                ", ".join(f"{k}={v}" for k, v in sp.get("drops", {}).items()) or "-")
-        console.print(table)
-        totals = st.get("totals", {})
-        console.print("totals: " + (", ".join(f"{k}={v}" for k, v in sorted(totals.items()))
-                                    or "none"))
-    else:
-        keys = st.get("key_bits", {})
-        link = st.get("link", {})
-        console.print(f"node {st.get('name')} → hub {st.get('hub')} "
-                      f"({st.get('hub_address')}): "
-                      f"{'connected' if st.get('connected') else 'NOT connected'}")
-        qber = link.get("qber")
-        console.print(f"  link: {_link_state(link)}; QBER "
-                      f"{f'{qber:.3%}' if isinstance(qber, int | float) else '-'}, key rate "
-                      f"{link.get('gross_key_rate_bps', 0):.0f} b/s gross, "
-                      f"{link.get('auth_rate_bps', 0):.0f} authentication, "
-                      f"{link.get('key_rate_bps', 0):.0f} net; blocks "
-                      f"{link.get('stored', 0)} stored / {link.get('aborted', 0)} aborted")
-        console.print(f"  key: to hub {keys.get('to_hub', '-')} bits, from hub "
-                      f"{keys.get('from_hub', '-')} bits")
-        console.print("  " + ", ".join(f"{k}={v}" for k, v in st.get("counters", {}).items()))
-        if st.get("last_error"):
-            console.print(f"  last error: {st['last_error']}")
+    from qkdnet.hub.status_view import print_hub, print_node
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 120     # a pipe or a file: no reason to squeeze the table
+    (print_hub if kind == "hub" else print_node)(st, console)
 
 
 def register(commands: CommandSet) -> None:
