@@ -65,3 +65,32 @@ def test_a_file_that_is_not_a_capture_is_a_clear_error(tmp_path) -> None:  # typ
     result = run_cli("pcap", "summary", str(junk))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "not a capture file" in result.stderr
+
+
+def test_help_texts_have_no_rest_markup() -> None:
+    """Every command's --help as printed: no ``literal``, :mod:`x` or :class:`~y`."""
+    for path, parser in _walk(build_parser()):
+        text = parser.format_help()
+        assert "``" not in text, (path, text)
+        for role in (":mod:`", ":class:`", ":func:`", ":meth:`", ":data:`", ":attr:`"):
+            assert role not in text, (path, role)
+
+
+def test_plain_text_keeps_the_words() -> None:
+    from qkdnet.cli import plain_text
+
+    assert plain_text("run ``qkdnet link run`` with :mod:`qkdnet.hub.linkrun`, "
+                      ":class:`~qkdnet.hub.node.SpokeNode` and :func:`f <a.b.f>`") == \
+        "run qkdnet link run with qkdnet.hub.linkrun, SpokeNode and f"
+
+
+def test_global_options_before_the_command_count(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nname = "x"\nrole = "spoke"\nhub = "hub"\n[netwrk]\n')
+    quiet = run_cli("node", "--config", str(bad))
+    assert "Traceback" not in quiet.stderr
+    for argv in (["-v", "node", "--config", str(bad)], ["node", "--config", str(bad), "-v"]):
+        loud = run_cli(*argv)
+        assert loud.returncode == 2 and "Traceback" in loud.stderr, argv
+        assert loud.stderr.rstrip().endswith("did you mean 'network'?)") or \
+            "did you mean 'network'" in loud.stderr.splitlines()[-1]
