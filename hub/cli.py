@@ -121,7 +121,7 @@ def _run_hub(args: argparse.Namespace) -> int:
 
     from qkdnet.cli import run_trio
     from qkdnet.hub.daemon import HubDaemon
-    from qkdnet.hub.instance import single_instance
+    from qkdnet.hub.lifecycle import single_instance
     from qkdnet.hub.linkrun import hub_link_runner
 
     settings = hub_settings_from_config(_config_with_trace(args, "hub"))
@@ -151,7 +151,7 @@ def _run_node(args: argparse.Namespace) -> int:
     import trio
 
     from qkdnet.cli import run_trio
-    from qkdnet.hub.instance import single_instance
+    from qkdnet.hub.lifecycle import single_instance
     from qkdnet.hub.linkrun import spoke_link_runner
     from qkdnet.hub.node import SpokeNode
 
