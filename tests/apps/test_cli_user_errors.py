@@ -217,3 +217,25 @@ def test_usage_errors_under_json_are_json() -> None:
     result = run("--json", "link", "run", "--no-such-flag")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["error"]["kind"] == "UsageError"
+
+
+def test_send_json_reports_the_budget_as_numbers(network: Path, tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(os.urandom(10_000))
+    recv = subprocess.Popen([*QKDNET, "receive", "--into", str(tmp_path / "in"), "--count",
+                             "1", "--json", "--node", str(network / "bob.sock")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):  # until the receiver listens
+            sent = run("--json", "send", str(tmp_path / "f.bin"), "--to", "bob", "--node",
+                       str(network / "alice.sock"))
+            if "does not listen" not in sent.stderr:
+                break
+        assert sent.returncode == 0, sent.stderr
+        recv.communicate(timeout=60)
+    finally:
+        recv.kill()
+    budget = json.loads(sent.stdout)["budget"]
+    assert budget["needed_bits"] == int(8 * 10_000 * 1.01) + 1024
+    assert isinstance(budget["available_bits"], int) and budget["available_bits"] > 0
+    assert budget["wait_s"] == 0.0
+    assert budget["key_rate_bps"] is None or isinstance(budget["key_rate_bps"], float)
