@@ -209,8 +209,10 @@ def _refusal_hint(results: list[Any], args: argparse.Namespace) -> str | None:
     hello = next((r for r in results if r.name == "handshake.hello"), None)
     if hello is None or hello.passed or "connection closed" not in hello.detail:
         return None
+    again = ("" if args.keystore else "; if it has one, an earlier run already spent this "
+             "secret's first keys: give every run the same --keystore FILE")
     return (f"the target closed the connection after the kit's HELLO as {args.name!r}: "
             f"it does not know that name, or holds another secret for it. On a qkdnet "
             f"hub the kit needs an entry of its own: add [spokes.{args.name}] with "
             f"bootstrap_secret = a fresh secret file (the one given here as --secret, "
-            f"not a spoke's) to the hub's config and restart the hub")
+            f"not a spoke's) to the hub's config and restart the hub{again}")
