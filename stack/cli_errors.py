@@ -4,9 +4,10 @@
 command into the line the user reads. trio wraps an error raised in a nursery into an
 exception group (with ``Cancelled`` siblings from the tasks it cancelled), so the group
 is opened first and the error that started it is chosen by :func:`primary_error`:
-Ctrl-C before a qkdnet error, before an ``OSError``, before a broken connection, before
-anything else. Only that last kind (an exception no part of qkdnet raises on purpose)
-is an "internal error … please report it".
+Ctrl-C before a qkdnet error, before an ``OSError``, before a broken connection, a
+timeout or a key store (SQLite) error, before anything else. Only that last kind (an
+exception no part of qkdnet raises on purpose) is an "internal error … please report
+it".
 
 ``OSError`` gets words for the cases users meet (a busy port, a missing file, a
 directory where a file belongs, a refused connection), with the command's own
@@ -44,6 +45,16 @@ def _is_broken_connection(err: BaseException) -> bool:
     return trio is not None and isinstance(err, trio.BrokenResourceError | trio.EndOfChannel)
 
 
+def _is_timeout(err: BaseException) -> bool:
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(err, trio.TooSlowError)
+
+
+def _is_store_error(err: BaseException) -> bool:
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(err, sqlite3.Error)
+
+
 def _rank(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt | Interrupted):
         return 0
@@ -53,7 +64,7 @@ def _rank(err: BaseException) -> int:
         return 2
     if isinstance(err, OSError):
         return 3
-    if _is_broken_connection(err):
+    if _is_broken_connection(err) or _is_timeout(err) or _is_store_error(err):
         return 4
     return 5
 
@@ -123,6 +134,11 @@ def describe_error(err: BaseException,
     if _is_broken_connection(first):
         detail = str(first) or "the other end went away"
         return f"connection lost: {detail}", type(first).__name__, 1
+    if _is_timeout(first):
+        return "timed out waiting for an answer (is the other end running and reachable?)", \
+            "TooSlowError", 1
+    if _is_store_error(first):  # disk full, I/O error, locked: the machine's, not ours
+        return f"key store error: {first}", type(first).__name__, 1
     shown = f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
     return (f"internal error: {shown} (run again with --verbose for the traceback, "
             "and please report it)", "InternalError", 1)

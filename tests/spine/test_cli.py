@@ -94,3 +94,32 @@ def test_global_options_before_the_command_count(tmp_path) -> None:  # type: ign
         assert loud.returncode == 2 and "Traceback" in loud.stderr, argv
         assert loud.stderr.rstrip().endswith("did you mean 'network'?)") or \
             "did you mean 'network'" in loud.stderr.splitlines()[-1]
+
+
+def test_errors_inside_nurseries_are_reported_as_themselves() -> None:
+    import errno
+    import sqlite3
+
+    import trio
+
+    from qkdnet.cli_errors import describe_error
+    from qkdnet.errors import ConfigError, Interrupted
+
+    def group(*errs: BaseException) -> BaseExceptionGroup:  # type: ignore[type-arg]
+        return BaseExceptionGroup("Exceptions from Trio nursery", list(errs))
+
+    cancelled = trio.Cancelled._create()  # what a nursery's other tasks raise
+    assert describe_error(group(cancelled, ConfigError("bad", key="k"))) == (
+        "k: bad", "ConfigError", 2)
+    busy = OSError(errno.EADDRINUSE, "Address already in use")
+    message, _kind, code = describe_error(group(group(busy), trio.BrokenResourceError()))
+    assert code == 1 and message.startswith("address already in use")
+    assert describe_error(group(ConfigError("x"), KeyboardInterrupt()))[2] == 130
+    assert describe_error(Interrupted("chat interrupted")) == (
+        "chat interrupted", "Interrupted", 130)
+    assert describe_error(group(trio.TooSlowError()))[0].startswith("timed out")
+    assert describe_error(sqlite3.OperationalError("database is locked"))[0] == \
+        "key store error: database is locked"
+    bug, kind, code = describe_error(group(cancelled, ZeroDivisionError("boom")))
+    assert (kind, code) == ("InternalError", 1)
+    assert bug.startswith("internal error: ZeroDivisionError: boom") and "report" in bug
