@@ -7,22 +7,24 @@ JSON object per line::
     {"t": "ack", "id": 7}                      receipt: the peer's app displayed it
 
 :class:`ChatSession` is the protocol engine on a stream; :func:`run_chat_cli` is the
-interactive front end behind ``qkdnet chat PEER`` (stdin lines out, peer lines and
-receipts in, a status line with key left and hop QBER).
+interactive front end behind ``qkdnet chat PEER`` (typed lines out, peer lines and
+receipts in, a status line with key left and hop QBER), on the terminal of
+:mod:`qkdnet.apps.chat_tty` (an input line that incoming messages leave intact, peer
+text shown with its control characters escaped).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from qkdnet.apps.chat_tty import ChatTerminal, printable
 from qkdnet.apps.stream import SecureStream
-from qkdnet.errors import ErrorCode, RemoteProtocolError
+from qkdnet.errors import ErrorCode, QkdnetError, RemoteProtocolError
 
 SERVICE = "chat"
 MAX_LINE = 64 * 1024
@@ -155,31 +157,37 @@ async def status_line(node: Any, peer: str) -> str:
 
 
 async def run_chat_cli(node: Any, peer: str, *, service: str = SERVICE,
-                       listen: bool = False, out: Any = None) -> int:
-    """Interactive chat: stdin lines are sent, peer lines and receipts printed.
+                       listen: bool = False, terminal: ChatTerminal | None = None) -> int:
+    """Interactive chat: the user's lines are sent, peer lines and receipts shown.
 
     With ``listen=True`` waits for the peer to open the chat; otherwise opens it and
-    falls back to waiting if the peer does not listen. Returns an exit code.
+    falls back to waiting if the peer does not listen. Peer text is shown through
+    :func:`printable`, so it cannot drive the terminal. Returns an exit code; Ctrl-C
+    raises :class:`~qkdnet.errors.Interrupted`.
     """
+    term = terminal or ChatTerminal()
+    async with term:
+        return await _chat(node, peer, service, listen, term)
+
+
+async def _chat(node: Any, peer: str, service: str, listen: bool, term: ChatTerminal) -> int:
     from qkdnet.apps.api import open_secure_stream
-    out = out or sys.stdout
 
-    def say(text: str) -> None:
-        out.write(text + "\n")
-        out.flush()
-
+    say = term.say
+    shown = printable(peer)
     stream: SecureStream | None = None
     if not listen:
         try:
             stream = await open_secure_stream(peer, service, node=node)
-        except Exception as err:
-            say(f"* {peer} is not listening ({err}); waiting for {peer} to call")
+        except QkdnetError as err:
+            say(f"* {shown} is not listening ({printable(str(err))}); "
+                f"waiting for {shown} to call")
     if stream is None:
         listener = node.listen(service)
         ready = getattr(listener, "ready", None)
         if ready is not None:
             await ready()
-        say(f"* waiting for {peer} …")
+        say(f"* waiting for {shown} …")
         async for channel in listener:
             from qkdnet.apps.api import wrap_channel
             stream = wrap_channel(channel)
@@ -191,30 +199,25 @@ async def run_chat_cli(node: Any, peer: str, *, service: str = SERVICE,
             listener.close()
     assert stream is not None
     session = ChatSession(stream)
-    say(f"* connected to {peer}. Type lines; Ctrl-D to leave.")
-    say(await status_line(node, peer))
+    say(f"* connected to {shown}. Type lines; Ctrl-D to leave.")
+    say(await status_line(node, shown))
     pending: dict[int, str] = {}
 
     async def reader(cancel: trio.CancelScope) -> None:
         async for ev in session.events():
             if ev.kind == "message":
-                say(f"{peer}> {ev.text}")
+                say(f"{shown}> {printable(ev.text)}")
             elif ev.kind == "receipt":
                 text = pending.pop(ev.id, "")
-                say(f"* delivered #{ev.id} ({text[:20]})")
-                say(await status_line(node, peer))
+                say(f"* delivered #{ev.id} ({printable(text[:20])})")
+                say(await status_line(node, shown))
             elif ev.kind == "closed":
-                say(f"* {peer} left the chat")
+                say(f"* {shown} left the chat")
                 cancel.cancel()
                 return
 
     async def writer(cancel: trio.CancelScope) -> None:
-        stdin = trio.wrap_file(sys.stdin)
-        while True:
-            line = await stdin.readline()
-            if not line:
-                break
-            text = line.rstrip("\n")
+        async for text in term.lines():
             if not text:
                 continue
             mid = await session.send(text)
@@ -231,7 +234,8 @@ async def run_chat_cli(node: Any, peer: str, *, service: str = SERVICE,
             nursery.start_soon(reader, nursery.cancel_scope)
             nursery.start_soon(writer, nursery.cancel_scope)
     finally:
-        with trio.move_on_after(1) as scope:
+        # A short goodbye, also when interrupted: the peer sees the chat end.
+        with trio.move_on_after(0.5) as scope:
             scope.shield = True
             await stream.aclose()
     say(f"* chat ended: {session.sent} sent, {len(session.delivered)} delivered, "

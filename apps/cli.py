@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qkdnet.cli import CommandSet, emit_json, fail
+from qkdnet.cli import CommandSet, emit_json, fail, module_doc, run_trio
+from qkdnet.errors import ConfigError
 
 
 def _node(args: argparse.Namespace) -> Any:
@@ -19,6 +20,16 @@ def _node(args: argparse.Namespace) -> Any:
     from qkdnet.apps.local import NodeClient
     path = Path(args.node) if args.node else default_socket_path()
     return NodeClient(path)
+
+
+async def _reach(node: Any, peer: str | None = None) -> dict[str, Any]:
+    """The node's status, which also proves it runs; refuses ``peer`` if it is us."""
+    status: dict[str, Any] = await node.fetch_status()
+    me = status.get("name")
+    if peer is not None and peer == me:
+        raise ConfigError(f"{peer!r} is this node itself (the node at {node.path}): "
+                          "name another spoke")
+    return status
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -31,35 +42,55 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    import trio
-
     from qkdnet.apps.chat import run_chat_cli
     node = _node(args)
-    return int(trio.run(lambda: run_chat_cli(node, args.peer, service=args.service,
-                                             listen=args.listen)))
+
+    async def chat() -> int:
+        await _reach(node, args.peer)
+        return await run_chat_cli(node, args.peer, service=args.service, listen=args.listen)
+
+    return int(run_trio(chat, message="chat interrupted"))
 
 
 def _send(args: argparse.Namespace) -> int:
-    import trio
-
     from qkdnet.apps.transfer import run_send_cli
     path = Path(args.file)
+    if path.is_dir():
+        return fail(f"{path} is a directory (give the path of a file; "
+                    "to send a folder, archive it first)", 2)
     if not path.is_file():
         return fail(f"{path}: no such file (give the path of a regular file)", 2)
-    result = trio.run(lambda: run_send_cli(_node(args), path, args.to, service=args.service,
-                                           force=args.force, quiet=args.json))
+    node = _node(args)
+
+    async def send() -> dict[str, Any]:
+        await _reach(node, args.to)
+        result: dict[str, Any] = await run_send_cli(
+            node, path, args.to, service=args.service, force=args.force, quiet=args.json)
+        return result
+
+    result = run_trio(send, message=f"sending {path.name} interrupted (send it again "
+                                    "to resume)")
     if args.json:
         emit_json(result)
     return 0 if result.get("verified") else 1
 
 
 def _receive(args: argparse.Namespace) -> int:
-    import trio
-
     from qkdnet.apps.transfer import run_receive_cli
-    result = trio.run(lambda: run_receive_cli(_node(args), Path(args.into),
-                                              service=args.service, count=args.count,
-                                              quiet=args.json))
+    into = Path(args.into)
+    if into.exists() and not into.is_dir():
+        return fail(f"--into {into}: not a directory (give the folder to receive into)", 2)
+    node = _node(args)
+
+    async def receive() -> dict[str, Any]:
+        await _reach(node)
+        into.mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = await run_receive_cli(
+            node, into, service=args.service, count=args.count, quiet=args.json)
+        return result
+
+    result = run_trio(receive, message="receiving interrupted (a partial file is kept "
+                                       "as NAME.part: sending it again resumes)")
     if args.json:
         emit_json(result)
     return 0 if all(r.get("verified") for r in result.get("files", [])) else 1
@@ -68,7 +99,7 @@ def _receive(args: argparse.Namespace) -> int:
 def register(commands: CommandSet) -> None:
     """Add the application commands."""
     p = commands.add("demo", _demo, help="hub + alice, bob, carol on loopback: chat and a file",
-                     description=__import__("qkdnet.apps.demo", fromlist=["x"]).__doc__)
+                     description=module_doc("qkdnet.apps.demo"))
     p.add_argument("--seed", type=int, default=1, help="fixes PHY, chat lines and file")
     p.add_argument("--keep", metavar="DIR", help="keep key stores and files in DIR")
     p.add_argument("--link-timeout", type=float, default=40.0,

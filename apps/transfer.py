@@ -283,7 +283,11 @@ async def run_send_cli(node: Any, path: Path, peer: str, *, service: str = SERVI
             await stream.aclose()
     out = {"file": str(path), "to": peer, "bytes": size, "sha256": result.sha256,
            "resumed_from": result.resumed_from, "sent_bytes": result.sent_bytes,
-           "verified": result.verified, "budget": budget.message()}
+           "verified": result.verified,
+           # numbers, for scripts: bits of key needed and held, key rate, seconds short
+           "budget": {"needed_bits": budget.needed_bits,
+                      "available_bits": budget.available_bits,
+                      "key_rate_bps": budget.rate_bps, "wait_s": budget.wait_s}}
     if not quiet:
         console.print(f"{'verified' if result.verified else 'NOT verified'}: {path.name} "
                       f"({size} bytes, SHA-256 {result.sha256[:16]}…"

@@ -11,13 +11,15 @@ validated, unknown keys are errors naming the file and the key.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qkdnet.cli import CommandSet, emit_json
-from qkdnet.errors import ConfigError
+from qkdnet.errors import ConfigError, QkdnetError
 
 
 def control_socket_for(keystore: Path) -> Path:
@@ -103,50 +105,75 @@ def spoke_settings_from_file(path: str | Path) -> Any:
 
 # -- commands ------------------------------------------------------------------------
 
+def _busy_port(err: BaseException, settings: Any, config: str) -> QkdnetError | None:
+    """The one line for a hub whose sideband port is taken, else None."""
+    from qkdnet.cli_errors import primary_error
+
+    first = primary_error(err)
+    if isinstance(first, OSError) and first.errno == errno.EADDRINUSE:
+        return QkdnetError(
+            f"cannot listen on {settings.host}:{settings.port}: the port is in use "
+            f"(another qkdnet hub?); stop that program, or set [network] sideband_port "
+            f"in {config}")
+    return None
+
+
 def _run_hub(args: argparse.Namespace) -> int:
     import trio
 
-    from qkdnet.hub.daemon import HubDaemon, run_until_signal
+    from qkdnet.cli import run_trio
+    from qkdnet.hub.daemon import HubDaemon
+    from qkdnet.hub.lifecycle import single_instance
     from qkdnet.hub.linkrun import hub_link_runner
 
     settings = hub_settings_from_config(_config_with_trace(args, "hub"))
-    daemon = HubDaemon(settings, link_runner=hub_link_runner(settings))
+    label = f'hub "{settings.name}"'
 
-    async def main(task_status: Any) -> None:
-        await daemon.run(task_status=task_status)
+    async def main() -> None:
+        daemon = HubDaemon(settings, link_runner=hub_link_runner(settings))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            # Only now: the port is bound and the control socket answers.
+            print(f"qkdnet {label}: listening on {settings.host}:{daemon.port} for "
+                  f"spokes {', '.join(settings.spokes)}", file=sys.stderr)
 
-    print(f"qkdnet hub {settings.name}: listening on {settings.host}:{settings.port} "
-          f"for {', '.join(settings.spokes)}", file=sys.stderr)
-    trio.run(run_until_signal, main)
-    print(f"qkdnet hub {settings.name}: stopped", file=sys.stderr)
+    with single_instance(settings.keystore, label):
+        try:
+            run_trio(main, stop_signals=(signal.SIGTERM,), message=f"{label} stopped")
+        except BaseException as err:
+            busy = _busy_port(err, settings, args.config)
+            if busy is not None:
+                raise busy from None
+            raise
+    print(f"qkdnet {label}: stopped", file=sys.stderr)
     return 0
 
 
 def _run_node(args: argparse.Namespace) -> int:
     import trio
 
-    from qkdnet.hub.daemon import run_until_signal
+    from qkdnet.cli import run_trio
+    from qkdnet.hub.lifecycle import single_instance
     from qkdnet.hub.linkrun import spoke_link_runner
     from qkdnet.hub.node import SpokeNode
 
     settings = spoke_settings_from_config(_config_with_trace(args, "node"))
-    node = SpokeNode(settings, link_runner=spoke_link_runner(settings))
+    label = f'node "{settings.name}"'
 
-    async def main(task_status: Any) -> None:
+    async def main() -> None:
+        node = SpokeNode(settings, link_runner=spoke_link_runner(settings))
         async with node.running(), trio.open_nursery() as nursery:
+            print(f"qkdnet {label}: connecting to hub \"{settings.hub_name}\" at "
+                  f"{settings.hub_host}:{settings.hub_port}", file=sys.stderr)
             app_socket = _app_socket(settings)
             if app_socket is not None:  # the apps layer's local API for other processes
                 from qkdnet.apps.local import serve_local
                 await nursery.start(serve_local, node, app_socket)
-                print(f"qkdnet node {settings.name}: apps connect at {app_socket}",
-                      file=sys.stderr)
-            task_status.started()
-            await trio.sleep_forever()
+                print(f"qkdnet {label}: apps connect at {app_socket}", file=sys.stderr)
 
-    print(f"qkdnet node {settings.name}: hub {settings.hub_name} at "
-          f"{settings.hub_host}:{settings.hub_port}", file=sys.stderr)
-    trio.run(run_until_signal, main)
-    print(f"qkdnet node {settings.name}: stopped", file=sys.stderr)
+    with single_instance(settings.keystore, label):
+        run_trio(main, stop_signals=(signal.SIGTERM,), message=f"{label} stopped")
+    print(f"qkdnet {label}: stopped", file=sys.stderr)
     return 0
 
 
@@ -201,67 +228,23 @@ def _status(kind: str, loader: Callable[[str], Any]) -> Callable[[argparse.Names
                   file=sys.stderr)
             return 1
         if args.json:
-            emit_json(result)
+            from qkdnet.hub.status_view import rounded
+            emit_json(rounded(result))
         else:
             _print_status(kind, result)
         return 0
     return handler
 
 
-def _link_state(link: dict[str, Any]) -> str:
-    """"up since T", "DOWN since T (why)" or "-" (no link yet)."""
-    state = link.get("state")
-    if state == "up":
-        return f"up since {link.get('since', '?')}"
-    if state == "down":
-        return f"DOWN since {link.get('since', '?')} ({link.get('down_reason') or '?'})"
-    return "-"
-
-
 def _print_status(kind: str, st: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console(stderr=False)
-    if kind == "hub":
-        table = Table(title=f"hub {st.get('hub')} (port {st.get('port')})")
-        for col in ("spoke", "connected", "link", "QBER", "net key b/s", "key hub→spoke",
-                    "key spoke→hub", "frames in/out", "relays", "drops"):
-            table.add_column(col)
-        for name, sp in sorted(st.get("spokes", {}).items()):
-            link = sp.get("link", {})
-            keys = sp.get("key_bits", {})
-            qber = link.get("qber")
-            table.add_row(
-                name, "yes" if sp.get("connected") else "no", _link_state(link),
-                f"{qber:.3%}" if isinstance(qber, int | float) else "-",
-                f"{link.get('key_rate_bps', 0):.0f}",
-                str(keys.get("hub_to_spoke", "-")), str(keys.get("spoke_to_hub", "-")),
-                f"{sp.get('frames_in', 0)}/{sp.get('frames_out', 0)}",
-                str(sp.get("key_relays", 0)),
-                ", ".join(f"{k}={v}" for k, v in sp.get("drops", {}).items()) or "-")
-        console.print(table)
-        totals = st.get("totals", {})
-        console.print("totals: " + (", ".join(f"{k}={v}" for k, v in sorted(totals.items()))
-                                    or "none"))
-    else:
-        keys = st.get("key_bits", {})
-        link = st.get("link", {})
-        console.print(f"node {st.get('name')} → hub {st.get('hub')} "
-                      f"({st.get('hub_address')}): "
-                      f"{'connected' if st.get('connected') else 'NOT connected'}")
-        qber = link.get("qber")
-        console.print(f"  link: {_link_state(link)}; QBER "
-                      f"{f'{qber:.3%}' if isinstance(qber, int | float) else '-'}, key rate "
-                      f"{link.get('gross_key_rate_bps', 0):.0f} b/s gross, "
-                      f"{link.get('auth_rate_bps', 0):.0f} authentication, "
-                      f"{link.get('key_rate_bps', 0):.0f} net; blocks "
-                      f"{link.get('stored', 0)} stored / {link.get('aborted', 0)} aborted")
-        console.print(f"  key: to hub {keys.get('to_hub', '-')} bits, from hub "
-                      f"{keys.get('from_hub', '-')} bits")
-        console.print("  " + ", ".join(f"{k}={v}" for k, v in st.get("counters", {}).items()))
-        if st.get("last_error"):
-            console.print(f"  last error: {st['last_error']}")
+    from qkdnet.hub.status_view import print_hub, print_node
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 120     # a pipe or a file: no reason to squeeze the table
+    (print_hub if kind == "hub" else print_node)(st, console)
 
 
 def register(commands: CommandSet) -> None:

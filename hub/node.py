@@ -55,6 +55,7 @@ from qkdnet.errors import (
     RemoteProtocolError,
 )
 from qkdnet.hub import wire as w
+from qkdnet.hub.lifecycle import start_in_scope
 from qkdnet.hub.router import as_built
 from qkdnet.keystore import BlockMeta, KeySegment, KeyStore, prune_retired_periodically
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, connect_sideband
@@ -427,6 +428,7 @@ class SpokeNode:
         self._stopping = False
         self._serve_done = trio.Event()
         self._recorder: Any = None
+        self._link_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"SpokeNode({self.name!r}, hub={self.hub!r})"
@@ -464,6 +466,9 @@ class SpokeNode:
                     yield self
                 finally:
                     self._stopping = True
+                    # The link first: a block in flight must not send on a closing
+                    # connection (LocalProtocolError in state CLOSE_SENT).
+                    self._link_scope.cancel()
                     await self._say_goodbye()
                     nursery.cancel_scope.cancel()
         finally:
@@ -578,7 +583,10 @@ class SpokeNode:
         try:
             async with trio.open_nursery() as nursery:
                 if self.link_runner is not None:  # registers link types first
-                    await nursery.start(self.link_runner, self, chan, frames)
+                    # in a scope of its own: a stopping node ends its link first
+                    self._link_scope = trio.CancelScope()
+                    await nursery.start(start_in_scope, self._link_scope,
+                                        self.link_runner, self, chan, frames)
                 await chan.send(w.HubRegister(version=1, spoke=self.name.encode()))
                 await chan.run(frames)
                 nursery.cancel_scope.cancel()

@@ -15,24 +15,38 @@ travel over a quantum port (``alice --quantum HOST:PORT`` to ``bob
 pulses are a pure function of (seed, slot), so both processes then take the same
 ``--preset`` and ``--seed`` (and Bob ``--km`` / ``--attack``).  Both need the same bootstrap
 secret file (``--secret``); a new one is written by ``bob --new-secret``.
+
+Tables and summaries go to stdout (``> out.txt`` keeps them), per-block progress to
+stderr. Exit codes, the same for ``run``, ``alice`` and ``bob``: 0 when key was
+stored (for ``run``: and both ends hold identical keys), 3 when the link ran but no
+block yielded key (every block aborted: QBER too high under an attack, too few
+detections), 1 on a failure (the ends' keys differ, a connection broke), 2 on a
+usage or configuration error, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+from qkdnet.cli import CommandSet, emit_json, fail, run_trio
+from qkdnet.errors import ConfigError, Interrupted
 
-from qkdnet.cli import CommandSet, emit_json, fail
-from qkdnet.errors import ConfigError
-from qkdnet.link.session import BlockStats
+if TYPE_CHECKING:
+    from qkdnet.link.session import BlockStats
 
 DEFAULT_PORT = 7790
+#: Exit code of a link that ran correctly but stored no key (see the module docstring).
+NO_KEY = 3
+EXIT_CODES = ("\n\nexit codes: 0 key stored; 3 the link ran but no block yielded key;\n"
+              "1 failure; 2 usage or configuration error; 130 Ctrl-C")
 
 
 def register(commands: CommandSet) -> None:
@@ -52,7 +66,8 @@ def register(commands: CommandSet) -> None:
     r.add_argument("--trace", metavar="DIR", default=None,
                    help="write a qlog-style JSON-lines trace of every block into DIR")
 
-    a = link.add("alice", _cmd_alice, help="run the transmitter end (connects to bob)")
+    a = link.add("alice", _cmd_alice, help="run the transmitter end (connects to bob)",
+                 description="run the transmitter end (connects to bob)" + EXIT_CODES)
     _phy_args(a)
     _end_args(a, default_name="alice", default_peer="bob")
     a.add_argument("--connect", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
@@ -64,7 +79,8 @@ def register(commands: CommandSet) -> None:
     a.add_argument("--block-slots", type=float, default=None,
                    help="pulse slots per block (default: about 1.5e6 clicks per block)")
 
-    b = link.add("bob", _cmd_bob, help="run the receiver end (listens for alice)")
+    b = link.add("bob", _cmd_bob, help="run the receiver end (listens for alice)",
+                 description="run the receiver end (listens for alice)" + EXIT_CODES)
     _phy_args(b)
     _end_args(b, default_name="bob", default_peer="alice")
     b.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
@@ -157,7 +173,7 @@ def print_blocks(blocks: list[BlockStats], title: str) -> None:
         t.add_row(str(st.block), result, str(st.sifted), _fmt(qber, ".2%"),
                   _fmt(st.y1_lower, ".3g"), _fmt(st.e1_upper, ".3f"), _fmt(st.phi_upper, ".3f"),
                   str(st.leak_ec_bits), str(st.ell), str(st.auth_bits), f"{st.wall_time:.2f}")
-    console = Console(file=sys.stderr)
+    console = Console(file=sys.stdout)
     if not console.is_terminal:
         console.width = 150     # a pipe or a log file: do not squeeze the columns
     console.print(t)
@@ -178,6 +194,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
 
     async def main() -> Any:
+        import trio
+
         from qkdnet.tracing import TraceFolder
 
         traces = TraceFolder(args.trace, node="link-run", clock=trio.current_time) \
@@ -193,7 +211,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         finally:
             traces.close()
 
-    result = trio.run(main)
+    with _quiet_normal_stops(args.verbose):
+        result = run_trio(main, message="link run interrupted")
     if args.json:
         out = result.as_dict()
         out.update(preset=args.preset, km=args.km, block_slots=slots, attack=args.attack)
@@ -205,9 +224,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         same = "yes" if result.identical else "NO"
         print(f"stored {result.alice.stored}/{args.blocks} blocks, "
               f"{result.alice.key_bits} key bits; both ends hold identical keys: {same} "
-              f"({result.comparison.get('bits_compared', 0)} data bits compared)",
-              file=sys.stderr)
-    return 0 if result.identical else 1
+              f"({result.comparison.get('bits_compared', 0)} data bits compared)")
+    if not result.identical:
+        return 1
+    return 0 if result.alice.stored else NO_KEY
 
 
 # --------------------------------------------------------------------------------------
@@ -253,6 +273,8 @@ def _cmd_alice(args: argparse.Namespace) -> int:
     store = _open_store(args, initiator=True)
 
     async def main() -> Any:
+        import trio
+
         chan = await connect_sideband(host, port, local_name=args.name,
                                       auth=FrameAuthenticator(KeyStoreTagKeys(store, args.peer)))
         cfg = LinkConfig.from_phy(params, new_session_id(), **_overrides(args))
@@ -281,11 +303,12 @@ def _cmd_alice(args: argparse.Namespace) -> int:
         return end.stats
 
     try:
-        stats = trio.run(main)
+        with _quiet_normal_stops(args.verbose):
+            stats = run_trio(main, message="link alice interrupted")
     finally:
         store.close()
     _report(args, stats, "alice")
-    return 0 if stats.stored else 1
+    return 0 if stats.stored else NO_KEY
 
 
 def _cmd_bob(args: argparse.Namespace) -> int:
@@ -313,6 +336,8 @@ def _cmd_bob(args: argparse.Namespace) -> int:
     ends: list[Any] = []
 
     async def main() -> None:
+        import trio
+
         phy: Any
         async with trio.open_nursery() as nursery:
             if args.quantum_listen:
@@ -359,21 +384,25 @@ def _cmd_bob(args: argparse.Namespace) -> int:
                 task_status=task_status))
             print(f"bob listening on {host}:{port}", file=sys.stderr)
 
+    interrupted = False
     try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        pass
+        with _quiet_normal_stops(args.verbose):
+            run_trio(main, message="link bob stopped")
+    except Interrupted:  # Ctrl-C is how bob ends without --exit-after: report first
+        interrupted = True
     finally:
         store.close()
-    if ends:
-        from qkdnet.link.driver import LinkStats
+    from qkdnet.link.driver import LinkStats
 
-        total = LinkStats()
-        for e in ends:
-            for st in e.stats.blocks:
-                total.record(st)
+    total = LinkStats()
+    for e in ends:
+        for st in e.stats.blocks:
+            total.record(st)
+    if ends:
         _report(args, total, "bob")
-    return 0
+    if interrupted:
+        raise Interrupted("link bob stopped")
+    return 0 if total.stored else NO_KEY
 
 
 def _report(args: argparse.Namespace, stats: Any, who: str) -> None:
@@ -381,8 +410,38 @@ def _report(args: argparse.Namespace, stats: Any, who: str) -> None:
         emit_json({"end": who, **stats.as_dict()})
     else:
         print_blocks(stats.blocks, f"link {who}: {args.preset}")
-        print(f"{who}: stored {stats.stored} blocks, {stats.key_bits} key bits",
-              file=sys.stderr)
+        blocks = "block" if stats.stored == 1 else "blocks"
+        print(f"{who}: stored {stats.stored} {blocks}, {stats.key_bits} key bits")
 
 
-__all__ = ["default_block_slots", "fail", "print_blocks", "register"]
+class _NormalStop(logging.Filter):
+    """Drops the driver's "link endpoint stops: sideband connection ended" warning.
+
+    When a link command finishes, its ends close the sideband and an endpoint still
+    reading reports the close as a warning; it is the normal end of the command, so
+    the CLI shows it only with ``--verbose`` (as INFO). Any other reason still shows.
+    """
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "link endpoint stops: sideband connection ended":
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return self.verbose > 0
+        return True
+
+
+@contextmanager
+def _quiet_normal_stops(verbose: int) -> Iterator[None]:
+    driver_log = logging.getLogger("qkdnet.link.driver")
+    quiet = _NormalStop(verbose)
+    driver_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        driver_log.removeFilter(quiet)
+
+
+__all__ = ["NO_KEY", "default_block_slots", "fail", "print_blocks", "register"]

@@ -158,9 +158,11 @@ def _block_size(v: int) -> str | None:
 class NodeSection:
     """``[node]``: who this node is."""
 
+    #: This node's name: how the hub and the other spokes address it.
     name: str = field(metadata=_meta(_name, _NAME_EXPECTED))
+    #: What the node is: the trusted hub (``qkdnet hub``) or a spoke (``qkdnet node``).
     role: Literal["hub", "spoke"] = field(metadata=_meta(expected='"hub" or "spoke"'))
-    #: Spoke only: the name of the hub it connects to.
+    #: Spoke only, and required there: the name of the hub it connects to.
     hub: str | None = field(default=None, metadata=_meta(_name, _NAME_EXPECTED))
 
 
@@ -168,17 +170,26 @@ class NodeSection:
 class NetworkConfig:
     """``[network]``: addresses and ports (0 means "pick a free port")."""
 
+    #: Hub: the address it listens on for spokes (0.0.0.0: every interface).
     listen_host: str = field(default="127.0.0.1", metadata=_meta(_host, "a host name or IP"))
+    #: Hub: the TCP port spokes connect to (the authenticated sideband). [TCP port]
     sideband_port: int = field(default=DEFAULT_SIDEBAND_PORT,
                                metadata=_meta(_port, "a TCP port 0-65535"))
+    #: Reserved for a quantum port between daemons; today's daemons emulate the fibre
+    #: inside the hub and do not open it. [TCP port]
     quantum_port: int = field(default=DEFAULT_QUANTUM_PORT,
                               metadata=_meta(_port, "a TCP port 0-65535"))
+    #: Spoke, required there: the host name or address of its hub.
     hub_host: str | None = field(default=None, metadata=_meta(_host, "a host name or IP"))
+    #: Spoke: the hub's sideband port (the hub's ``sideband_port``). [TCP port]
     hub_sideband_port: int = field(default=DEFAULT_SIDEBAND_PORT,
                                    metadata=_meta(_port, "a TCP port 0-65535"))
+    #: Reserved, like ``quantum_port``: the hub's quantum port. [TCP port]
     hub_quantum_port: int = field(default=DEFAULT_QUANTUM_PORT,
                                   metadata=_meta(_port, "a TCP port 0-65535"))
-    #: Local (Unix) socket through which apps on this machine reach the node.
+    #: Spoke: the local (Unix) socket through which apps on this machine reach the node
+    #: (``qkdnet send/receive/chat --node``); mode 0600. Unset: ``$QKDNET_NODE_SOCKET``,
+    #: else ``~/.qkdnet/node.sock``.
     app_socket: Path | None = None
 
 
@@ -186,11 +197,14 @@ class NetworkConfig:
 class KeystoreConfig:
     """``[keystore]``: the SQLite key store file."""
 
+    #: The SQLite key store file; the daemon also puts ``PATH.ctl`` (its status socket)
+    #: and ``PATH.lock`` (one running copy per node) beside it.
     path: Path = Path("keystore.sqlite")
     #: Bits one durable transaction leases for small reservations (see qkdnet.keystore).
+    #: [bits]
     lease_bits: int = field(default=1 << 16, metadata=_meta(_positive, "a positive integer"))
     #: Used-up block records kept per pool; daemons prune older ones hourly (their ids
-    #: could then be added again, so keep more than a peer could ever resend).
+    #: could then be added again, so keep more than a peer could ever resend). [records]
     retired_keep: int = field(default=100_000,
                               metadata=_meta(_positive, "a positive integer"))
 
@@ -203,11 +217,18 @@ class PhyConfig:
     values; :meth:`phy_params` builds the validated object (imports ``qkdnet.phy``).
     """
 
+    #: The PHY parameter set: source, fibre and detectors (``qkdnet phy presets``).
     preset: str = "snspd-metro"
+    #: Fibre length between the spoke and the hub. [km]
     km: float = field(default=10.0, metadata=_meta(
         lambda v: None if v >= 0 else f"{v!r} km is negative", "a fibre length >= 0 km"))
+    #: An eavesdropper on the fibre: ``none``, ``intercept-resend[:F[:random|biased|z|x]]``,
+    #: ``beam-splitting[:TAP]`` or ``pns``.
     attack: str = "none"
+    #: Seed of the emulated pulses (unset: random). Emulated key is only as secret as
+    #: this seed (README, "Honest limits").
     seed: int | None = None
+    #: ``[phy.params]``: overrides of the preset's fields, e.g. ``eta_det = 0.1``.
     params: dict[str, Any] = field(default_factory=dict)
 
     def phy_params(self) -> Any:
@@ -224,25 +245,32 @@ class LinkConfig:
 
     #: Run QKD on the link (false: route with key already in the store only).
     enabled: bool = True
-    #: Pulse slots per link block (None: sized for the preset and distance, see
-    #: docs/block-size.md).
+    #: Pulse slots per link block (unset: about 1.5e6 detections' worth for the preset
+    #: and distance, the size with the best measured key per wall-second, see
+    #: docs/block-size.md); larger blocks amortise the finite-key penalty. [slots]
     block_slots: int | None = field(default=None,
                                     metadata=_meta(_block_size, "an integer >= 1000"))
+    #: Secrecy parameter ε_sec of the finite-key bound (per block).
     eps_sec: float = field(default=1e-10, metadata=_meta(_open_unit, "a number in (0, 1)"))
+    #: Correctness parameter ε_cor: the chance that verified keys still differ.
     eps_cor: float = field(default=1e-15, metadata=_meta(_open_unit, "a number in (0, 1)"))
+    #: Blocks whose estimated QBER is above this are aborted (``qber_too_high``).
+    #: [fraction]
     qber_threshold: float = field(default=0.11, metadata=_meta(_qber, "a number in (0, 0.5)"))
+    #: Decoy method the config asks for; the daemons' links follow the preset's
+    #: intensities today, so this key is accepted but not yet used.
     decoy: Literal["one", "two"] = field(default="two", metadata=_meta(
         expected='"one" or "two"'))
-    #: Level the transmitter tops each auth pool up to before storing data key.
+    #: Level the transmitter tops each auth pool up to before storing data key. [bits]
     auth_reserve_bits: int = field(default=1 << 16,
                                    metadata=_meta(_positive, "a positive integer"))
-    #: Seconds a link step may wait for the peer before the block is aborted.
+    #: How long a link step may wait for the peer before the block is aborted. [s]
     step_timeout: float = field(default=60.0, metadata=_meta(_positive, "seconds > 0"))
     #: Error correction: "auto" (per block, the method expected to disclose less),
-    #: "ldpc" or "cascade".
+    #: "ldpc" or "cascade" (the daemons and ``link run`` use it).
     reconciliation: Literal["auto", "ldpc", "cascade"] = field(default="auto", metadata=_meta(
         expected='"auto", "ldpc" or "cascade"'))
-    #: Spoke: blocks in flight at once (pipelining).
+    #: Blocks a spoke keeps in flight at once (pipelining). [blocks]
     in_flight: int = field(default=2, metadata=_meta(_positive, "a positive integer"))
     #: Hub: processes that emulate the spokes' PHYs (0: in the hub's own process;
     #: None: min(4, CPU cores)).
@@ -257,7 +285,9 @@ class AuthConfig:
     A hub names one secret per spoke in ``[spokes.NAME]`` instead.
     """
 
-    #: Spoke: the secret file shared with its hub (None: already in the key store).
+    #: Spoke: the secret file shared with its hub, the same file at both ends (unset:
+    #: already imported into the key store). At least 4 KiB; give it 1 MiB, since the
+    #: first link blocks spend authentication key from it.
     bootstrap_secret: Path | None = None
 
 
@@ -265,14 +295,16 @@ class AuthConfig:
 class RoutingConfig:
     """``[routing]``: message routing between spokes through the hub."""
 
-    #: Seconds a send may wait for one-time-pad key before failing.
+    #: How long a send may wait for one-time-pad key before it fails. [s]
     key_wait: float = field(default=5.0, metadata=_meta(_positive, "seconds > 0"))
-    #: Frames in flight per channel (None: the role's default, hub 64 / spoke 32).
+    #: Frames in flight per channel (unset: the role's default, hub 64 / spoke 32).
+    #: [frames]
     window: int | None = field(default=None, metadata=_meta(_positive, "a positive integer"))
-    #: Spoke: seconds to wait for a channel to open.
+    #: Spoke: how long to wait for a channel to open. [s]
     open_timeout: float = field(default=10.0, metadata=_meta(_positive, "seconds > 0"))
-    #: Hub: queued frames / bytes per spoke before it throttles.
+    #: Hub: frames queued per spoke before it throttles. [frames]
     queue_frames: int = field(default=64, metadata=_meta(_positive, "a positive integer"))
+    #: Hub: bytes queued per spoke before it throttles. [bytes]
     queue_bytes: int = field(default=2 << 20, metadata=_meta(_positive, "a positive integer"))
 
 
@@ -283,11 +315,17 @@ class SpokeEntry:
     ``preset``, ``km``, ``seed`` and ``attack`` override ``[phy]`` for this link.
     """
 
+    #: The secret file shared with this spoke (the spoke's ``[auth] bootstrap_secret``).
+    #: A spoke without one is refused.
     bootstrap_secret: Path | None = None
+    #: This link's preset (unset: ``[phy] preset``).
     preset: str | None = None
+    #: This link's fibre length (unset: ``[phy] km``). [km]
     km: float | None = field(default=None, metadata=_meta(
         lambda v: None if v >= 0 else f"{v!r} km is negative", "a fibre length >= 0 km"))
+    #: This link's seed (unset: ``[phy] seed``).
     seed: int | None = None
+    #: An eavesdropper on this link only (unset: ``[phy] attack``).
     attack: str | None = None
 
 
@@ -295,7 +333,9 @@ class SpokeEntry:
 class TraceConfig:
     """``[trace]``: qlog-style JSON-lines traces, one file per session."""
 
+    #: Write a trace of every link session (also ``--trace [DIR]`` on the command line).
     enabled: bool = False
+    #: The folder the trace files go into.
     folder: Path = Path("traces")
 
 
@@ -303,6 +343,8 @@ class TraceConfig:
 class PcapConfig:
     """``[pcap]``: record the sideband traffic this node sends and receives."""
 
+    #: The capture file to write (unset: no capture); read it with ``qkdnet pcap
+    #: summary`` or Wireshark.
     path: Path | None = None
 
 

@@ -116,3 +116,15 @@ class LinkAborted(QkdnetError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"link block aborted: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class Interrupted(QkdnetError):
+    """The user interrupted a command (Ctrl-C, SIGINT); it stopped cleanly.
+
+    The CLI reports it as one line and exit code 130 (128 + SIGINT), as shells do.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted") -> None:
+        super().__init__(message)

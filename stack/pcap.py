@@ -15,7 +15,9 @@ TCP sequence numbers); frames are deliberately not de-duplicated by their header
 Layers contribute per-type summarisers: either list field names in their
 body class's ``summary_fields`` (``qber``, ``block_bits``, ``leaked_bits``,
 ``final_key_bits``) or call :func:`register_summarizer` with a function returning such
-a dict (an ``"event"`` key adds a line to the timeline).
+a dict (an ``"event"`` key adds a line to the timeline). A body with an ``n_slots``
+field announces a block of that many pulse slots (the link layer's BLOCK_START); the
+summary lists those as ``block_slots``, beside any ``block_bits`` a layer declares.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ class PcapRecorder:
 Summarizer = Callable[[Packet, Packet], dict[str, Any]]
 _SUMMARIZERS: dict[int, Summarizer] = {}
 #: Fields aggregated into the summary, and how: list of values, or a sum.
-LISTED_FIELDS = ("qber", "block_bits")
+LISTED_FIELDS = ("qber", "block_bits", "block_slots")
 SUMMED_FIELDS = ("leaked_bits", "final_key_bits")
 
 
@@ -303,6 +305,8 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
             for fname in getattr(type(body), "summary_fields", ()):
                 if body.haslayer(type(body)) and fname in body.fields:
                     info.setdefault(fname, body.getfieldval(fname))
+            if "n_slots" in getattr(body, "fields", {}):  # a block announced, in slots
+                info.setdefault("block_slots", int(body.getfieldval("n_slots")))
             for fname in LISTED_FIELDS:
                 if info.get(fname) is not None:
                     listed[fname].append(info[fname])
@@ -338,6 +342,7 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
         "frames": sum(v["frames"] for v in per_type.values()),
         "qber": listed["qber"],
         "block_bits": listed["block_bits"],
+        "block_slots": listed["block_slots"],
         "leaked_bits": summed["leaked_bits"],
         "final_key_bits": summed["final_key_bits"],
         "auth_failures": auth_failures,

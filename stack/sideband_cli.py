@@ -79,8 +79,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(f"[bold]{s['file']}[/]: {s['frames']} frames in "
-                  f"{len(s['sessions'])} sessions")
+    n = len(s["sessions"])
+    console.print(f"[bold]{s['file']}[/]: {s['frames']} frames in {n} "
+                  f"session{'' if n == 1 else 's'}")
     sessions = Table(title="sessions")
     for col in ("client", "server", "names", "frames", "bytes", "start s", "duration s",
                 "end"):
@@ -101,7 +102,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     qber = s["qber"]
     console.print(f"QBER announced: {len(qber)} values"
                   + (f", mean {sum(qber) / len(qber):.4f}" if qber else ""))
-    console.print(f"block sizes announced: {s['block_bits'] or 'none'}")
+    console.print(f"block sizes announced: {_block_sizes(s)}")
     console.print(f"bits disclosed in error correction: {s['leaked_bits']}")
     console.print(f"final key bits: {s['final_key_bits']}")
     console.print(f"authentication failures: {s['auth_failures']}; aborts: {len(s['aborts'])}")
@@ -112,6 +113,21 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print("[bold]timeline[/]")
     for ev in s["timeline"]:
         console.print(f"  {ev['t']:9.3f}s {ev['from']} → {ev['to']}: {ev['event']}")
+
+
+def _block_sizes(s: dict[str, Any]) -> str:
+    """The blocks announced: '6 blocks of 1.16e+07 pulse slots' (or each size)."""
+    parts = []
+    for key, unit in (("block_slots", "pulse slots"), ("block_bits", "bits")):
+        sizes = s.get(key) or []
+        if not sizes:
+            continue
+        blocks = f"{len(sizes)} block{'' if len(sizes) == 1 else 's'}"
+        if len(set(sizes)) == 1:
+            parts.append(f"{blocks} of {sizes[0]:.3g} {unit}")
+        else:
+            parts.append(f"{blocks}: " + ", ".join(f"{v:.3g}" for v in sizes) + f" {unit}")
+    return "; ".join(parts) or "none"
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -160,9 +176,11 @@ def _conformance(args: argparse.Namespace) -> int:
     finally:
         store.close()
     failed = [r for r in results if not r.passed]
+    hint = _refusal_hint(results, args)
     if args.json:
         emit_json({"target": args.target, "passed": len(results) - len(failed),
-                   "failed": len(failed), "checks": [r.as_dict() for r in results]})
+                   "failed": len(failed), "checks": [r.as_dict() for r in results],
+                   **({"hint": hint} if hint else {})})
     else:
         from rich.console import Console
         from rich.table import Table
@@ -177,4 +195,24 @@ def _conformance(args: argparse.Namespace) -> int:
         console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
         console.print(table)
         console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+        if hint:
+            print(f"qkdnet: {hint}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _refusal_hint(results: list[Any], args: argparse.Namespace) -> str | None:
+    """Why most checks fail when the target refuses the kit itself, and the fix.
+
+    A qkdnet hub cannot sign an ERROR for a peer it has no key for, so it just closes
+    the connection after a HELLO from an unknown name or with the wrong secret.
+    """
+    hello = next((r for r in results if r.name == "handshake.hello"), None)
+    if hello is None or hello.passed or "connection closed" not in hello.detail:
+        return None
+    again = ("" if args.keystore else "; if it has one, an earlier run already spent this "
+             "secret's first keys: give every run the same --keystore FILE")
+    return (f"the target closed the connection after the kit's HELLO as {args.name!r}: "
+            f"it does not know that name, or holds another secret for it. On a qkdnet "
+            f"hub the kit needs an entry of its own: add [spokes.{args.name}] with "
+            f"bootstrap_secret = a fresh secret file (the one given here as --secret, "
+            f"not a spoke's) to the hub's config and restart the hub{again}")

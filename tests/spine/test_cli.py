@@ -65,3 +65,61 @@ def test_a_file_that_is_not_a_capture_is_a_clear_error(tmp_path) -> None:  # typ
     result = run_cli("pcap", "summary", str(junk))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "not a capture file" in result.stderr
+
+
+def test_help_texts_have_no_rest_markup() -> None:
+    """Every command's --help as printed: no ``literal``, :mod:`x` or :class:`~y`."""
+    for path, parser in _walk(build_parser()):
+        text = parser.format_help()
+        assert "``" not in text, (path, text)
+        for role in (":mod:`", ":class:`", ":func:`", ":meth:`", ":data:`", ":attr:`"):
+            assert role not in text, (path, role)
+
+
+def test_plain_text_keeps_the_words() -> None:
+    from qkdnet.cli import plain_text
+
+    assert plain_text("run ``qkdnet link run`` with :mod:`qkdnet.hub.linkrun`, "
+                      ":class:`~qkdnet.hub.node.SpokeNode` and :func:`f <a.b.f>`") == \
+        "run qkdnet link run with qkdnet.hub.linkrun, SpokeNode and f"
+
+
+def test_global_options_before_the_command_count(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nname = "x"\nrole = "spoke"\nhub = "hub"\n[netwrk]\n')
+    quiet = run_cli("node", "--config", str(bad))
+    assert "Traceback" not in quiet.stderr
+    for argv in (["-v", "node", "--config", str(bad)], ["node", "--config", str(bad), "-v"]):
+        loud = run_cli(*argv)
+        assert loud.returncode == 2 and "Traceback" in loud.stderr, argv
+        assert loud.stderr.rstrip().endswith("did you mean 'network'?)") or \
+            "did you mean 'network'" in loud.stderr.splitlines()[-1]
+
+
+def test_errors_inside_nurseries_are_reported_as_themselves() -> None:
+    import errno
+    import sqlite3
+
+    import trio
+
+    from qkdnet.cli_errors import describe_error
+    from qkdnet.errors import ConfigError, Interrupted
+
+    def group(*errs: BaseException) -> BaseExceptionGroup:  # type: ignore[type-arg]
+        return BaseExceptionGroup("Exceptions from Trio nursery", list(errs))
+
+    cancelled = trio.Cancelled._create()  # what a nursery's other tasks raise
+    assert describe_error(group(cancelled, ConfigError("bad", key="k"))) == (
+        "k: bad", "ConfigError", 2)
+    busy = OSError(errno.EADDRINUSE, "Address already in use")
+    message, _kind, code = describe_error(group(group(busy), trio.BrokenResourceError()))
+    assert code == 1 and message.startswith("address already in use")
+    assert describe_error(group(ConfigError("x"), KeyboardInterrupt()))[2] == 130
+    assert describe_error(Interrupted("chat interrupted")) == (
+        "chat interrupted", "Interrupted", 130)
+    assert describe_error(group(trio.TooSlowError()))[0].startswith("timed out")
+    assert describe_error(sqlite3.OperationalError("database is locked"))[0] == \
+        "key store error: database is locked"
+    bug, kind, code = describe_error(group(cancelled, ZeroDivisionError("boom")))
+    assert (kind, code) == ("InternalError", 1)
+    assert bug.startswith("internal error: ZeroDivisionError: boom") and "report" in bug
