@@ -333,7 +333,9 @@ def _key_bits(store: KeyStore | None, spoke: str) -> dict[str, int]:
     if store is None:
         return {}
     return {"hub_to_spoke": store.available(spoke, "data-tx"),
-            "spoke_to_hub": store.available(spoke, "data-rx")}
+            "spoke_to_hub": store.available(spoke, "data-rx"),
+            "auth_hub_to_spoke": store.available(spoke, "auth-tx"),
+            "auth_spoke_to_hub": store.available(spoke, "auth-rx")}
 
 
 def _serve_partial(daemon: HubDaemon) -> Any:

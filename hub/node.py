@@ -728,7 +728,8 @@ class SpokeNode:
             with contextlib.suppress(QkdnetError):
                 key_bits = {"to_hub": store.available(self.hub, "data-tx"),
                             "from_hub": store.available(self.hub, "data-rx"),
-                            "auth_to_hub": store.available(self.hub, "auth-tx")}
+                            "auth_to_hub": store.available(self.hub, "auth-tx"),
+                            "auth_from_hub": store.available(self.hub, "auth-rx")}
         return {
             "name": self.name, "hub": self.hub, "connected": self._registered,
             "hub_address": f"{self.settings.hub_host}:{self.settings.hub_port}",
@@ -1049,7 +1050,9 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            preset: str | None = None, km: float | None = None,
                            control_sockets: bool = False, wait: bool = True,
                            extra_spokes: Sequence[str] = (), lease_bits: int = 1 << 16,
-                           block_slots: int | None = None, hub_pcap: Path | None = None
+                           block_slots: int | None = None, hub_pcap: Path | None = None,
+                           bootstrap_bytes: int | None = None,
+                           link_config: dict[str, Any] | None = None
                            ) -> AsyncIterator[EmbeddedNetwork]:
     """A hub and spokes ``names`` on loopback, key stores in ``folder``.
 
@@ -1059,6 +1062,9 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
     QKD. ``link=True`` runs the QKD link layer (emulated PHY ``preset`` at ``km``,
     ``block_slots`` pulse slots per block, default sized for ~1.5e6 clicks) on every
     spoke link, so real distilled key flows into the pools.
+    ``bootstrap_bytes`` sizes each spoke's bootstrap secret (default 256 KiB with a
+    link, 4 KiB without); ``link_config`` overrides ``LinkConfig`` fields on both ends
+    of every link (e.g. ``auth_reserve_bits``).
     ``hub_pcap`` records the hub's sideband (every spoke connection) to a pcap file.
     ``extra_spokes`` are known to the hub (bootstrap secret, key store, prefill in
     ``net.stores``) but get no running node: tests connect them by hand.
@@ -1072,6 +1078,8 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                                 "km": 10.0 if km is None else float(km), "seed": seed}
     if block_slots:
         link_cfg["block_slots"] = block_slots
+    if link_config:
+        link_cfg["config"] = dict(link_config)
     if auth_bits is None:
         auth_bits = 1 << 20 if prefill_key else 0
     import os
@@ -1083,7 +1091,8 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
             # The link's first blocks authenticate with bootstrap key only, and a block
             # takes a few hundred frames: give the link a secret that lasts until the
             # link's own key tops the auth pools up.
-            path.write_bytes(os.urandom(1 << 18 if link else 4096))
+            size = bootstrap_bytes or (1 << 18 if link else 4096)
+            path.write_bytes(os.urandom(size))
             path.chmod(0o600)
         secrets_[name] = path
     hub_store = KeyStore(folder / f"{hub_name}.keys", lease_bits=lease_bits)

@@ -600,6 +600,10 @@ class HubRouter:
             "key_bits": {
                 "hub_to_spoke": _avail(self.keys, spoke, "data-tx"),
                 "spoke_to_hub": _avail(self.keys, spoke, "data-rx"),
+                # Authentication pools: the sideband's tags spend them; the link
+                # tops them up from distilled key (a link stops if one runs dry).
+                "auth_hub_to_spoke": _avail(self.keys, spoke, "auth-tx"),
+                "auth_spoke_to_hub": _avail(self.keys, spoke, "auth-rx"),
             },
         }
 

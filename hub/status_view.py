@@ -80,7 +80,7 @@ def hub_tables(st: dict[str, Any]) -> tuple[Table, Table]:
                     ("QBER", True), ("net key", True), ("key hub→spoke", True),
                     ("key spoke→hub", True)))
     traffic = _table(None, (("spoke", False), ("frames in/out", True), ("relays", True),
-                            ("drops", False)))
+                            ("auth key h→s / s→h", True), ("drops", False)))
     for name, sp in sorted(st.get("spokes", {}).items()):
         link = sp.get("link", {})
         keys = sp.get("key_bits", {})
@@ -91,6 +91,7 @@ def hub_tables(st: dict[str, Any]) -> tuple[Table, Table]:
         traffic.add_row(
             name, f"{sp.get('frames_in', 0)}/{sp.get('frames_out', 0)}",
             str(sp.get("key_relays", 0)),
+            f"{kib(keys.get('auth_hub_to_spoke'))} / {kib(keys.get('auth_spoke_to_hub'))}",
             ", ".join(f"{k}={v}" for k, v in sp.get("drops", {}).items()) or "-")
     return links, traffic
 
@@ -116,6 +117,8 @@ def print_node(st: dict[str, Any], console: Console) -> None:
                   f"{rate(link.get('key_rate_bps', 0))} net")
     console.print(f"  key: {kib(keys.get('to_hub'))} to hub, {kib(keys.get('from_hub'))} "
                   f"from hub ({keys.get('to_hub', '-')} / {keys.get('from_hub', '-')} bits)")
+    console.print(f"  authentication key: {kib(keys.get('auth_to_hub'))} to hub, "
+                  f"{kib(keys.get('auth_from_hub'))} from hub")
     console.print("  counters: "
                   + ", ".join(f"{k}={v}" for k, v in st.get("counters", {}).items()))
     if st.get("last_error"):

@@ -241,10 +241,12 @@ class PhyWorkerPool:
         except Exception as err:     # a garbled reply: treat the worker as failed
             log.error("PHY worker %d sent a bad reply: %s", w.index, type(err).__name__)
         finally:
+            # Cancelled: the pool is shutting down with its owner; not a crash to report.
+            stopping = trio.current_effective_deadline() == float("-inf")
             with trio.CancelScope(shield=True):
-                await self._worker_died(w, sock)
+                await self._worker_died(w, sock, stopping=stopping)
 
-    async def _worker_died(self, w: _Worker, sock: Any) -> None:
+    async def _worker_died(self, w: _Worker, sock: Any, *, stopping: bool = False) -> None:
         if w.sock is not sock:
             return
         w.alive = False
@@ -253,7 +255,7 @@ class PhyWorkerPool:
         if w.proc is not None:
             with trio.move_on_after(2), contextlib.suppress(OSError):
                 code = await w.proc.wait()
-        if not self._closed:
+        if not (self._closed or stopping):
             w.exits += 1
             log.warning("PHY worker %d (pid %s) exited (code %s); restarting it for its "
                         "next block", w.index, getattr(w.proc, "pid", "?"), code)

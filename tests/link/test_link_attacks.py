@@ -64,7 +64,9 @@ async def test_pns_against_decoys_gives_no_key_beyond_the_bounds(tmp_path) -> No
             assert st.s1_lower <= n_key - eve_known
             assert st.ell <= n_key - eve_known - st.leak_ec_bits
         else:
-            assert st.abort_reason in ("no_key", "qber_too_high")
+            # ec_failed: LDPC did not converge within its blind rounds (it happens near
+            # the code's threshold); the block is dropped whole, nothing is stored.
+            assert st.abort_reason in ("no_key", "qber_too_high", "ec_failed")
 
 
 @pytest.mark.slow
