@@ -233,7 +233,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             matplotlib.use("Agg")
         except ImportError:
             return fail("--plot needs matplotlib: install the extra with "
-                        "pip install 'qkdnet[plot]'", 2)
+                        "pip install 'qkdnet[plot]' (in this checkout: "
+                        ".venv/bin/pip install -e '.[plot]')", 2)
     result = sweep(args.preset, km, pulses, args.attack, args.seed, block_bits, auth_bits)
     if args.plot:
         _plot(result, args.plot)

@@ -23,10 +23,12 @@ Ctrl-C into a prompt, clean stop (see there).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -208,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:
+        # The reader went away (``qkdnet ... | head``): like any Unix tool, stop quietly.
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BaseException as err:  # one path for every error; see report_error
         return report_error(err, verbose=verbose, args=args)
 

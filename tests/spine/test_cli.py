@@ -123,3 +123,17 @@ def test_errors_inside_nurseries_are_reported_as_themselves() -> None:
     bug, kind, code = describe_error(group(cancelled, ZeroDivisionError("boom")))
     assert (kind, code) == ("InternalError", 1)
     assert bug.startswith("internal error: ZeroDivisionError: boom") and "report" in bug
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path) -> None:
+    """``qkdnet ... | head -1``: the reader leaves early; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="0")
+    r = subprocess.run(f"'{sys.executable}' -m qkdnet --json phy sweep --preset snspd-metro "
+                       "--km 0:100:1 --pulses 1e4 | head -c 10",
+                       shell=True, capture_output=True, text=True, env=env, timeout=120)
+    assert len(r.stdout) == 10
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
