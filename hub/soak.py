@@ -68,6 +68,7 @@ class SoakResult:
     preset: str
     km: float
     block_slots: int
+    reconciliation: str
     bootstrap_bytes: int
     auth_reserve_bits: int
     blocks_per_link: int
@@ -123,20 +124,21 @@ async def run_soak(folder: Path, *, blocks_per_link: int, preset: str = "snspd-m
                    km: float = 5.0, block_slots: int = 6_000_000,
                    bootstrap_bytes: int = 4096, auth_reserve_bits: int = 1 << 16,
                    sample_s: float = 0.5, timeout_s: float | None = None,
-                   progress: Any = None) -> SoakResult:
+                   reconciliation: str = "auto", progress: Any = None) -> SoakResult:
     """Run the network until every link has run ``blocks_per_link`` blocks (see the
     module docstring); ``progress(line)`` gets a one-line summary every few seconds."""
     from qkdnet.hub.node import embedded_network
 
-    result = SoakResult(preset, km, block_slots, bootstrap_bytes, auth_reserve_bits,
-                        blocks_per_link)
+    result = SoakResult(preset, km, block_slots, reconciliation, bootstrap_bytes,
+                        auth_reserve_bits, blocks_per_link)
     links = {name: LinkSoak() for name in SPOKES}
     result.links = links
     history: list[tuple[float, dict[str, tuple[int, int]]]] = []
     started = time.monotonic()
     async with embedded_network(list(SPOKES), folder, link=True, preset=preset, km=km,
                                 block_slots=block_slots, bootstrap_bytes=bootstrap_bytes,
-                                link_config={"auth_reserve_bits": auth_reserve_bits},
+                                link_config={"auth_reserve_bits": auth_reserve_bits,
+                                             "reconciliation": reconciliation},
                                 key_wait=30.0) as net, trio.open_nursery() as nursery:
         nursery.start_soon(_talk, net, "alice", "bob", links)
         nursery.start_soon(_talk, net, "bob", "alice", links)
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-slots", type=int, default=6_000_000)
     ap.add_argument("--bootstrap-bytes", type=int, default=4096)
     ap.add_argument("--auth-reserve-bits", type=int, default=1 << 16)
+    ap.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"), default="auto")
     ap.add_argument("--folder", type=Path, help="key stores here (default: a temp dir)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the result here")
     args = ap.parse_args(argv)
@@ -240,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         result = trio.run(lambda: run_soak(
             folder, blocks_per_link=args.blocks, preset=args.preset, km=args.km,
             block_slots=args.block_slots, bootstrap_bytes=args.bootstrap_bytes,
-            auth_reserve_bits=args.auth_reserve_bits, progress=say))
+            auth_reserve_bits=args.auth_reserve_bits, reconciliation=args.reconciliation,
+            progress=say))
     data = asdict(result) | {"ok": result.ok}
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")

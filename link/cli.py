@@ -107,6 +107,9 @@ def _phy_args(p: argparse.ArgumentParser) -> None:
                    help="correctness ε (default 1e-15)")
     p.add_argument("--qber-max", type=float, default=0.11,
                    help="abort blocks above this QBER (default 0.11)")
+    p.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"), default="auto",
+                   help="error correction (set by alice; default auto: per block, the "
+                        "method expected to disclose less)")
 
 
 def _end_args(p: argparse.ArgumentParser, *, default_name: str, default_peer: str) -> None:
@@ -151,7 +154,8 @@ def default_block_slots(params: Any, km: float, target_clicks: float = 1.5e6) ->
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"eps_sec": args.eps_sec, "eps_cor": args.eps_cor, "qber_max": args.qber_max}
+    return {"eps_sec": args.eps_sec, "eps_cor": args.eps_cor, "qber_max": args.qber_max,
+            "reconciliation": args.reconciliation}
 
 
 def _fmt(v: float | None, spec: str) -> str:

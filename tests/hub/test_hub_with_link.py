@@ -17,8 +17,12 @@ async def test_relay_with_key_from_the_link_layer(tmp_path: Path) -> None:
                                 preset="snspd-metro", km=5) as net:
         assert net.stores["alice"].available("hub", "data-tx") == 0
         with trio.fail_after(120):
+            # The hub counts a block in its status when the spoke's CONFIRM arrives,
+            # a moment after the key is in the pools: wait for both.
             while (net.stores["alice"].available("hub", "data-tx") < 800
-                   or net.hub_store.available("bob", "data-tx") < 800):
+                   or net.hub_store.available("bob", "data-tx") < 800
+                   or any(net.hub.status()["spokes"][n]["link"].get("stored", 0) < 1
+                          for n in ("alice", "bob"))):
                 await trio.sleep(0.2)
         listener = net["bob"].listen("s")
         ch = await net["alice"].open_channel("bob", "s")

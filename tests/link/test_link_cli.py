@@ -52,7 +52,7 @@ def test_link_run_writes_its_table_to_stdout_and_takes_global_options(
         tmp_path: Path) -> None:
     """As a user runs it: ``> out.txt`` keeps the table; ``qkdnet --json link run``."""
     argv = [sys.executable, "-m", "qkdnet", "link", "run", "--blocks", "1",
-            "--block-slots", "3e6", "--seed", "5"]
+            "--block-slots", "1e7", "--seed", "5"]
     text = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
     assert "┃ block ┃ result" in text.stdout and "│     0 │ stored" in text.stdout
