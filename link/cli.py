@@ -107,9 +107,10 @@ def _phy_args(p: argparse.ArgumentParser) -> None:
                    help="correctness ε (default 1e-15)")
     p.add_argument("--qber-max", type=float, default=0.11,
                    help="abort blocks above this QBER (default 0.11)")
-    p.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"), default="auto",
-                   help="error correction (set by alice; default auto: per block, the "
-                        "method expected to disclose less)")
+    p.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"),
+                   default="cascade",
+                   help="error correction, set by alice (default cascade: the most key per "
+                        "wall-second; auto: per block the method that discloses less)")
 
 
 def _end_args(p: argparse.ArgumentParser, *, default_name: str, default_peer: str) -> None:

@@ -114,7 +114,7 @@ async def test_contradiction_aborts_block_with_protocol_error(case: str, tmp_pat
     hook = once(msg, change)
     result = await run_point_to_point(
         presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path, seed=21, max_in_flight=1,
-        config_overrides={"reconciliation": "cascade"} if case in CASCADE_CASES else None,
+        config_overrides={"reconciliation": "cascade" if case in CASCADE_CASES else "ldpc"},
         tamper_alice=hook if liar == "alice" else None,
         tamper_bob=hook if liar == "bob" else None)
     checker = result.bob if liar == "alice" else result.alice

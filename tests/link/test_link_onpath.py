@@ -106,7 +106,7 @@ async def _attack(tmp_path: Any, target: LinkMsg) -> tuple[Any, set[int], set[in
         result = await run_point_to_point(
             presets.get(PRESET), KM, 2, SLOTS, workdir=tmp_path, seed=21, max_in_flight=1,
             stores=(store_a, store_b), relay=_relay(_flipper(target, seen)), compare=False,
-            config_overrides={"reconciliation": "cascade"} if target in CASCADE_ONLY else None)
+            config_overrides={"reconciliation": "cascade" if target in CASCADE_ONLY else "ldpc"})
         ids = (_block_ids(store_a, "tx"), _block_ids(store_a, "rx"),
                _block_ids(store_b, "tx"), _block_ids(store_b, "rx"))
     finally:

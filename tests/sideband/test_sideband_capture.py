@@ -234,7 +234,8 @@ async def test_tcpdump_capture_of_a_real_link_run(tmp_path: Path) -> None:
                 assert proc.poll() is None, err.read_text()
                 await trio.sleep(0.05)
         result = await link_driver.run_point_to_point(
-            presets.get("snspd-metro"), 25.0, 1, 10_000_000, workdir=tmp_path, seed=3)
+            presets.get("snspd-metro"), 25.0, 1, 10_000_000, workdir=tmp_path, seed=3,
+            config_overrides={"reconciliation": "ldpc"})
         await _until_capture_settles(pcap)
     finally:
         _stop_tcpdump(proc, err, lossless=False)
