@@ -53,8 +53,9 @@ from qkdnet.apps.transfer import receive_file, send_file
 
 SPOKES = ("alice", "bob", "carol")
 HUB = "hub"
-#: The file carol sends alice; small, because on this emulated link (snspd-metro,
-#: 10 km) a block of ~1e7 pulses distils ~5e4 bits in a few CPU seconds.
+#: The file carol sends alice; small, so the demo waits for one block per link only:
+#: a block (snspd-metro, 10 km, ~4.9e7 pulses) distils ~2.5e5 bits in a few CPU
+#: seconds, and the first block of each link first tops up its authentication pools.
 FILE_BYTES = 4 * 1024
 #: Key each link needs per direction before the apps start (file + chat + margin).
 NEED_BITS = 8 * FILE_BYTES + 8 * 1024

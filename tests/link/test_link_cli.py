@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,8 +63,15 @@ def test_link_run_writes_its_table_to_stdout_and_takes_global_options(
     as_json = subprocess.run([*argv[:3], "--json", *argv[3:]], capture_output=True,
                              text=True, timeout=300)
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["comparison"]["identical"] is True
+    data = json.loads(as_json.stdout)
+    assert data["comparison"]["identical"] is True
     assert as_json.stderr == ""
+    # Net of authentication, per wall-second (the figure the README's table reports).
+    assert re.search(r"kbit/s gross, 640 bits spent on authentication, [\d.]+ kbit/s net",
+                     text.stdout)
+    assert data["net_key_bits"] == data["alice"]["key_bits"] - data["alice"]["auth_bits"] > 0
+    assert data["net_key_rate_bps"] == pytest.approx(data["net_key_bits"] / data["wall_s"],
+                                                     rel=1e-2)
 
 
 def test_the_normal_end_of_a_link_is_not_a_warning(caplog) -> None:
