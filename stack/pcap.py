@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +350,25 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
         "undecodable_bytes": undecodable,
         "timeline": timeline,
     }
+
+
+def iter_frames(path: str | Path, *, ports: tuple[int, ...] = (), detect: bool = True
+                ) -> Iterator[tuple[float, str, str, Packet]]:
+    """Every sideband frame in a capture, in order: (time, source, destination, frame).
+
+    The frame is the :class:`qkdnet.wire.QkdHeader` with its decoded body as payload;
+    ports are chosen as in :func:`summarize`. For tools that need the frames
+    themselves (``qkdnet.link.capture_audit`` recomputes ℓ from them).
+    """
+    _load_layer_bodies()
+    for port in set(ports) | (detect_ports(path) if detect else set()):
+        bind_port(port)
+    for pkt in sniff(offline=str(path), session=TCPSession):
+        frames = _frames_of(pkt)
+        if frames:
+            src, dst = _endpoints(pkt)
+            for frame in frames:
+                yield float(pkt.time), src, dst, frame
 
 
 def _stray_bytes(first: Packet) -> int:

@@ -2,8 +2,10 @@
 
 ``pcap summary FILE`` reads any capture of sideband traffic (a node's ``--pcap`` file
 or a sniffer's) and reports sessions, frame counts, what the link announced and what
-went wrong. ``conformance --target HOST:PORT`` plays the peer against a running node
-and prints a pass/fail table; it exits 1 if any check fails.
+went wrong; with ``--audit PRESET`` it also recomputes every link block's key length
+from the captured frames (qkdnet.link.capture_audit). ``conformance --target
+HOST:PORT`` plays the peer against a running node and prints a pass/fail table; it
+exits 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def register(commands: CommandSet) -> None:
     p.add_argument("--port", type=int, action="append", default=[],
                    help="also decode this TCP port (7787 and ports opened by HELLO are "
                         "found on their own); repeatable")
+    p.add_argument("--audit", metavar="PRESET", default=None,
+                   help="recompute every link block's key length from the captured "
+                        "frames and this PHY preset's intensities (qkdnet phy presets); "
+                        "exit 1 if any block's announced length differs")
+    p.add_argument("--leak-accounting", choices=("strict", "alice-only"), default="strict",
+                   help="leakage convention for --audit (default strict, as the link)")
     c = commands.add("conformance", _conformance, help="run conformance checks against a node",
                      description="Play the peer against a sideband implementation and run "
                                  "named checks (framing, versions, authentication, replay, "
@@ -62,8 +70,21 @@ def _pcap_summary(args: argparse.Namespace) -> int:
                           expected="a pcap file written by --pcap or a sniffer")
     from scapy.error import Scapy_Exception
 
+    params = None
+    if args.audit:
+        from qkdnet.phy import presets
+
+        params = presets.get(args.audit)
     try:
         result = summarize(args.file, ports=tuple(args.port))
+        audit = None
+        if params is not None:
+            from qkdnet.link.capture_audit import audit_capture
+
+            audit = [b.as_dict() for b in audit_capture(
+                args.file, params, leak_accounting=args.leak_accounting,
+                ports=tuple(args.port))]
+            result["audit"] = audit
     except Scapy_Exception as err:
         raise ConfigError(f"not a capture file ({err})", source=str(args.file),
                           expected="a pcap or pcapng file") from err
@@ -71,7 +92,31 @@ def _pcap_summary(args: argparse.Namespace) -> int:
         emit_json(result)
     else:
         _print_summary(result)
-    return 0
+        if audit is not None:
+            _print_audit(audit, args.audit)
+    return 1 if audit and any(b["matches"] is False for b in audit) else 0
+
+
+def _print_audit(audit: list[dict[str, Any]], preset: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"key length recomputed from the capture (preset {preset})")
+    for col in ("session", "block", "method", "n_Z", "m_Z", "n_X", "m_X", "leak",
+                "ℓ announced", "ℓ recomputed", "match"):
+        table.add_column(col, justify="left" if col in ("session", "method") else "right")
+    for b in audit:
+        def counts(v: Any) -> str:
+            return "/".join(str(x) for x in v) if v else "-"
+        match = {True: "yes", False: "[red]NO[/]", None: b["note"] or "-"}[b["matches"]]
+        table.add_row(b["session"], str(b["block"]), b["method"] or "-", counts(b["n_z"]),
+                      counts(b["m_z"]), counts(b["n_x"]), counts(b["m_x"]),
+                      str(sum(b["leak_parts"].values())) if b["leak_parts"] else "-",
+                      str(b["ell_announced"]) if b["ell_announced"] is not None else "-",
+                      str(b["ell_recomputed"]) if b["ell_recomputed"] is not None else "-",
+                      match)
+    console.print(table)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
