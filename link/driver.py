@@ -98,6 +98,10 @@ class _LinkDown(Exception):
     """The channel can no longer carry link frames."""
 
 
+#: Why a link stops when its sideband connection closes: its normal end.
+CONNECTION_ENDED = "sideband connection ended"
+
+
 class EmulatedPhy:
     """The in-process quantum link: Alice's source and the fibre + detectors to Bob.
 
@@ -509,7 +513,9 @@ class LinkEndpoint:
         try:
             await self._core_loop()
         except _LinkDown as down:
-            log.warning("link endpoint stops: %s", down)
+            # A closed connection is how a link normally ends; anything else is news.
+            log.log(logging.INFO if str(down) == CONNECTION_ENDED else logging.WARNING,
+                    "link endpoint stops: %s", down)
             now = trio.current_time()
             for sess in self._sessions.values():
                 for out in sess.abort_all(AbortReason.LOCAL, f"link down: {down}", now):
@@ -660,6 +666,12 @@ class LinkEndpoint:
             # Out of authentication key, or the connection is gone: the link cannot
             # continue on this channel.  Blocks in flight are abandoned, nothing stored.
             self.fatal_error = err
+            state = getattr(getattr(getattr(self.channel, "conn", None), "state", None),
+                            "name", "")
+            if state.startswith("CLOSE"):
+                # The peer (or we) began closing the connection: the link's normal end,
+                # not a failure (the endpoint logs it as such).
+                raise _LinkDown(CONNECTION_ENDED) from None
             raise _LinkDown(f"{type(err).__name__}: {err}") from None
 
     async def _abandon(self, sid: int, block: int, reason: AbortReason, detail: str
@@ -773,7 +785,7 @@ async def serve_link_channel(channel: Any, endpoint: LinkEndpoint, router: Any =
             await channel.run(router)
         except (QkdnetError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
             failure = err
-        await endpoint.link_down("sideband connection ended"
+        await endpoint.link_down(CONNECTION_ENDED
                                  + (f": {type(failure).__name__}" if failure else ""))
         n.cancel_scope.cancel()
     if failure is not None:
