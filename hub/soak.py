@@ -124,7 +124,7 @@ async def run_soak(folder: Path, *, blocks_per_link: int, preset: str = "snspd-m
                    km: float = 5.0, block_slots: int = 6_000_000,
                    bootstrap_bytes: int = 4096, auth_reserve_bits: int = 1 << 16,
                    sample_s: float = 0.5, timeout_s: float | None = None,
-                   reconciliation: str = "cascade", progress: Any = None) -> SoakResult:
+                   reconciliation: str = "auto", progress: Any = None) -> SoakResult:
     """Run the network until every link has run ``blocks_per_link`` blocks (see the
     module docstring); ``progress(line)`` gets a one-line summary every few seconds."""
     from qkdnet.hub.node import embedded_network
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap-bytes", type=int, default=4096)
     ap.add_argument("--auth-reserve-bits", type=int, default=1 << 16)
     ap.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"),
-                    default="cascade")
+                    default="auto")
     ap.add_argument("--folder", type=Path, help="key stores here (default: a temp dir)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the result here")
     args = ap.parse_args(argv)

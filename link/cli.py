@@ -109,9 +109,9 @@ def _phy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qber-max", type=float, default=0.11,
                    help="abort blocks above this QBER (default 0.11)")
     p.add_argument("--reconciliation", choices=("auto", "ldpc", "cascade"),
-                   default="cascade",
-                   help="error correction, set by alice (default cascade: the most key per "
-                        "wall-second; auto: per block the method that discloses less)")
+                   default="auto",
+                   help="error correction, set by alice (default auto: per block, the "
+                        "method with more expected key per wall-second)")
 
 
 def _end_args(p: argparse.ArgumentParser, *, default_name: str, default_peer: str) -> None:

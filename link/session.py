@@ -101,6 +101,11 @@ RECONCILIATION = ("auto", "ldpc", "cascade")
 CASCADE_F_ESTIMATE = 1.07
 #: Smallest key for LDPC frames (qkdnet.link.ldpc.LdpcPlan needs 1024 bits).
 LDPC_MIN_BITS = 1024
+#: How much more wall time a block costs reconciled by LDPC than by Cascade, measured
+#: with ``link run`` at snspd-metro 10 km, default blocks: 21.6 s against 8.2 s for
+#: four blocks (docs/block-size.md). "auto" picks LDPC only where its expected key
+#: beats Cascade's by more than this, i.e. where it gives more key per wall-second.
+LDPC_COST_RATIO = 2.6
 
 
 class Role(enum.Enum):
@@ -202,14 +207,13 @@ class LinkConfig:
     #: "alice-only" convention counts Alice's Cascade parities alone and is not covered
     #: by the cited proofs (kept only to reproduce earlier figures).
     leak_accounting: str = "strict"
-    #: Error correction: "cascade" (default), "ldpc", or "auto", which lets Alice pick,
-    #: per block, the method whose expected leakage under ``leak_accounting`` is
-    #: smaller (LDPC in practice). Cascade is the default because it gives the most key
-    #: per wall-second here: LDPC discloses ~20 % less, but its decoder is ~15x slower
-    #: than Cascade in this numpy code, and on emulated links CPU, not photons, is the
-    #: limit (docs/block-size.md has the measurement). Where photons are scarce
-    #: (long distances), "auto" distils more key per block.
-    reconciliation: str = "cascade"
+    #: Error correction: "auto" (default), "cascade" or "ldpc". Under strict
+    #: accounting LDPC discloses less than Cascade, so it distils more key per block,
+    #: but its decoder makes a block cost ~2.6x the wall time (docs/block-size.md);
+    #: "auto" lets Alice pick, per block, the method with more expected key per
+    #: wall-second: LDPC only where its expected ℓ exceeds Cascade's by more than
+    #: :data:`LDPC_COST_RATIO` (noisy links, where Cascade leaves little or nothing).
+    reconciliation: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 <= self.session_id < 1 << 32:
@@ -832,9 +836,9 @@ class TransmitterSession(LinkSession):
         return [Send(blk.index, body)], State.RECONCILE
 
     def _choose_method(self, blk: _Block, n: int, qber: float, seed: int) -> Any:
-        """Pick Cascade or LDPC for this block: the one expected to disclose less under
-        the configured accounting (or the configured one); returns the LDPC plan if
-        one was built. The choice and both predictions go into the block's stats."""
+        """Pick Cascade or LDPC for this block (see ``LinkConfig.reconciliation``);
+        returns the LDPC plan if LDPC was picked. The choice and both methods' expected
+        leakage and ℓ go into the block's ``ell_inputs``."""
         choice = self.config.reconciliation
         plan = None
         ldpc_leak = math.inf
@@ -847,15 +851,36 @@ class TransmitterSession(LinkSession):
             finite_key.binary_entropy(qber))
         if choice == "ldpc" and plan is None:
             raise _Abort(AbortReason.LOCAL, f"{n} key bits are too few for LDPC frames")
-        use_ldpc = plan is not None and (choice == "ldpc" or ldpc_leak <= cascade_leak)
+        ell_cascade = self._expected_ell(blk, qber, cascade_leak)
+        ell_ldpc = self._expected_ell(blk, qber, ldpc_leak) if plan is not None else 0.0
+        use_ldpc = plan is not None and (
+            choice == "ldpc" or (choice == "auto" and
+                                 ell_ldpc > max(LDPC_COST_RATIO * ell_cascade, 0.0)))
         blk.method = w.Reconciliation.LDPC if use_ldpc else w.Reconciliation.CASCADE
         blk.stats.update(reconciliation=blk.method.name.lower())
         blk.stats.setdefault("ell_inputs", {}).update(
             reconciliation=blk.method.name.lower(),
             expected_leak={"cascade": round(cascade_leak),
                            "ldpc": None if plan is None else int(ldpc_leak)},
+            expected_ell={"cascade": int(ell_cascade),
+                          "ldpc": None if plan is None else int(ell_ldpc)},
             ldpc_plan=plan.describe() if use_ldpc and plan is not None else None)
         return plan if use_ldpc else None
+
+    def _expected_ell(self, blk: _Block, qber: float, leak: float) -> float:
+        """ℓ the block would yield with ``leak`` bits disclosed, its key-basis errors
+        taken at the estimated QBER (what "auto" compares the methods by)."""
+        if not math.isfinite(leak):
+            return 0.0
+        assert blk.n_z is not None and blk.n_x is not None and blk.m_x is not None
+        m_z = np.minimum(np.rint(blk.n_z * qber), blk.n_z)
+        stats = finite_key.DecoyStats(
+            n_z=tuple(blk.n_z), m_z=tuple(m_z), n_x=tuple(blk.n_x), m_x=tuple(blk.m_x),
+            mu=self.config.mu, p=self.config.p)
+        fkp = finite_key.FiniteKeyParams(eps_sec=blk.eps_sec, eps_cor=blk.eps_cor)
+        fn = (finite_key.key_length_two_decoy if self.config.n_intensities == 3
+              else finite_key.key_length_one_decoy)
+        return max(float(fn(stats, leak, fkp).ell), 0.0)
 
     def _a_ldpc_request(self, blk: _Block, pkt: Packet, now: float) -> Any:
         if blk.method is not w.Reconciliation.LDPC:

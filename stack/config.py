@@ -266,10 +266,10 @@ class LinkConfig:
                                    metadata=_meta(_positive, "a positive integer"))
     #: How long a link step may wait for the peer before the block is aborted. [s]
     step_timeout: float = field(default=60.0, metadata=_meta(_positive, "seconds > 0"))
-    #: Error correction: "cascade" (most key per wall-second on this emulation), "ldpc",
-    #: or "auto" (per block, the method expected to disclose less: LDPC, ~20 % more key
-    #: per block but a ~15x slower decoder; docs/block-size.md).
-    reconciliation: Literal["auto", "ldpc", "cascade"] = field(default="cascade", metadata=_meta(
+    #: Error correction: "auto" (per block, the method with more expected key per
+    #: wall-second: Cascade, or LDPC where Cascade's leakage leaves little key;
+    #: docs/block-size.md), "cascade" or "ldpc".
+    reconciliation: Literal["auto", "ldpc", "cascade"] = field(default="auto", metadata=_meta(
         expected='"auto", "ldpc" or "cascade"'))
     #: Blocks a spoke keeps in flight at once (pipelining). [blocks]
     in_flight: int = field(default=2, metadata=_meta(_positive, "a positive integer"))

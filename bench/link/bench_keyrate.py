@@ -413,6 +413,9 @@ def main() -> int:
                     help="link run blocks per distance (default 4, --full 16)")
     ap.add_argument("--in-flight", type=int, default=2, help="link run pipelining")
     ap.add_argument("--spokes", default="1,2,8", help="daemon spoke counts")
+    ap.add_argument("--daemon-in-flight", type=int, default=None, metavar="N",
+                    help="[link] in_flight written into the daemons' configs "
+                         "(default: the config default)")
     ap.add_argument("--daemon-km", type=float, default=10.0)
     ap.add_argument("--daemon-block-slots", default="linkrun", metavar="linkrun|probe|N",
                     help="daemon block size written into the configs: link run's (the "
@@ -488,7 +491,9 @@ def main() -> int:
         slots = daemon_slots(km, args.daemon_block_slots)
         print(f"   {slots:.3g} slots per block ({args.daemon_block_slots})")
         for n in [int(x) for x in args.spokes.split(",") if x]:
-            d = measure_daemons(n, km, seconds, keep=keep, slots=slots)
+            d = measure_daemons(n, km, seconds, keep=keep, slots=slots,
+                                extra_link=(f"in_flight = {args.daemon_in_flight}\n"
+                                            if args.daemon_in_flight else ""))
             results["daemons"][n] = d
             rates = [v["net"] for v in d["per_link"].values()]
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in d["cpu_s"].items()
