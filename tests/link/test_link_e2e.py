@@ -18,7 +18,7 @@ import math
 import pytest
 
 from qkdnet.link.driver import run_point_to_point
-from qkdnet.link.session import block_id
+from qkdnet.link.session import LDPC_COST_RATIO, block_id
 from qkdnet.phy import presets
 
 KM = 10.0
@@ -61,6 +61,7 @@ async def test_identical_keys_block_after_block(preset: str, tmp_path) -> None:
     assert result.identical, result.comparison
     assert result.comparison["bits_compared"] > 0
     # blocks are pipelined: they may finish out of order
+    methods: set[str] = set()
     for a, b in zip(sorted(result.alice.blocks, key=lambda s: s.block),
                     sorted(result.bob.blocks, key=lambda s: s.block), strict=True):
         assert a.block == b.block
@@ -73,6 +74,16 @@ async def test_identical_keys_block_after_block(preset: str, tmp_path) -> None:
         assert a.ell < a.n_key - a.leak_ec_bits
         assert a.s1_lower is not None and 0 < a.s1_lower < a.n_key
         assert 0 < a.phi_upper < 0.5
+        # auto reconciliation: LDPC only where its expected key beats Cascade's by
+        # more than its cost in wall time; the method both ends used is the one chosen.
+        expected = a.ell_inputs["expected_ell"]
+        want = "ldpc" if (expected["ldpc"] or 0) > LDPC_COST_RATIO * expected["cascade"] \
+            else "cascade"
+        assert a.reconciliation == b.reconciliation == want, expected
+        methods.add(a.reconciliation)
+    # Clean links keep Cascade's speed; gys2004's 3-4 % QBER leaves Cascade no key.
+    assert methods == ({"ldpc"} if preset == "gys2004" else
+                       {"cascade"} if preset == "snspd-metro" else methods)
     metas = result.inspected
     assert len(metas) >= 4, "block metadata missing"
     for ma, mb in metas:
