@@ -165,7 +165,11 @@ class EmulatedPhy:
         # over block boundaries, which blocks never rely on).
         self.channel = QuantumChannel(self.params, self.km, attack=self.attack,
                                       seed=self._block_seed(start_slot, n_slots))
-        det = self.channel.run(self.source, start_slot, n_slots)
+        # A block must stay within the wire's detection limit; stop emulating as soon
+        # as it cannot, so a peer asking for 2^34 slots costs bounded memory.
+        from qkdnet.link.wire import MAX_CLICKS
+
+        det = self.channel.run(self.source, start_slot, n_slots, max_detections=MAX_CLICKS)
         if self.keep_eve:
             self.detections[start_slot] = det
         return det
@@ -504,8 +508,10 @@ class LinkEndpoint:
                     det = await self._call(self.phy.run, need.start_slot, need.n_slots,
                                            heavy=True)
             except Exception as err:  # any PHY failure abandons just that block
-                log.warning("PHY failed for block %d: %s", need.block, type(err).__name__)
-                await self._inbox_send.send(("phy_error", sid, need, type(err).__name__))
+                # PHY errors describe counts and sizes, never key material.
+                what = f"{type(err).__name__}: {err}"[:300]
+                log.warning("PHY failed for block %d: %s", need.block, what)
+                await self._inbox_send.send(("phy_error", sid, need, what))
             else:
                 await self._inbox_send.send(("phy", sid, need, det))
 

@@ -56,6 +56,11 @@ from qkdnet.phy.source import (
 _NEVER = -(2**62)
 
 
+class TooManyDetections(LocalProtocolError):
+    """A range made more detections than the caller allows (raised mid-emulation, so a
+    peer asking for a huge block costs bounded memory)."""
+
+
 @dataclass(eq=False)
 class Detections:
     """Bob's squashed detections in ``[start_slot, start_slot + n_slots)``.
@@ -425,13 +430,25 @@ class QuantumChannel:
         p_max = -np.expm1(-self.params.mu[0] * self._emit_t) + 4 * self.params.p_dark
         return int(min(max(self.chunk_events / p_max, 1 << 16), 1 << 31))
 
-    def run(self, source: AliceSource, start_slot: int, n_slots: int) -> Detections:
+    def run(self, source: AliceSource, start_slot: int, n_slots: int, *,
+            max_detections: int | None = None) -> Detections:
         """Emulate slots ``[start_slot, start_slot + n_slots)``; return Bob's detections.
 
         Memory grows with the number of detections; for long runs call :meth:`stream`
-        (or :meth:`run` on consecutive ranges) instead.
+        (or :meth:`run` on consecutive ranges) instead. With ``max_detections`` the
+        emulation stops with :class:`TooManyDetections` as soon as the range has made
+        more than that many, so the memory stays bounded whatever ``n_slots`` is.
         """
-        parts = list(self.stream(source, start_slot, n_slots))
+        parts: list[Detections] = []
+        count = 0
+        for part in self.stream(source, start_slot, n_slots):
+            parts.append(part)
+            count += len(part.slots)
+            if max_detections is not None and count > max_detections:
+                raise TooManyDetections(
+                    f"a block of {n_slots} slots makes more than {max_detections} "
+                    f"detections (stopped after {part.start_slot + part.n_slots - start_slot}"
+                    " slots); the block is too large for the link's limit")
         if not parts:
             e8 = np.empty(0, dtype=np.uint8)
             record = EveRecord(self.attack.name) if self.attack is not None else None
