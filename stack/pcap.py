@@ -51,6 +51,11 @@ from qkdnet.wire import (
 
 #: Largest payload per synthetic segment (about a loopback MSS).
 SEGMENT_BYTES = 16384
+#: Longest capture record read whole. scapy cuts records at 65,535 bytes by default,
+#: but ``tcpdump -i lo`` writes 65,549-byte frames (lo's 64 KiB MTU plus the link and
+#: IP headers); a cut frame loses TCP bytes and desynchronises the reassembly. scapy
+#: reads at most 4 x 65,535 bytes of a record, so that is the most we can ask for.
+MAX_RECORD_BYTES = 4 * 65535
 
 
 class PcapFlow:
@@ -259,7 +264,7 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
     _load_layer_bodies()
     for port in set(ports) | (detect_ports(path) if detect else set()):
         bind_port(port)
-    packets = sniff(offline=str(path), session=TCPSession)
+    packets = _sniff(path)
     sessions: dict[frozenset[str], _Session] = {}
     per_type: dict[str, dict[str, int]] = {}
     listed: dict[str, list[Any]] = {k: [] for k in LISTED_FIELDS}
@@ -352,6 +357,26 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
     }
 
 
+def _read_capture(path: str | Path) -> Iterator[Packet]:
+    """Every packet of a pcap or pcapng file, records up to :data:`MAX_RECORD_BYTES`."""
+    reader = PcapReader(str(path))     # picks the pcapng reader by the file's magic
+    try:
+        while True:
+            try:
+                pkt = reader.read_packet(size=MAX_RECORD_BYTES)
+            except EOFError:
+                return
+            if pkt is not None:
+                yield pkt
+    finally:
+        reader.close()
+
+
+def _sniff(path: str | Path) -> Any:
+    """The capture's packets through scapy's TCP reassembly."""
+    return sniff(offline=list(_read_capture(path)), session=TCPSession)
+
+
 def iter_frames(path: str | Path, *, ports: tuple[int, ...] = (), detect: bool = True
                 ) -> Iterator[tuple[float, str, str, Packet]]:
     """Every sideband frame in a capture, in order: (time, source, destination, frame).
@@ -363,7 +388,7 @@ def iter_frames(path: str | Path, *, ports: tuple[int, ...] = (), detect: bool =
     _load_layer_bodies()
     for port in set(ports) | (detect_ports(path) if detect else set()):
         bind_port(port)
-    for pkt in sniff(offline=str(path), session=TCPSession):
+    for pkt in _sniff(path):
         frames = _frames_of(pkt)
         if frames:
             src, dst = _endpoints(pkt)
