@@ -107,12 +107,22 @@ class ChannelStream(trio.abc.Stream):
                 scope.cancel()
 
         async def watch_peer(scope: trio.CancelScope) -> None:
-            # A sender blocked on the channel's window is not woken when the peer
-            # closes the channel (the node forgets the channel, so the NACKs for our
-            # in-flight messages find no one); notice the close ourselves.
-            while not getattr(self.channel, "peer_closed", False):
-                await trio.sleep(PEER_CLOSE_POLL)
-            box["peer_closed"] = True
+            # A sender blocked on the channel (its window, key, a full socket to the
+            # node daemon) must learn that the peer closed the channel or that it
+            # failed: a channel through the daemon's socket reads its reports
+            # (LocalChannel.watch); an in-process one is polled.
+            watch = getattr(self.channel, "watch", None)
+            if watch is not None:
+                await watch()
+            else:
+                while not (getattr(self.channel, "peer_closed", False)
+                           or getattr(self.channel, "error", None) is not None):
+                    await trio.sleep(PEER_CLOSE_POLL)
+            failed = getattr(self.channel, "error", None)
+            if isinstance(failed, BaseException):
+                box.setdefault("error", failed)
+            else:
+                box["peer_closed"] = True
             scope.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -121,7 +131,7 @@ class ChannelStream(trio.abc.Stream):
         err = box.get("error")
         if isinstance(err, BaseException):
             raise trio.BrokenResourceError(f"channel failed: {err}") from err
-        if "peer_closed" in box and "error" not in box:
+        if "peer_closed" in box:
             raise trio.BrokenResourceError("the peer closed the channel")
 
     def _check_key(self, n_bits: int) -> None:
@@ -139,7 +149,14 @@ class ChannelStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("channel closed")
-        await trio.lowlevel.checkpoint()
+        wait = getattr(self.channel, "wait_send_might_not_block", None)
+        if wait is None or getattr(self.channel, "peer_closed", False):
+            await trio.lowlevel.checkpoint()
+            return
+        # A failure here is reported by the next send_all.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                 OSError, QkdnetError):
+            await wait()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
