@@ -100,8 +100,8 @@ class ChannelStream(trio.abc.Stream):
         async def send(scope: trio.CancelScope) -> None:
             try:
                 await self.channel.send_message(bytes(data))
-            except (trio.EndOfChannel, trio.BrokenResourceError, EOFError,
-                    QkdnetError) as err:
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError,
+                    EOFError, QkdnetError) as err:
                 box["error"] = err
             finally:
                 scope.cancel()
@@ -121,14 +121,20 @@ class ChannelStream(trio.abc.Stream):
             failed = getattr(self.channel, "error", None)
             if isinstance(failed, BaseException):
                 box.setdefault("error", failed)
-            else:
+            elif getattr(self.channel, "peer_closed", False):
                 box["peer_closed"] = True
+            else:  # closed at this end
+                box.setdefault("error", trio.ClosedResourceError("channel closed"))
             scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send, nursery.cancel_scope)
             nursery.start_soon(watch_peer, nursery.cancel_scope)
+        if self._closed:  # another task closed this stream while we sent
+            raise trio.ClosedResourceError("channel closed")
         err = box.get("error")
+        if isinstance(err, trio.ClosedResourceError):
+            raise err
         if isinstance(err, BaseException):
             raise trio.BrokenResourceError(f"channel failed: {err}") from err
         if "peer_closed" in box:
@@ -157,6 +163,8 @@ class ChannelStream(trio.abc.Stream):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
                                  OSError, QkdnetError):
             await wait()
+        if self._closed:  # another task closed this stream while we waited
+            raise trio.ClosedResourceError("channel closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:

@@ -75,8 +75,13 @@ class _Framed:
         self._buf = bytearray()
         self._send_lock = trio.Lock()
 
-    async def send(self, mtype: int, payload: bytes, flags: int = 0) -> None:
+    async def send(self, mtype: int, payload: bytes, flags: int = 0, *,
+                   writable: bool = False) -> None:
+        """Send one frame; ``writable``: first wait until the socket is writable, so a
+        send blocks exactly when ``wait_send_all_might_not_block`` would."""
         async with self._send_lock:
+            if writable:
+                await self.stream.wait_send_all_might_not_block()
             await self.stream.send_all(_frame(mtype, payload, flags))
 
     async def send_json(self, mtype: int, obj: dict[str, Any]) -> None:
@@ -340,10 +345,12 @@ class LocalChannelError(QkdnetError):
 class LocalChannel:
     """A relayed channel reached through the node's local socket (Channel interface).
 
-    One task at a time reads the socket (``_read_lock``); frames read go to an inbox,
-    so :meth:`watch` (run by a blocked sender) and :meth:`receive_message` (a
-    receiver in another task) can both read: the sender learns of the peer's close or
-    the daemon's error report while it waits, without taking data from the receiver.
+    A send never reads (that would drain the peer's data and unclog the other
+    direction): the daemon closes the connection when the channel ends under a send
+    (the peer closed it, or it failed, e.g. no key arrived on a hop), which breaks
+    the blocked send; the send then reads what the daemon sent before hanging up,
+    keeping data for :meth:`receive_message`, and raises the daemon's reason. One
+    task at a time reads the socket (``_read_lock``).
     """
 
     def __init__(self, conn: _Framed, peer: str, service: str, channel_id: int) -> None:
@@ -366,24 +373,26 @@ class LocalChannel:
         if self.closed:
             raise trio.ClosedResourceError("channel was closed")
         try:
-            await self._conn.send(AppMsgType.LOCAL_DATA, bytes(data))
+            await self._conn.send(AppMsgType.LOCAL_DATA, bytes(data), writable=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-            raise LocalChannelError(f"node connection lost: {err}") from None
+            if self.closed:
+                raise trio.ClosedResourceError("channel was closed") from None
+            raise await self._hung_up(err) from None
 
     async def wait_send_might_not_block(self) -> None:
         """Return when the daemon would take a message (its socket has room)."""
         if self.error is not None:
             raise self.error
-        await self._conn.stream.wait_send_all_might_not_block()
+        async with self._conn._send_lock:  # not while a send is on its way
+            await self._conn.stream.wait_send_all_might_not_block()
 
     async def _read_one(self) -> None:
         """Read one frame into the inbox or the channel's state (``_read_lock`` held)."""
         try:
             got = await self._conn.receive()
         except trio.ClosedResourceError:
-            if self.closed:
-                raise
-            self.error = LocalChannelError("node connection was closed")
+            if not self.closed:  # closed by us: receive_message says so, watch ends
+                self.error = LocalChannelError("node connection was closed")
             return
         except (trio.BrokenResourceError, OSError, RemoteProtocolError) as err:
             self.error = LocalChannelError(f"node connection lost: {err}")
@@ -407,12 +416,18 @@ class LocalChannel:
     def _settled(self) -> bool:
         return self.error is not None or self.peer_closed
 
-    async def watch(self) -> None:
-        """Return once the peer has closed the channel or it failed (see the class doc)."""
-        while not self._settled():
+    async def _hung_up(self, err: BaseException) -> QkdnetError:
+        """The daemon closed the connection under a send: read what it sent before
+        (data for a receiver, the peer's end, its error report) and say why."""
+        with trio.move_on_after(CLOSE_TIMEOUT):
             async with self._read_lock:
-                if not self._settled():
+                while not self._settled() and not self.closed:
                     await self._read_one()
+        if self.error is not None:
+            return self.error
+        if self.peer_closed:
+            return LocalChannelError(f"{self.peer} closed the channel")
+        return LocalChannelError(f"node connection lost: {err}")
 
     async def receive_message(self) -> bytes:
         while True:
