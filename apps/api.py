@@ -100,28 +100,44 @@ class ChannelStream(trio.abc.Stream):
         async def send(scope: trio.CancelScope) -> None:
             try:
                 await self.channel.send_message(bytes(data))
-            except (trio.EndOfChannel, trio.BrokenResourceError, EOFError,
-                    QkdnetError) as err:
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError,
+                    EOFError, QkdnetError) as err:
                 box["error"] = err
             finally:
                 scope.cancel()
 
         async def watch_peer(scope: trio.CancelScope) -> None:
-            # A sender blocked on the channel's window is not woken when the peer
-            # closes the channel (the node forgets the channel, so the NACKs for our
-            # in-flight messages find no one); notice the close ourselves.
-            while not getattr(self.channel, "peer_closed", False):
-                await trio.sleep(PEER_CLOSE_POLL)
-            box["peer_closed"] = True
+            # A sender blocked on the channel (its window, key, a full socket to the
+            # node daemon) must learn that the peer closed the channel or that it
+            # failed: a channel through the daemon's socket reads its reports
+            # (LocalChannel.watch); an in-process one is polled.
+            watch = getattr(self.channel, "watch", None)
+            if watch is not None:
+                await watch()
+            else:
+                while not (getattr(self.channel, "peer_closed", False)
+                           or getattr(self.channel, "error", None) is not None):
+                    await trio.sleep(PEER_CLOSE_POLL)
+            failed = getattr(self.channel, "error", None)
+            if isinstance(failed, BaseException):
+                box.setdefault("error", failed)
+            elif getattr(self.channel, "peer_closed", False):
+                box["peer_closed"] = True
+            else:  # closed at this end
+                box.setdefault("error", trio.ClosedResourceError("channel closed"))
             scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send, nursery.cancel_scope)
             nursery.start_soon(watch_peer, nursery.cancel_scope)
+        if self._closed:  # another task closed this stream while we sent
+            raise trio.ClosedResourceError("channel closed")
         err = box.get("error")
+        if isinstance(err, trio.ClosedResourceError):
+            raise err
         if isinstance(err, BaseException):
             raise trio.BrokenResourceError(f"channel failed: {err}") from err
-        if "peer_closed" in box and "error" not in box:
+        if "peer_closed" in box:
             raise trio.BrokenResourceError("the peer closed the channel")
 
     def _check_key(self, n_bits: int) -> None:
@@ -139,7 +155,16 @@ class ChannelStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("channel closed")
-        await trio.lowlevel.checkpoint()
+        wait = getattr(self.channel, "wait_send_might_not_block", None)
+        if wait is None or getattr(self.channel, "peer_closed", False):
+            await trio.lowlevel.checkpoint()
+            return
+        # A failure here is reported by the next send_all.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                 OSError, QkdnetError):
+            await wait()
+        if self._closed:  # another task closed this stream while we waited
+            raise trio.ClosedResourceError("channel closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:

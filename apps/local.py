@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ END = 0x01  # LOCAL_DATA flag: end of the channel
 MAX_LOCAL_FRAME = (1 << 20) + 4096
 #: Seconds a new local connection has to send its request.
 REQUEST_TIMEOUT = 30.0
+#: Seconds a client's close may spend telling the daemon (then it just hangs up).
+CLOSE_TIMEOUT = 0.5
 
 
 # ---- framing ---------------------------------------------------------------------------
@@ -72,8 +75,13 @@ class _Framed:
         self._buf = bytearray()
         self._send_lock = trio.Lock()
 
-    async def send(self, mtype: int, payload: bytes, flags: int = 0) -> None:
+    async def send(self, mtype: int, payload: bytes, flags: int = 0, *,
+                   writable: bool = False) -> None:
+        """Send one frame; ``writable``: first wait until the socket is writable, so a
+        send blocks exactly when ``wait_send_all_might_not_block`` would."""
         async with self._send_lock:
+            if writable:
+                await self.stream.wait_send_all_might_not_block()
             await self.stream.send_all(_frame(mtype, payload, flags))
 
     async def send_json(self, mtype: int, obj: dict[str, Any]) -> None:
@@ -124,8 +132,22 @@ class _Framed:
 
 
 def _error(err: BaseException) -> dict[str, Any]:
-    kind = "key_exhausted" if isinstance(err, KeyExhausted) else type(err).__name__
-    return {"ok": False, "error": str(err), "kind": kind}
+    if isinstance(err, KeyExhausted):
+        return {"ok": False, "error": str(err), "kind": "key_exhausted", "hop": err.hop,
+                "needed_bits": err.requested_bits, "available_bits": err.available_bits}
+    return {"ok": False, "error": str(err), "kind": type(err).__name__}
+
+
+def _reply_error(info: dict[str, Any]) -> QkdnetError:
+    """The error a LOCAL_REPLY reports, with the daemon's one-line message as is."""
+    msg = str(info.get("error", "channel failed"))
+    if info.get("kind") == "key_exhausted":
+        err: QkdnetError = KeyExhausted(int(info.get("needed_bits", 0) or 0),
+                                        int(info.get("available_bits", 0) or 0),
+                                        hop=str(info.get("hop", "")))
+        err.args = (msg,)  # already names the hop: do not wrap it in a second message
+        return err
+    return LocalChannelError(msg)
 
 
 # ---- server half (runs inside the node daemon) -------------------------------------
@@ -321,7 +343,15 @@ class LocalChannelError(QkdnetError):
 
 
 class LocalChannel:
-    """A relayed channel reached through the node's local socket (Channel interface)."""
+    """A relayed channel reached through the node's local socket (Channel interface).
+
+    A send never reads (that would drain the peer's data and unclog the other
+    direction): the daemon closes the connection when the channel ends under a send
+    (the peer closed it, or it failed, e.g. no key arrived on a hop), which breaks
+    the blocked send; the send then reads what the daemon sent before hanging up,
+    keeping data for :meth:`receive_message`, and raises the daemon's reason. One
+    task at a time reads the socket (``_read_lock``).
+    """
 
     def __init__(self, conn: _Framed, peer: str, service: str, channel_id: int) -> None:
         self._conn = conn
@@ -331,6 +361,8 @@ class LocalChannel:
         self.peer_closed = False
         self.closed = False
         self.error: QkdnetError | None = None
+        self._inbox: deque[bytes] = deque()
+        self._read_lock = trio.Lock()
 
     def __repr__(self) -> str:
         return f"LocalChannel(peer={self.peer!r}, service={self.service!r})"
@@ -341,38 +373,85 @@ class LocalChannel:
         if self.closed:
             raise trio.ClosedResourceError("channel was closed")
         try:
-            await self._conn.send(AppMsgType.LOCAL_DATA, bytes(data))
+            await self._conn.send(AppMsgType.LOCAL_DATA, bytes(data), writable=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-            raise LocalChannelError(f"node connection lost: {err}") from None
+            if self.closed:
+                raise trio.ClosedResourceError("channel was closed") from None
+            raise await self._hung_up(err) from None
 
-    async def receive_message(self) -> bytes:
-        if self.peer_closed:
-            raise trio.EndOfChannel
+    async def wait_send_might_not_block(self) -> None:
+        """Return when the daemon would take a message (its socket has room)."""
+        if self.error is not None:
+            raise self.error
+        async with self._conn._send_lock:  # not while a send is on its way
+            await self._conn.stream.wait_send_all_might_not_block()
+
+    async def _read_one(self) -> None:
+        """Read one frame into the inbox or the channel's state (``_read_lock`` held)."""
         try:
             got = await self._conn.receive()
-        except (trio.BrokenResourceError, OSError) as err:
-            raise LocalChannelError(f"node connection lost: {err}") from None
+        except trio.ClosedResourceError:
+            if not self.closed:  # closed by us: receive_message says so, watch ends
+                self.error = LocalChannelError("node connection was closed")
+            return
+        except (trio.BrokenResourceError, OSError, RemoteProtocolError) as err:
+            self.error = LocalChannelError(f"node connection lost: {err}")
+            return
         if got is None:
             self.peer_closed = True
-            raise trio.EndOfChannel
+            return
         mtype, flags, payload = got
         if mtype == AppMsgType.LOCAL_REPLY:
-            info = json.loads(payload)
-            msg = str(info.get("error", "channel failed"))
-            self.error = KeyExhausted(0, 0, hop=msg) if info.get("kind") == "key_exhausted" \
-                else LocalChannelError(msg)
-            raise self.error
+            try:
+                info = json.loads(payload)
+            except ValueError:
+                info = {}
+            self.error = _reply_error(info if isinstance(info, dict) else {})
+            return
         if flags & END:
             self.peer_closed = True
-            raise trio.EndOfChannel
-        return payload
+            return
+        self._inbox.append(payload)
+
+    def _settled(self) -> bool:
+        return self.error is not None or self.peer_closed
+
+    async def _hung_up(self, err: BaseException) -> QkdnetError:
+        """The daemon closed the connection under a send: read what it sent before
+        (data for a receiver, the peer's end, its error report) and say why."""
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            async with self._read_lock:
+                while not self._settled() and not self.closed:
+                    await self._read_one()
+        if self.error is not None:
+            return self.error
+        if self.peer_closed:
+            return LocalChannelError(f"{self.peer} closed the channel")
+        return LocalChannelError(f"node connection lost: {err}")
+
+    async def receive_message(self) -> bytes:
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.peer_closed:
+                raise trio.EndOfChannel
+            if self.closed:
+                raise trio.ClosedResourceError("channel was closed")
+            async with self._read_lock:
+                if not self._inbox and not self._settled():
+                    await self._read_one()
 
     async def aclose(self, *, timeout: float = 0) -> None:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(Exception):
-            await self._conn.send(AppMsgType.LOCAL_DATA, b"", END)
+        if not self._settled():
+            # Tell the daemon the channel ends; closing the socket says the same, so a
+            # daemon that is not reading (its send waits for key) costs no more than this.
+            with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(Exception):
+                await self._conn.send(AppMsgType.LOCAL_DATA, b"", END)
         await trio.aclose_forcefully(self._conn.stream)
 
 
@@ -453,10 +532,7 @@ class NodeClient:
             raise LocalChannelError("the node daemon closed the connection") from None
         if not reply.get("ok"):
             await trio.aclose_forcefully(conn.stream)
-            msg = str(reply.get("error", "request failed"))
-            if reply.get("kind") == "key_exhausted":
-                raise LocalChannelError(f"key exhausted: {msg}")
-            raise LocalChannelError(msg)
+            raise _reply_error(reply)
         conn.reply = reply  # type: ignore[attr-defined]
         return conn
 

@@ -2,10 +2,17 @@
 
 Protocol inside the stream (one JSON line each way, then raw bytes)::
 
-    sender   -> {"t": "offer", "name": "report.pdf", "size": N, "sha256": "…"}
-    receiver -> {"t": "accept", "offset": K}     # K bytes of NAME.part already match
+    sender   -> {"t": "offer", "name": "report.pdf", "size": N, "sha256": "…",
+                 "progress": true}
+    receiver -> {"t": "accept", "offset": K,     # K bytes of NAME.part already match
+                 "progress": true}
     sender   -> bytes K … N, then end of stream
+    receiver -> {"t": "got", "n": D}             # (if both said "progress") D bytes
+                                                 # written, every PROGRESS_EVERY bytes
     receiver -> {"t": "done", "ok": true, "sha256": "…"}
+
+The "got" lines are what the sender's progress bar counts: bytes the receiver has
+*written*, not bytes handed to the node (which may wait minutes for key on a hop).
 
 The receiver writes ``NAME.part`` beside the final name (with ``NAME.part.sha256``
 recording which file it belongs to) and renames it only after the SHA-256 of the
@@ -16,6 +23,7 @@ same file is offered again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +35,13 @@ from typing import Any
 import trio
 
 from qkdnet.apps.stream import SecureStream
-from qkdnet.errors import ErrorCode, KeyExhausted, LocalProtocolError, RemoteProtocolError
+from qkdnet.errors import (
+    ErrorCode,
+    KeyExhausted,
+    LocalProtocolError,
+    QkdnetError,
+    RemoteProtocolError,
+)
 
 SERVICE = "files"
 CHUNK = 1 << 18
@@ -36,6 +50,8 @@ CHUNK = 1 << 18
 KEY_PER_BIT = 1.01
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
+#: The receiver reports progress ("got") every this many bytes written.
+PROGRESS_EVERY = 1 << 18
 
 
 @dataclass
@@ -142,14 +158,36 @@ async def _write_line(stream: SecureStream, obj: dict[str, Any]) -> None:
     await stream.send_all(json.dumps(obj).encode() + b"\n")
 
 
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended a nursery (not a Cancelled it caused)."""
+    leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+    first = leaves[0] if leaves else group
+    first.__suppress_context__ = True  # the group is not news
+    return first
+
+
+def _leaves(err: BaseException) -> list[BaseException]:
+    if isinstance(err, BaseExceptionGroup):
+        return [leaf for sub in err.exceptions for leaf in _leaves(sub)]
+    return [err]
+
+
 async def send_file(stream: SecureStream, path: Path, *, progress: Progress | None = None,
-                    name: str | None = None) -> TransferResult:
-    """Offer and send ``path`` on ``stream``; returns once the receiver verified it."""
+                    name: str | None = None, delivered: Progress | None = None,
+                    resuming: Callable[[int], None] | None = None) -> TransferResult:
+    """Offer and send ``path`` on ``stream``; returns once the receiver verified it.
+
+    ``progress(sent, total)`` follows the bytes handed to the stream;
+    ``delivered(done, total)`` the bytes the receiver reports written (only a
+    receiver that offers progress reports; else at the end); ``resuming(offset)`` is
+    called once when the receiver already holds the first ``offset`` bytes.
+    """
     path = Path(path)
     size = path.stat().st_size
     digest = await trio.to_thread.run_sync(sha256_file, path)
     fname = name or path.name
-    await _write_line(stream, {"t": "offer", "name": fname, "size": size, "sha256": digest})
+    await _write_line(stream, {"t": "offer", "name": fname, "size": size, "sha256": digest,
+                               "progress": True})
     buf = bytearray()
     reply = await _read_line(stream, buf)
     if reply.get("t") != "accept":
@@ -158,22 +196,48 @@ async def send_file(stream: SecureStream, path: Path, *, progress: Progress | No
     if not 0 <= offset <= size:
         raise RemoteProtocolError("receiver asked for an impossible offset",
                                   ErrorCode.PROTOCOL_VIOLATION)
+    if offset and resuming:
+        resuming(offset)
     done = offset
     if progress:
         progress(done, size)
-    async with await trio.open_file(path, "rb") as f:
-        await f.seek(offset)
+    if delivered:
+        delivered(offset, size)
+    result: dict[str, Any] = {}
+
+    async def read_replies() -> None:
+        # Concurrently with the sending: the receiver's "got" lines must not pile up.
         while True:
-            block = await f.read(CHUNK)
-            if not block:
-                break
-            await stream.send_all(block)
-            done += len(block)
-            if progress:
-                progress(done, size)
-    await stream.send_eof()
-    result = await _read_line(stream, buf)
+            line = await _read_line(stream, buf)
+            if line.get("t") == "got":
+                if delivered:
+                    delivered(min(size, int(line.get("n", 0))), size)
+                continue
+            result.update(line)
+            return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if reply.get("progress") is True:
+                nursery.start_soon(read_replies)
+            async with await trio.open_file(path, "rb") as f:
+                await f.seek(offset)
+                while True:
+                    block = await f.read(CHUNK)
+                    if not block:
+                        break
+                    await stream.send_all(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, size)
+            await stream.send_eof()
+            if reply.get("progress") is not True:
+                await read_replies()
+    except BaseExceptionGroup as group:
+        raise _first_error(group)  # noqa: B904 - "from None" would drop its __cause__
     ok = bool(result.get("ok")) and result.get("sha256") == digest
+    if ok and delivered:
+        delivered(size, size)
     return TransferResult(fname, size, digest, offset, size - offset, ok)
 
 
@@ -205,8 +269,10 @@ async def receive_file(stream: SecureStream, into: Path, *,
     else:
         part.unlink(missing_ok=True)
         tag.write_text(digest + "\n")
-    await _write_line(stream, {"t": "accept", "offset": offset})
+    report = offer.get("progress") is True
+    await _write_line(stream, {"t": "accept", "offset": offset, "progress": report})
     done = offset
+    reported = offset
     if progress:
         progress(done, size)
     with open(part, "ab") as f:
@@ -225,6 +291,9 @@ async def receive_file(stream: SecureStream, into: Path, *,
             done += len(chunk)
             if progress:
                 progress(done, size)
+            if report and done - reported >= PROGRESS_EVERY:
+                reported = done
+                await _write_line(stream, {"t": "got", "n": done})
         f.flush()
         os.fsync(f.fileno())
     got = await trio.to_thread.run_sync(sha256_file, part)
@@ -254,9 +323,58 @@ def _progress_bar(console: Any, quiet: bool) -> Any:
                     disable=quiet)
 
 
+def _send_bar(console: Any, quiet: bool) -> Any:
+    """Bytes delivered, the delivered (key-limited) rate, the key rate and its ETA."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    DownloadColumn(), "delivered", TransferSpeedColumn(),
+                    "{task.fields[key]}", "{task.fields[eta]}", console=console,
+                    disable=quiet)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def send_eta(left_bytes: int, available_bits: int, rate_bps: float | None,
+             speed: float | None) -> str:
+    """The ETA text of ``qkdnet send``: key still to distil over the key rate, or (key
+    in the pool) the delivered rate; the slower of the two when both are known."""
+    short = max(0, int(8 * left_bytes * KEY_PER_BIT) - available_bits)
+    guesses = []
+    if rate_bps and short:
+        guesses.append(short / rate_bps)
+    if speed:
+        guesses.append(left_bytes / speed)
+    if not left_bytes:
+        return "ETA 0:00:00"
+    return f"ETA {_clock(max(guesses))}" if guesses else "ETA ?"
+
+
+def _key_text(rate_bps: float | None) -> str:
+    return f"key {rate_bps / 1000:.1f} kbit/s" if rate_bps else "key rate ?"
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The qkdnet error behind a broken stream (e.g. KeyExhausted naming the hop)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, QkdnetError):
+            return seen
+        seen = seen.__cause__
+    return err
+
+
 async def run_send_cli(node: Any, path: Path, peer: str, *, service: str = SERVICE,
                        force: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """``qkdnet send``: budget check, progress bar, verified result (as a dict)."""
+    """``qkdnet send``: budget check, progress bar, verified result (as a dict).
+
+    The bar counts bytes the receiver has written, its rate (limited by the key rate
+    of the slower hop once the pools run dry), the first hop's key rate, and an ETA
+    from the key still to distil. The send waits for key as long as key keeps
+    arriving (``[routing] key_stall``).
+    """
     from rich.console import Console
 
     from qkdnet.apps.api import open_secure_stream
@@ -272,15 +390,55 @@ async def run_send_cli(node: Any, path: Path, peer: str, *, service: str = SERVI
         raise KeyExhausted(budget.needed_bits, budget.available_bits,
                            hop="this spoke -> hub (use --force to start anyway and wait "
                                "for key)")
-    progress = _progress_bar(console, quiet)
-    with progress:
-        task = progress.add_task(f"{path.name} -> {peer}", total=size)
-        stream = await open_secure_stream(peer, service, node=node)
-        try:
-            result = await send_file(stream, path, progress=lambda d, t: progress.update(
-                task, completed=d))
-        finally:
-            await stream.aclose()
+    progress = _send_bar(console, quiet)
+    state = {"delivered": 0, "rate": budget.rate_bps, "available": budget.available_bits}
+
+    def show() -> None:
+        task_obj = progress.tasks[task]
+        progress.update(task, completed=state["delivered"], key=_key_text(state["rate"]),
+                        eta=send_eta(size - int(state["delivered"] or 0),
+                                     int(state["available"] or 0), state["rate"],
+                                     task_obj.speed))
+
+    def on_delivered(done: int, _total: int) -> None:
+        state["delivered"] = done
+        show()
+
+    def on_resume(offset: int) -> None:
+        if not quiet:
+            console.print(f"resuming at {offset} bytes ({size - offset} bytes to send)")
+
+    async def watch_key() -> None:
+        while True:
+            await trio.sleep(2.0)
+            if fetch is not None:
+                with contextlib.suppress(QkdnetError, OSError, trio.BrokenResourceError):
+                    await fetch()
+            now = key_budget(node, 0)
+            state["rate"], state["available"] = now.rate_bps, now.available_bits
+            show()
+
+    try:
+        with progress:
+            task = progress.add_task(f"{path.name} -> {peer}", total=size, key="", eta="")
+            show()
+            stream = await open_secure_stream(peer, service, node=node)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_key)
+                    result = await send_file(stream, path, delivered=on_delivered,
+                                             resuming=on_resume)
+                    nursery.cancel_scope.cancel()
+            finally:
+                await stream.aclose()
+    except BaseExceptionGroup as group:
+        raise _cause(_first_error(group))  # noqa: B904 - keep its own __cause__
+    except trio.BrokenResourceError as err:
+        # The stream broke: say why in the node's words ("no key arrived on hop ...").
+        cause = _cause(err)
+        if cause is err:
+            raise
+        raise cause from None
     out = {"file": str(path), "to": peer, "bytes": size, "sha256": result.sha256,
            "resumed_from": result.resumed_from, "sent_bytes": result.sent_bytes,
            "verified": result.verified,

@@ -77,6 +77,9 @@ class HubSettings:
     spokes: dict[str, Path | None] = field(default_factory=dict)
     control_socket: Path | None = None
     key_wait: float = 5.0
+    #: Seconds without new key on hop hub->spoke before a frame waiting for it fails
+    #: (``[routing] key_stall``; None: ``key_wait``).
+    key_stall: float | None = 60.0
     queue_frames: int = 64
     queue_bytes: int = 2 << 20
     window: int = 64
@@ -140,6 +143,7 @@ class HubDaemon:
                 self.store.import_bootstrap(spoke, secret, initiator=False)
         self.router = HubRouter(
             self.settings.name, self.store, key_wait=self.settings.key_wait,
+            key_stall=self.settings.key_stall,
             queue_frames=self.settings.queue_frames, queue_bytes=self.settings.queue_bytes,
             window=self.settings.window, relay_id_base=secrets.randbits(32))
         return self.store

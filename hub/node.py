@@ -19,8 +19,15 @@ gap breaks the channel (never delivered out of order). The receiver acknowledges
 message when the application has read it, and a sender keeps at most ``window``
 unacknowledged messages, so a channel is flow-controlled end to end.
 
+Waiting for key. A message whose first-hop pool ``(hub, "data-tx")`` is short waits
+for key as long as key keeps arriving in that pool, and fails only when none has
+arrived for ``key_stall`` seconds (the hub does the same for its hop to the
+receiver), so a long transfer runs at the key rate rather than failing when the
+pools run dry.
+
 Failures. A NACK (from the hub or the peer) breaks the channel with the reason:
-:class:`~qkdnet.errors.KeyExhausted` naming the hop for KEY_EXHAUSTED,
+:class:`~qkdnet.errors.KeyExhausted` naming the hop for KEY_EXHAUSTED (a
+:class:`~qkdnet.hub.router.KeyStalled` when the hub gave up waiting for new key),
 :class:`ChannelError` otherwise. Losing the hub connection breaks every channel of
 that connection ("delivery unknown" for unacknowledged messages); nothing is
 retransmitted, so nothing can be delivered twice. New channels can be opened once
@@ -56,7 +63,7 @@ from qkdnet.errors import (
 )
 from qkdnet.hub import wire as w
 from qkdnet.hub.lifecycle import start_in_scope
-from qkdnet.hub.router import as_built
+from qkdnet.hub.router import KeyArrivals, KeyStalled, as_built
 from qkdnet.keystore import BlockMeta, KeySegment, KeyStore, prune_retired_periodically
 from qkdnet.sideband import FrameReceived, FrameRouter, SidebandChannel, connect_sideband
 from qkdnet.wire import Close, Role
@@ -98,8 +105,14 @@ class SpokeSettings:
     bootstrap_secret: Path | None = None
     control_socket: Path | None = None
     key_wait: float = 5.0
+    #: Seconds without new key on the first hop before a message waiting for it
+    #: fails (``[routing] key_stall``; None: ``key_wait``).
+    key_stall: float | None = 60.0
     open_timeout: float = 10.0
     window: int = 32
+    #: Bytes of unacknowledged messages per channel (at most the hub's per-spoke queue,
+    #: ``[routing] queue_bytes``, default 2 MiB, so one channel is never THROTTLED).
+    window_bytes: int = 2 << 20
     reconnect_initial: float = 0.05
     reconnect_max: float = 2.0
     pcap: Path | None = None
@@ -135,6 +148,9 @@ def _nack_error(nack: Packet) -> QkdnetError:
     hop = w.as_text(nack.hop)
     detail = w.as_text(nack.detail)
     if reason is w.HubReason.KEY_EXHAUSTED:
+        if detail.startswith("no key arrived"):  # the hub's waiting for key ran out
+            return KeyStalled(int(nack.bits_needed), int(nack.bits_available), hop=hop,
+                              stalled_s=0.0, message=detail)
         return KeyExhausted(int(nack.bits_needed), int(nack.bits_available), hop=hop)
     return ChannelError(f"{reason.name} on hop {hop}: {detail}", reason, hop)
 
@@ -182,6 +198,9 @@ class Channel:
         self._last_acked = -1
         self._ack_due = -1  # highest message read by the application
         self._unacked: set[int] = set()
+        self._sizes: dict[int, int] = {}  # bytes of each unacknowledged message
+        self._unacked_bytes = 0
+        self._room = trio.Event()  # set when acks free bytes of the window
         self._window = trio.Semaphore(node.settings.window)
         self._send_lock = trio.Lock()
         self._inbox: deque[tuple[int, bytes]] = deque()
@@ -189,6 +208,7 @@ class Channel:
         self._acked_event = trio.Event()
         self.error: QkdnetError | None = None
         self.peer_closed = False
+        self._closed_unacked = False  # the peer closed with messages unacknowledged
         self.closed = False
         self.messages_sent = 0
         self.messages_received = 0
@@ -215,15 +235,28 @@ class Channel:
             raise LocalProtocolError(f"message of {len(data)} bytes exceeds the "
                                      f"{w.MAX_MESSAGE}-byte limit; split it")
         self._raise_if_broken()
+        self._raise_if_peer_closed()
         async with self._send_lock:
             await self._window.acquire()
             counted = False
             try:
                 self._raise_if_broken()
+                self._raise_if_peer_closed()
+                # Bytes in flight stay within what the hub queues per spoke, so a
+                # sender ahead of a key-starved second hop waits here instead of
+                # being refused (THROTTLED) at the hub.
+                while (self._unacked and self._unacked_bytes + len(data)
+                       > self.node.settings.window_bytes):
+                    self._room = trio.Event()
+                    await self._room.wait()
+                    self._raise_if_broken()
+                    self._raise_if_peer_closed()
                 seq = self._tx_seq
                 body = await self.node._encrypt_data(self, seq, data)
                 self._raise_if_broken()
                 self._unacked.add(seq)  # from here the ack (or _fail) releases the slot
+                self._sizes[seq] = len(data)
+                self._unacked_bytes += len(data)
                 counted = True
                 self._tx_seq += 1
                 await self.node._send(body, self.epoch)
@@ -234,6 +267,11 @@ class Channel:
                     self._window.release()
                 raise
 
+    def _raise_if_peer_closed(self) -> None:
+        if self.peer_closed:
+            raise ChannelError(f"{self.peer} closed the channel",
+                               w.HubReason.CHANNEL_CLOSED, f"hub->{self.peer}")
+
     async def wait_delivered(self) -> None:
         """Wait until the peer's application has read every message sent so far."""
         while self._unacked:
@@ -241,6 +279,9 @@ class Channel:
             self._acked_event = trio.Event()
             await self._acked_event.wait()
         self._raise_if_broken()
+        if self._closed_unacked:
+            raise ChannelError(f"{self.peer} closed the channel before acknowledging "
+                               "every message", w.HubReason.CHANNEL_CLOSED, f"hub->{self.peer}")
 
     async def receive_message(self) -> bytes:
         """The next message, in order; ``trio.EndOfChannel`` after the peer closed."""
@@ -338,6 +379,9 @@ class Channel:
         for _ in range(len(self._unacked)):
             self._window.release()
         self._unacked.clear()
+        self._sizes.clear()
+        self._unacked_bytes = 0
+        self._room.set()
 
     def _deliver(self, seq: int, data: bytes) -> bool:
         """Queue a received message; False for a duplicate (dropped)."""
@@ -359,9 +403,11 @@ class Channel:
         done = [s for s in self._unacked if s <= seq]
         for s in done:
             self._unacked.discard(s)
+            self._unacked_bytes -= self._sizes.pop(s, 0)
             self._window.release()
         if done:
             self._acked_event.set()
+            self._room.set()
 
 
 class Listener:
@@ -429,6 +475,7 @@ class SpokeNode:
         self._serve_done = trio.Event()
         self._recorder: Any = None
         self._link_scope = trio.CancelScope()
+        self._tx_arrivals = KeyArrivals()  # new key in (hub, "data-tx")
 
     def __repr__(self) -> str:
         return f"SpokeNode({self.name!r}, hub={self.hub!r})"
@@ -628,18 +675,39 @@ class SpokeNode:
                                  trio.ClosedResourceError):
             await self._send(body, epoch)
 
+    @property
+    def key_stall(self) -> float:
+        """Seconds without new key after which a wait for key fails."""
+        stall = self.settings.key_stall
+        return self.settings.key_wait if stall is None else stall
+
+    async def _reserve_tx(self, n_bits: int) -> Any:
+        """Key for the first hop: wait while key keeps arriving (see the module doc)."""
+        assert self.store is not None
+        store, arrivals, stall = self.store, self._tx_arrivals, self.key_stall
+        since = trio.current_time()
+        while True:
+            # Short slices, so new key that is still not enough extends the wait.
+            limit = min(arrivals.deadline(since, stall), trio.current_time() + 0.5)
+            try:
+                grant = await store.wait_reserve(self.hub, "data-tx", n_bits,
+                                                 deadline=limit)
+            except KeyExhausted as err:
+                now = trio.current_time()
+                arrivals.observe(err.available_bits, now)
+                if now >= arrivals.deadline(since, stall):
+                    raise KeyStalled(n_bits, err.available_bits, stalled_s=stall,
+                                     pool=f"({self.hub}, data-tx)",
+                                     hop=f"{self.name}->hub") from None
+                continue
+            arrivals.consumed(n_bits)
+            return grant
+
     async def _encrypt_data(self, ch: Channel, seq: int, data: bytes) -> Packet:
         assert self.store is not None
         n_bits = 8 * len(data)
         if n_bits:
-            deadline = trio.current_time() + self.settings.key_wait
-            try:
-                grant = await self.store.wait_reserve(self.hub, "data-tx", n_bits,
-                                                      deadline=deadline)
-            except KeyExhausted as err:
-                raise KeyExhausted(err.requested_bits, err.available_bits,
-                                   pool=f"({self.hub}, data-tx)",
-                                   hop=f"{self.name}->hub") from None
+            grant = await self._reserve_tx(n_bits)
             segs, ct = _wire_segments(grant.segments), _xor(data, grant.data)
         else:
             segs, ct = [], b""
@@ -709,7 +777,9 @@ class SpokeNode:
             await self._send(w.HubKeyRelayRequest(src=self.name.encode(),
                                                   peer=peer.encode(), request_id=rid,
                                                   n_bits=n_bits), self._epoch)
-            limit = timeout if timeout is not None else self.settings.key_wait + 5.0
+            # The hub waits for key while it keeps arriving (key_stall): wait longer.
+            limit = timeout if timeout is not None else max(
+                self.settings.key_wait, self.key_stall) + 5.0
             with trio.move_on_after(limit):
                 await event.wait()
         finally:
@@ -935,7 +1005,11 @@ class SpokeNode:
         ch = self._channels.pop((opener, int(body.channel_id)), None)
         if ch is not None and ch.peer == src:
             ch.peer_closed = True
-            ch._inbox_event.set()
+            # Acks travel before the close: what is unacknowledged now never will be.
+            # Wake senders blocked on the window (their send then fails) and
+            # wait_delivered (it reports the loss) instead of leaving them waiting.
+            ch._closed_unacked = bool(ch._unacked)
+            ch._wake_all()
 
     async def _on_relay(self, body: Packet) -> None:
         """Store the hub's half of a key relay. Anything wrong with it is the hub's
@@ -1045,7 +1119,8 @@ class EmbeddedNetwork:
 async def embedded_network(names: Sequence[str], folder: str | Path, *,
                            hub_name: str = "hub", prefill_key: int = 0,
                            auth_bits: int | None = None, seed: int = 0,
-                           key_wait: float = 5.0, window: int = 32,
+                           key_wait: float = 5.0, key_stall: float | None = None,
+                           window: int = 32,
                            queue_frames: int = 64, link: bool = False,
                            preset: str | None = None, km: float | None = None,
                            control_sockets: bool = False, wait: bool = True,
@@ -1106,7 +1181,8 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
         net_seed = seed
         hub_settings = HubSettings(
             name=hub_name, keystore=folder / f"{hub_name}.keys", port=0,
-            spokes={n: None for n in all_names}, key_wait=key_wait, queue_frames=queue_frames,
+            spokes={n: None for n in all_names}, key_wait=key_wait, key_stall=key_stall,
+            queue_frames=queue_frames,
             control_socket=(folder / f"{hub_name}.sock") if control_sockets else None,
             link=dict(link_cfg), pcap=hub_pcap)
         async with open_hub(hub_settings, store=hub_store,
@@ -1118,7 +1194,8 @@ async def embedded_network(names: Sequence[str], folder: str | Path, *,
                 for name in names:
                     spoke_settings = SpokeSettings(
                         name=name, hub_name=hub_name, keystore=folder / f"{name}.keys",
-                        hub_port=hub.port, key_wait=key_wait, window=window,
+                        hub_port=hub.port, key_wait=key_wait, key_stall=key_stall,
+                        window=window,
                         control_socket=(folder / f"{name}.sock") if control_sockets
                         else None, link=dict(link_cfg))
                     node = SpokeNode(spoke_settings, store=stores[name],

@@ -28,8 +28,12 @@ zeroed before the call returns (:class:`_Scratch`; the key store's own ``bytes``
 copies of the pads cannot be wiped from Python, only dropped at once). A head waiting for
 key past its deadline fails with KEY_EXHAUSTED naming the hop, the channel is
 marked failed, and later frames of that channel are refused (CHANNEL_FAILED), so
-a receiver never sees a gap. Queues are bounded per source (frames and bytes);
-beyond that frames are refused with THROTTLED at once.
+a receiver never sees a gap. A head waiting for *new* key on hop hub→B (its pool
+short) waits as long as key keeps arriving in that pool: it fails only when none has
+arrived for ``key_stall`` seconds (:class:`KeyArrivals`), so a transfer through the
+hub runs at the key rate of the slower hop instead of failing when the pool runs
+dry. Queues are bounded per source (frames and bytes); beyond that frames are
+refused with THROTTLED at once.
 
 Key relay. For A asking n bits with B the hub reserves K_A from ``(A, "data-tx")``
 and K_B from ``(B, "data-tx")``, sends B ``K_A ⊕ K_B`` with the K_B references, and
@@ -166,6 +170,61 @@ class Disconnect:
 Action = Send | Disconnect
 
 
+class KeyStalled(KeyExhausted):
+    """No new key arrived on ``hop`` for ``stalled_s`` seconds while a message needed it.
+
+    A :class:`~qkdnet.errors.KeyExhausted` (so callers that handle running out of key
+    handle this too) whose message is one line naming the hop once, e.g. ``no key
+    arrived on hop hub->bob for 60 s (2097152 bits needed, 0 available)``.
+    """
+
+    def __init__(self, requested_bits: int, available_bits: int, *, hop: str,
+                 stalled_s: float, pool: str = "", message: str = "") -> None:
+        super().__init__(requested_bits, available_bits, pool=pool, hop=hop)
+        self.stalled_s = stalled_s
+        self.args = (message or stall_message(hop, stalled_s, requested_bits,
+                                              available_bits),)
+
+
+def stall_message(hop: str, stalled_s: float, needed: int, available: int) -> str:
+    """The one line of a :class:`KeyStalled` (also the hub's NACK detail)."""
+    return (f"no key arrived on hop {hop} for {stalled_s:g} s ({needed} bits needed, "
+            f"{available} available)")
+
+
+class KeyArrivals:
+    """When key last arrived in one sending pool, as seen by the pool's only consumer.
+
+    The owner (the hub's router for its ``data-tx`` pools, a spoke for its own) calls
+    :meth:`observe` with the pool's level whenever it looks at it and
+    :meth:`consumed` after each reserve; a level above what the owner left behind is
+    new key, arrived no later than that observation. Sans-I/O: times are arguments.
+    """
+
+    __slots__ = ("last", "seen")
+
+    def __init__(self) -> None:
+        self.seen: int | None = None  # the level the owner last saw or left
+        self.last: float | None = None  # when new key was last seen arriving
+
+    def observe(self, available: int, now: float) -> None:
+        """The pool holds ``available`` bits at ``now``."""
+        if self.seen is not None and available > self.seen:
+            self.last = now
+        self.seen = available
+
+    def consumed(self, n_bits: int) -> None:
+        """The owner reserved ``n_bits`` from the pool."""
+        if self.seen is not None:
+            self.seen = max(0, self.seen - n_bits)
+
+    def deadline(self, since: float, stall: float) -> float:
+        """When a wait that began at ``since`` fails: ``stall`` seconds after the
+        later of its start and the last arrival of key."""
+        last = self.last if self.last is not None else since
+        return max(since, last) + stall
+
+
 @dataclass
 class _Item:
     """A queued message from one source to one destination."""
@@ -174,6 +233,7 @@ class _Item:
     deadline: float
     n_bytes: int
     kind: w.NackKind
+    since: float = 0.0  # when it was queued (the start of any wait for key)
 
     def __repr__(self) -> str:
         return f"_Item({type(self.body).__name__}, {self.n_bytes} B)"
@@ -205,11 +265,16 @@ class HubRouter:
     """The hub's sans-I/O routing core (see the module docstring)."""
 
     def __init__(self, hub_name: str, keys: KeyPools, *, key_wait: float = 5.0,
-                 queue_frames: int = 64, queue_bytes: int = 2 << 20, window: int = 64,
+                 key_stall: float | None = None, queue_frames: int = 64,
+                 queue_bytes: int = 2 << 20, window: int = 64,
                  relay_id_base: int = 0) -> None:
         self.hub_name = hub_name
         self.keys = keys
         self.key_wait = key_wait
+        #: Seconds without new key on a hop after which a frame waiting for it fails
+        #: (None: ``key_wait``).
+        self.key_stall = key_wait if key_stall is None else key_stall
+        self._arrivals: dict[str, KeyArrivals] = {}  # spoke -> its (spoke, data-tx)
         self.queue_frames = queue_frames
         self.queue_bytes = queue_bytes
         self.window = window
@@ -364,7 +429,7 @@ class HubRouter:
             dst = w.as_text(body.dst)
             kind = w.NackKind.OPEN if isinstance(body, w.HubOpenChannel) else w.NackKind.DATA
             size = len(body.ciphertext) if isinstance(body, w.HubData) else 0
-        item = _Item(body, now + self.key_wait, size, kind)
+        item = _Item(body, now + self.key_wait, size, kind, now)
         if isinstance(body, w.HubChannelClose):
             item.kind = w.NackKind.DATA
         known = dst == self.hub_name or (dst in self.spokes and self.spokes[dst].registered)
@@ -470,6 +535,7 @@ class HubRouter:
             except KeyExhausted as err:
                 return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
                                         f"hub->{dst}", str(err))
+            self._arrived(dst).consumed(n_bits)
             _xor_into(buf, grant.data)
             segments = [w.KeySegmentField(block_id=s.block_id, offset=s.offset,
                                           n_bits=s.n_bits) for s in grant.segments]
@@ -484,16 +550,25 @@ class HubRouter:
 
     def _key_short(self, entry: SpokeEntry, dst: str, item: _Item, who: str, n_bits: int,
                    now: float) -> tuple[bool, list[Action]] | None:
-        """None if hub->``who`` holds ``n_bits`` of key; else wait, or fail past the deadline."""
+        """None if hub->``who`` holds ``n_bits`` of key; else wait while key keeps
+        arriving, or fail once none has arrived for ``key_stall`` seconds."""
         have = self.keys.available(who, "data-tx")
+        arrivals = self._arrived(who)
+        arrivals.observe(have, now)
         if have >= n_bits:
             return None
-        if now < item.deadline:
+        if now < arrivals.deadline(item.since, self.key_stall):
             return False, []
         hop = f"hub->{who}"
         return True, self._fail(
             entry, dst, item, w.HubReason.KEY_EXHAUSTED, hop,
-            str(KeyExhausted(n_bits, have, pool=f"({who}, data-tx)", hop=hop)), n_bits, have)
+            stall_message(hop, self.key_stall, n_bits, have), n_bits, have)
+
+    def _arrived(self, who: str) -> KeyArrivals:
+        arrivals = self._arrivals.get(who)
+        if arrivals is None:
+            arrivals = self._arrivals[who] = KeyArrivals()
+        return arrivals
 
     def _relay_key(self, entry: SpokeEntry, dst: str, item: _Item,
                    now: float) -> tuple[bool, list[Action]]:
@@ -509,6 +584,8 @@ class HubRouter:
         except KeyExhausted as err:
             return True, self._fail(entry, dst, item, w.HubReason.KEY_EXHAUSTED,
                                     err.hop or "hub", str(err))
+        self._arrived(src).consumed(n)
+        self._arrived(dst).consumed(n)
         # K_A xor K_B is sent in the clear (the sideband authenticates, it does not
         # encrypt), but it is computed in the scratch buffer so no extra copy of the
         # intermediate lingers; the store's K_A / K_B bytes are dropped at once.

@@ -296,8 +296,15 @@ class AuthConfig:
 class RoutingConfig:
     """``[routing]``: message routing between spokes through the hub."""
 
-    #: How long a send may wait for one-time-pad key before it fails. [s]
+    #: How long a send may wait for a slow receiver, or for key the other end of a
+    #: hop has already named, before it fails (waiting for *new* key: ``key_stall``).
+    #: [s]
     key_wait: float = field(default=5.0, metadata=_meta(_positive, "seconds > 0"))
+    #: How long a send waiting for one-time-pad key goes on waiting when no new key
+    #: arrives on the hop it needs. While key keeps arriving it waits on, so a long
+    #: transfer runs at the key rate; it fails with "no key arrived on hop X for N s"
+    #: only after this long without any. [s]
+    key_stall: float = field(default=60.0, metadata=_meta(_positive, "seconds > 0"))
     #: Frames in flight per channel (unset: the role's default, hub 64 / spoke 32).
     #: [frames]
     window: int | None = field(default=None, metadata=_meta(_positive, "a positive integer"))
