@@ -65,7 +65,8 @@ def hub_settings_from_config(cfg: Any) -> Any:
         port=cfg.network.sideband_port,
         spokes={n: e.bootstrap_secret for n, e in cfg.spokes.items()},
         control_socket=control_socket_for(Path(cfg.keystore.path)),
-        key_wait=r.key_wait, queue_frames=r.queue_frames, queue_bytes=r.queue_bytes,
+        key_wait=r.key_wait, key_stall=r.key_stall, queue_frames=r.queue_frames,
+        queue_bytes=r.queue_bytes,
         window=r.window or 64, pcap=cfg.pcap.path, link=_link_dict(cfg),
         lease_bits=cfg.keystore.lease_bits, retired_keep=cfg.keystore.retired_keep)
 
@@ -87,7 +88,8 @@ def spoke_settings_from_config(config: Any) -> Any:
         hub_host=cfg.network.hub_host, hub_port=cfg.network.hub_sideband_port,
         bootstrap_secret=cfg.auth.bootstrap_secret,
         control_socket=control_socket_for(Path(cfg.keystore.path)),
-        key_wait=r.key_wait, window=r.window or 32, open_timeout=r.open_timeout,
+        key_wait=r.key_wait, key_stall=r.key_stall, window=r.window or 32,
+        open_timeout=r.open_timeout,
         pcap=cfg.pcap.path, link=_link_dict(cfg), lease_bits=cfg.keystore.lease_bits,
         retired_keep=cfg.keystore.retired_keep, app_socket=cfg.network.app_socket)
 

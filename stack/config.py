@@ -45,7 +45,8 @@ Example (every key is optional except ``node.name``, ``node.role`` and, for a sp
     bootstrap_secret = "alice-hub.secret"   # spoke: the secret shared with the hub
 
     [routing]                   # hub/spoke message routing
-    key_wait = 5.0              # seconds to wait for key before failing a send
+    key_wait = 5.0              # seconds a send waits for key the other end named
+    key_stall = 60.0            # seconds with no new key on a hop before a send fails
     # window, open_timeout, queue_frames, queue_bytes: see RoutingConfig
 
     [trace]
