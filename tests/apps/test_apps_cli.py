@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from testkit import running_netfixture
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +23,8 @@ QKDNET = [sys.executable, "-m", "qkdnet"]
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Path]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "apps_netfixture.py"), str(tmp_path),
-                             "alice", "bob", "carol"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        yield tmp_path
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_netfixture(tmp_path, "alice", "bob", "carol") as folder_:
+        yield folder_
 
 
 def test_chat_in_two_terminals(network: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from testkit import free_port
 
 from qkdnet.apps.api import wrap_channel
 from qkdnet.apps.local import NodeClient
@@ -33,11 +34,6 @@ QKDNET = [sys.executable, "-m", "qkdnet"]
 SPOKES = ("alice", "bob")
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _setup(folder: Path, port: int) -> None:
@@ -77,7 +73,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) ->
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Path]:
-    _setup(tmp_path, _free_port())
+    _setup(tmp_path, free_port())
     logs = {name: open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
             for name in ("hub", *SPOKES)}
     procs = [subprocess.Popen([*QKDNET, "-v", "hub", "--config", "hub.toml"], cwd=tmp_path,

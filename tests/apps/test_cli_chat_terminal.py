@@ -19,6 +19,7 @@ from pathlib import Path
 import pexpect
 import pyte
 import pytest
+from testkit import running_netfixture
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,8 @@ ROWS, COLS = 24, 100
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("chatnet")
-    proc = subprocess.Popen([sys.executable, str(HERE / "apps_netfixture.py"), str(folder),
-                             "alice", "bob"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        yield folder
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_netfixture(folder, "alice", "bob") as folder_:
+        yield folder_
 
 
 class Terminal:

@@ -8,7 +8,6 @@ it has as ``NAME.part``, which the next send resumes from.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from testkit import running_netfixture
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,8 @@ QKDNET = [sys.executable, "-m", "qkdnet"]
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Path]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "apps_netfixture.py"), str(tmp_path),
-                             "alice", "carol"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        yield tmp_path
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_netfixture(tmp_path, "alice", "carol") as folder_:
+        yield folder_
 
 
 def _spawn(*args: str) -> pexpect.spawn:

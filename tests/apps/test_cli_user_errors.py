@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit import running_netfixture
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +46,8 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("errnet")
-    proc = subprocess.Popen([sys.executable, str(HERE / "apps_netfixture.py"), str(folder),
-                             "alice", "bob"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        yield folder
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_netfixture(folder, "alice", "bob") as folder_:
+        yield folder_
 
 
 @pytest.fixture

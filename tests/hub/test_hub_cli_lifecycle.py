@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,21 +18,18 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from testkit import free_port
 
 pytestmark = pytest.mark.slow
 
 QKDNET = [sys.executable, "-m", "qkdnet"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _configs(folder: Path) -> None:
     """A hub and spoke alice, links off (nothing here needs key)."""
-    port = _free_port()
+    port = free_port()
     secret = os.urandom(4096)
     (folder / "alice.secret").write_bytes(secret)
     (folder / "hub.toml").write_text(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit import free_port
 
 from qkdnet.hub.node import prefill_pair
 from qkdnet.keystore import KeyStore
@@ -27,11 +28,6 @@ SPOKES = ["alice", "bob", "carol"]
 COUNT = 25
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _setup(folder: Path, hub_host: str, listen_host: str, port: int,
@@ -93,7 +89,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.slow
 def test_hub_and_three_spoke_processes_on_loopback(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     _setup(tmp_path, "127.0.0.1", "127.0.0.1", port)
     hub = subprocess.Popen([*QKDNET, "hub", "--config", "hub.toml"], cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -133,7 +129,7 @@ def test_hub_and_three_spoke_processes_on_loopback(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_node_daemon_cli_runs_reports_and_stops(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     _setup(tmp_path, "127.0.0.1", "127.0.0.1", port)
     env = {**os.environ, "QKDNET_NODE_SOCKET": str(tmp_path / "alice-app.sock")}
     hub = subprocess.Popen([*QKDNET, "hub", "--config", "hub.toml"], cwd=tmp_path,

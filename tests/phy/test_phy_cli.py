@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+from testkit import free_port
 
 from qkdnet.cli import main
 from qkdnet.phy import presets, theory
@@ -101,10 +101,6 @@ def test_plot_needs_matplotlib(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert rc == 0 and out.stat().st_size > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_fiber_command_as_a_process() -> None:
@@ -113,7 +109,7 @@ async def test_fiber_command_as_a_process() -> None:
     km, n_slots = 25.0, 3_000_000
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     bob_port = listeners[0].socket.getsockname()[1]
-    fiber_port = _free_port()
+    fiber_port = free_port()
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "qkdnet", "fiber", "--listen", f"127.0.0.1:{fiber_port}",
          "--forward", f"127.0.0.1:{bob_port}", "--km", str(km), "--json"],
@@ -187,7 +183,7 @@ async def test_alice_fiber_eve_bob_as_four_roles_in_three_processes() -> None:
     """`qkdnet phy bob`, `qkdnet fiber --attack intercept-resend:1` and `qkdnet phy
     alice` as separate processes: Bob sees Eve's 25 % (plus half the misalignment)."""
     preset = "rusca2018-snspd"
-    bob_port, fiber_port = _free_port(), _free_port()
+    bob_port, fiber_port = free_port(), free_port()
     q = [sys.executable, "-m", "qkdnet"]
     procs: list[trio.Process] = []
     try:

@@ -8,23 +8,19 @@ hub needs; with its own ``[spokes.conformance]`` entry the handshake passes.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from testkit import free_port
 
 pytestmark = pytest.mark.slow
 
 QKDNET = [sys.executable, "-m", "qkdnet"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _hub(folder: Path, port: int, spokes: list[str]) -> subprocess.Popen[str]:
@@ -50,7 +46,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 def test_the_kit_says_it_needs_its_own_spoke_entry(tmp_path: Path) -> None:
     for name in ("alice", "conformance"):
         (tmp_path / f"{name}.secret").write_bytes(os.urandom(1 << 16))
-    port = _free_port()
+    port = free_port()
     kit = ["conformance", "--target", f"127.0.0.1:{port}", "--check", "handshake.hello"]
     hub = _hub(tmp_path, port, ["alice"])
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from testkit import free_port
 
 from qkdnet.auth import FrameAuthenticator, MemoryTagKeys
 from qkdnet.errors import RemoteProtocolError
@@ -101,11 +102,6 @@ def _stop_tcpdump(proc: subprocess.Popen[bytes], err: Path, *, lossless: bool = 
         assert re.search(r"^0 packets dropped by kernel$", stats, re.M), stats
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.root
@@ -113,7 +109,7 @@ def _free_port() -> int:
 @needs_tcpdump
 async def test_tcpdump_capture_of_loopback_run(nursery: trio.Nursery, tmp_path: Path) -> None:
     a, b = MemoryTagKeys.pair()
-    port = _free_port()
+    port = free_port()
     pcap = tmp_path / "sniffed.pcap"
     err = tmp_path / "tcpdump.err"
     with err.open("wb") as err_file:
