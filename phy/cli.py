@@ -19,6 +19,8 @@ import argparse
 import json
 import math
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -150,8 +152,12 @@ def _fmt(v: Any) -> str:
 
 def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None, seed: int,
           block_bits: float = 1e6,
-          auth_bits_per_block: float = theory.AUTH_BITS_PER_BLOCK) -> dict[str, Any]:
-    """Run the sweep; plain-data result (what ``--json`` prints)."""
+          auth_bits_per_block: float = theory.AUTH_BITS_PER_BLOCK,
+          progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Run the sweep; plain-data result (what ``--json`` prints).
+
+    ``progress(done, total, km)`` is called after each distance (a sweep of 1e8 slots
+    per distance takes seconds to minutes per point)."""
     params = presets.get(preset)
     parse_attack(attack)               # validate the spec before the first run
     if not block_bits > 0 or not auth_bits_per_block >= 0:
@@ -202,6 +208,8 @@ def sweep(preset: str, km: np.ndarray, pulses: int, attack: str | None, seed: in
             "plob": float(plob[i]) if math.isfinite(plob[i]) else None,
             "eve_known_bits": int(det.eve.known.sum()) if det.eve is not None else None,
         })
+        if progress is not None:
+            progress(i + 1, len(km), float(d))
     return {"preset": preset, "attack": attack, "pulses": pulses, "seed": seed,
             "clock_hz": params.clock_hz, "block_bits": block_bits,
             "auth_bits_per_block": auth_bits_per_block,
@@ -235,7 +243,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             return fail("--plot needs matplotlib: install the extra with "
                         "pip install 'qkdnet[plot]' (in this checkout: "
                         ".venv/bin/pip install -e '.[plot]')", 2)
-    result = sweep(args.preset, km, pulses, args.attack, args.seed, block_bits, auth_bits)
+    started = time.monotonic()
+
+    def show(done: int, total: int, d: float) -> None:
+        # Progress on stderr (stdout keeps the table or the JSON), one line per point.
+        print(f"sweep: {d:g} km done ({done}/{total}, {time.monotonic() - started:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    result = sweep(args.preset, km, pulses, args.attack, args.seed, block_bits, auth_bits,
+                   progress=show)
     if args.plot:
         _plot(result, args.plot)
     if args.json:
@@ -273,26 +289,73 @@ def _print_sweep(result: dict[str, Any]) -> None:
 
 def _plot(result: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
-    rows = result["rows"]
-    km = [r["km"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.semilogy(km, [r["key_rate_emulated"] or np.nan for r in rows], "o",
-                label="emulated (decoy estimate)")
-    ax.semilogy(km, [r["key_rate_theory"] or np.nan for r in rows], "-",
-                label="theory (full model: dead time, afterpulses)")
-    ax.semilogy(km, [r["key_rate_ma2005"] or np.nan for r in rows], ":",
-                label="first order (Ma et al. 2005)")
-    ax.semilogy(km, [np.nan if r["plob"] is None else r["plob"] for r in rows], "--",
-                label="PLOB bound")
-    ax.set_xlabel("distance (km)")
-    ax.set_ylabel("secret key rate (bits per pulse)")
-    ax.set_title(f"{result['preset']}" + (f", {result['attack']}" if result["attack"] else ""))
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+
+    fig = sweep_figure(result)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"plot written to {path}", file=sys.stderr)
+
+
+def sweep_figure(result: dict[str, Any]) -> Any:
+    """The ``--plot`` figure of a :func:`sweep` result (a matplotlib Figure).
+
+    Three panels against distance: key rate, signal gain and signal QBER, each
+    emulated (with 1σ statistical error bars) beside the full model and Ma et al.
+    Distances where the emulated decoy estimate gives no key are marked on the floor
+    of the key-rate panel, not dropped.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    km = np.array([r["km"] for r in rows])
+    attacked = bool(result["attack"])
+    eve = " (no eavesdropper)" if attacked else ""
+    fig, (ax_key, ax_gain, ax_qber) = plt.subplots(1, 3, figsize=(15, 4.5))
+
+    emulated = np.array([r["key_rate_emulated"] or 0.0 for r in rows])
+    theory_rate = np.array([r["key_rate_theory"] or np.nan for r in rows])
+    positive = emulated > 0
+    ax_key.semilogy(km[positive], emulated[positive], "o", label="emulated (decoy estimate)")
+    floor = np.nanmin(np.concatenate([emulated[positive], theory_rate[theory_rate > 0],
+                                      [1e-6]])) / 10
+    if (~positive).any():
+        ax_key.semilogy(km[~positive], np.full((~positive).sum(), floor), "v",
+                        color="tab:red", label="emulated: no key")
+    ax_key.semilogy(km, theory_rate, "-", label="full model" + eve)
+    ax_key.semilogy(km, [r["key_rate_ma2005"] or np.nan for r in rows], ":",
+                    label="Ma et al. 2005, first order" + eve)
+    ax_key.semilogy(km, [np.nan if r["plob"] is None else r["plob"] for r in rows], "--",
+                    label="PLOB bound")
+    ax_key.set_ylabel("secret key rate (bits per pulse)")
+
+    # Signal intensity (index 0): gain Q = clicks / sent, QBER = errors / sifted.
+    sent = np.array([r["per_intensity"]["sent"][0] for r in rows], dtype=float)
+    clicks = np.array([r["per_intensity"]["clicks"][0] for r in rows], dtype=float)
+    sifted = np.array([r["per_intensity"]["sifted"][0] for r in rows], dtype=float)
+    errors = np.array([r["per_intensity"]["errors"][0] for r in rows], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = clicks / sent
+        gain_err = np.sqrt(clicks) / sent
+        qber = errors / sifted
+        qber_err = np.sqrt(np.maximum(qber * (1 - qber), 0) / sifted)
+    ax_gain.errorbar(km, gain, yerr=gain_err, fmt="o", label="emulated ± 1σ")
+    ax_gain.semilogy(km, [r["gain_theory"][0] for r in rows], "-", label="full model" + eve)
+    ax_gain.semilogy(km, [r["gain_ma2005"][0] for r in rows], ":", label="Ma et al. 2005" + eve)
+    ax_gain.set_yscale("log")
+    ax_gain.set_ylabel("signal gain Q (clicks per pulse)")
+    ax_qber.errorbar(km, 100 * qber, yerr=100 * qber_err, fmt="o", label="emulated ± 1σ")
+    ax_qber.plot(km, [100 * r["qber_theory"][0] for r in rows], "-", label="full model" + eve)
+    ax_qber.plot(km, [100 * r["qber_ma2005"][0] for r in rows], ":",
+                 label="Ma et al. 2005" + eve)
+    ax_qber.set_ylabel("signal QBER (%)")
+    for ax in (ax_key, ax_gain, ax_qber):
+        ax.set_xlabel("distance (km)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{result['preset']}" + (f", attack {result['attack']}" if attacked else "")
+                 + f", {result['pulses']:.3g} slots per distance")
+    fig.tight_layout()
+    return fig
 
 
 def _cmd_fiber(args: argparse.Namespace) -> int:

@@ -219,3 +219,28 @@ async def test_alice_fiber_eve_bob_as_four_roles_in_three_processes() -> None:
     e_mis = presets.get(preset).e_mis
     assert abs(res["per_intensity"]["qber"][0] - (0.25 + e_mis / 2)) < 0.015
     assert res["key_rate_emulated"] == 0.0
+
+
+def test_sweep_reports_progress_per_distance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json", "phy", "sweep", "--km", "0,25,50", "--pulses", "1e5"]) == 0
+    err = capsys.readouterr().err
+    assert [line.split(" (")[0] for line in err.splitlines()] == [
+        "sweep: 0 km done", "sweep: 25 km done", "sweep: 50 km done"]
+
+
+def test_sweep_plot_has_error_bars_no_key_markers_and_honest_labels() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    from qkdnet.phy.cli import sweep, sweep_figure
+
+    # gys2004 makes no key at 150 km: that point must be shown, not dropped.
+    result = sweep("gys2004", np.array([0.0, 150.0]), 200_000, "intercept-resend:0.1", 3)
+    fig = sweep_figure(result)
+    key_ax, gain_ax, qber_ax = fig.axes
+    labels = [t.get_text() for t in key_ax.get_legend().get_texts()]
+    assert "emulated: no key" in labels
+    # Under an attack the formulas describe the link without Eve, and say so.
+    assert "full model (no eavesdropper)" in labels
+    assert gain_ax.containers and qber_ax.containers     # errorbar containers
+    assert "signal QBER" in qber_ax.get_ylabel() and "gain" in gain_ax.get_ylabel()
