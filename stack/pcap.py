@@ -357,24 +357,20 @@ def summarize(path: str | Path, *, ports: tuple[int, ...] = (),
     }
 
 
-def _read_capture(path: str | Path) -> Iterator[Packet]:
-    """Every packet of a pcap or pcapng file, records up to :data:`MAX_RECORD_BYTES`."""
+def _sniff(path: str | Path) -> Any:
+    """The capture's packets through scapy's TCP reassembly, records read whole up to
+    :data:`MAX_RECORD_BYTES` (sniff's own file reader cuts them at 65,535)."""
     reader = PcapReader(str(path))     # picks the pcapng reader by the file's magic
+    read = reader.recv
+
+    def recv(size: int = MAX_RECORD_BYTES, **kwargs: Any) -> Any:
+        return read(max(size, MAX_RECORD_BYTES), **kwargs)
+
+    reader.recv = recv  # type: ignore[method-assign]
     try:
-        while True:
-            try:
-                pkt = reader.read_packet(size=MAX_RECORD_BYTES)
-            except EOFError:
-                return
-            if pkt is not None:
-                yield pkt
+        return sniff(opened_socket=reader, session=TCPSession)
     finally:
         reader.close()
-
-
-def _sniff(path: str | Path) -> Any:
-    """The capture's packets through scapy's TCP reassembly."""
-    return sniff(offline=list(_read_capture(path)), session=TCPSession)
 
 
 def iter_frames(path: str | Path, *, ports: tuple[int, ...] = (), detect: bool = True
