@@ -106,14 +106,16 @@ def test_links_run_in_parallel_on_two_workers_and_refuse_replayed_slots() -> Non
 
 
 def test_worker_crash_fails_the_block_in_flight_only() -> None:
-    """SIGKILL the worker while it emulates a long block: that arun fails with a clear
+    """SIGKILL the worker while a block is in flight: that arun fails with a clear
     error, the link on the other worker is untouched, and the crashed link's next
     block runs in a restarted worker with the detections in-process emulation gives."""
-    big = 600_000_000      # seconds of emulation: still running when the kill lands
+    # The worker is stopped (SIGSTOP) before the block is sent, so the kill always
+    # lands while the block is in flight, however fast the emulation is.
+    big, far = 60_000_000, 10.0
 
     async def main() -> None:
         async with PhyWorkerPool(2) as pool:
-            a = await pool.open_link(PARAMS, 10.0, seed=21, noise_seed=7)
+            a = await pool.open_link(PARAMS, far, seed=21, noise_seed=7)
             b = await pool.open_link(PARAMS, 10.0, seed=22, noise_seed=8)
             victim = a.worker_pid
             assert victim is not None and victim != b.worker_pid
@@ -125,9 +127,10 @@ def test_worker_crash_fails_the_block_in_flight_only() -> None:
                 except PhyWorkerError as err:
                     errors.append(err)
 
+            os.kill(victim, signal.SIGSTOP)
             async with trio.open_nursery() as n:
                 n.start_soon(long_block)
-                await trio.sleep(0.5)
+                await trio.sleep(0.3)
                 os.kill(victim, signal.SIGKILL)
                 # The other worker's link keeps working meanwhile.
                 _same(await b.arun(0, BLOCK),
@@ -138,7 +141,7 @@ def test_worker_crash_fails_the_block_in_flight_only() -> None:
             # Next block of the same link: a new worker process, correct detections.
             s = big + 1000
             _same(await a.arun(s, BLOCK),
-                  EmulatedPhy(PARAMS, 10.0, seed=21, noise_seed=7).run(s, BLOCK))
+                  EmulatedPhy(PARAMS, far, seed=21, noise_seed=7).run(s, BLOCK))
             assert a.worker_pid not in (None, victim)
             # The restarted worker refuses nothing it should not: the slots of the
             # failed block stay used on this side.
