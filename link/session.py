@@ -842,16 +842,21 @@ class TransmitterSession(LinkSession):
         choice = self.config.reconciliation
         plan = None
         ldpc_leak = math.inf
-        if choice != "cascade" and n >= LDPC_MIN_BITS:
+        sides = 2 if self.config.leak_accounting == "strict" else 1
+        shannon = n * float(finite_key.binary_entropy(qber))
+        cascade_leak = sides * CASCADE_F_ESTIMATE * shannon
+        ell_cascade = self._expected_ell(blk, qber, cascade_leak)
+        # "auto" needs the LDPC plan (~0.15 s for 1e6 bits) only if LDPC could win
+        # even at the Shannon limit of its leakage.
+        worth_a_plan = choice == "ldpc" or (
+            choice == "auto"
+            and self._expected_ell(blk, qber, shannon) > LDPC_COST_RATIO * ell_cascade)
+        if worth_a_plan and n >= LDPC_MIN_BITS:
             assert blk.n_x is not None
             plan = _ldpc_plan(n, qber, int(blk.n_x.sum()), seed)
             ldpc_leak = float(plan.expected_leak_bits)
-        sides = 2 if self.config.leak_accounting == "strict" else 1
-        cascade_leak = sides * CASCADE_F_ESTIMATE * n * float(
-            finite_key.binary_entropy(qber))
         if choice == "ldpc" and plan is None:
             raise _Abort(AbortReason.LOCAL, f"{n} key bits are too few for LDPC frames")
-        ell_cascade = self._expected_ell(blk, qber, cascade_leak)
         ell_ldpc = self._expected_ell(blk, qber, ldpc_leak) if plan is not None else 0.0
         use_ldpc = plan is not None and (
             choice == "ldpc" or (choice == "auto" and
