@@ -37,3 +37,37 @@ def running_netfixture(folder: Path, *spokes: str) -> Iterator[Path]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def write_prefilled_network(folder: Path, spokes: tuple[str, ...] | list[str], port: int, *,
+                            hub_host: str = "127.0.0.1", listen_host: str = "127.0.0.1",
+                            data_bits: int = 1 << 17, auth_bits: int = 1 << 17,
+                            app_sockets: bool = False) -> None:
+    """Configs for a hub and ``spokes`` as daemons (links off), fresh bootstrap
+    secrets, and key stores prefilled with TEST-ONLY key (``data_bits`` each way)."""
+    import os
+
+    from qkdnet.hub.node import prefill_pair
+    from qkdnet.keystore import KeyStore
+
+    hub = KeyStore(folder / "hub.keys")
+    lines = ['[node]\nname = "hub"\nrole = "hub"\n',
+             f'[network]\nlisten_host = "{listen_host}"\nsideband_port = {port}\n',
+             '[keystore]\npath = "hub.keys"\n', '[link]\nenabled = false\n']
+    for name in spokes:
+        secret = os.urandom(4096)
+        (folder / f"{name}.bootstrap").write_bytes(secret)
+        store = KeyStore(folder / f"{name}.keys")
+        hub.import_bootstrap(name, secret, initiator=False)
+        store.import_bootstrap("hub", secret, initiator=True)
+        prefill_pair(hub, "hub", store, name, data_bits, auth_bits=auth_bits)
+        store.close()
+        lines.append(f'[spokes.{name}]\nbootstrap_secret = "{name}.bootstrap"\n')
+        app = f'app_socket = "{folder / (name + ".sock")}"\n' if app_sockets else ""
+        (folder / f"{name}.toml").write_text(
+            f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
+            f'[network]\nhub_host = "{hub_host}"\nhub_sideband_port = {port}\n{app}'
+            f'[keystore]\npath = "{name}.keys"\n'
+            f'[auth]\nbootstrap_secret = "{name}.bootstrap"\n[link]\nenabled = false\n')
+    hub.close()
+    (folder / "hub.toml").write_text("".join(lines))

@@ -9,7 +9,6 @@ full), so ``wait_send_all_might_not_block`` returns only once the receiver reads
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,13 +19,11 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from testkit import free_port
+from testkit import free_port, write_prefilled_network
 
 from qkdnet.apps.api import wrap_channel
 from qkdnet.apps.local import NodeClient
 from qkdnet.apps.stream import SecureStream
-from qkdnet.hub.node import prefill_pair
-from qkdnet.keystore import KeyStore
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +35,8 @@ SPOKES = ("alice", "bob")
 
 def _setup(folder: Path, port: int) -> None:
     """Configs, bootstrap secrets, TEST-ONLY prefilled key stores, app sockets."""
-    hub = KeyStore(folder / "hub.keys")
-    lines = ['[node]\nname = "hub"\nrole = "hub"\n',
-             f'[network]\nlisten_host = "127.0.0.1"\nsideband_port = {port}\n',
-             '[keystore]\npath = "hub.keys"\n', '[link]\nenabled = false\n']
-    for name in SPOKES:
-        secret = os.urandom(4096)
-        (folder / f"{name}.bootstrap").write_bytes(secret)
-        store = KeyStore(folder / f"{name}.keys")
-        hub.import_bootstrap(name, secret, initiator=False)
-        store.import_bootstrap("hub", secret, initiator=True)
-        prefill_pair(hub, "hub", store, name, 1 << 27, auth_bits=1 << 23)
-        store.close()
-        lines.append(f'[spokes.{name}]\nbootstrap_secret = "{name}.bootstrap"\n')
-        (folder / f"{name}.toml").write_text(
-            f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
-            f'[network]\nhub_host = "127.0.0.1"\nhub_sideband_port = {port}\n'
-            f'app_socket = "{folder / (name + ".sock")}"\n'
-            f'[keystore]\npath = "{name}.keys"\n'
-            f'[auth]\nbootstrap_secret = "{name}.bootstrap"\n[link]\nenabled = false\n')
-    hub.close()
-    (folder / "hub.toml").write_text("".join(lines))
+    write_prefilled_network(folder, SPOKES, port, data_bits=1 << 27, auth_bits=1 << 23,
+                            app_sockets=True)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -17,10 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit import free_port
-
-from qkdnet.hub.node import prefill_pair
-from qkdnet.keystore import KeyStore
+from testkit import free_port, write_prefilled_network
 
 HERE = Path(__file__).resolve().parent
 QKDNET = [sys.executable, "-m", "qkdnet"]
@@ -30,29 +27,9 @@ COUNT = 25
 
 
 
-def _setup(folder: Path, hub_host: str, listen_host: str, port: int,
-           spoke_hosts: dict[str, str] | None = None) -> None:
+def _setup(folder: Path, hub_host: str, listen_host: str, port: int) -> None:
     """Config files, bootstrap secrets and prefilled (test-only) key stores."""
-    hub = KeyStore(folder / "hub.keys")
-    lines = ['[node]\nname = "hub"\nrole = "hub"\n',
-             f'[network]\nlisten_host = "{listen_host}"\nsideband_port = {port}\n',
-             '[keystore]\npath = "hub.keys"\n', '[link]\nenabled = false\n']
-    for name in SPOKES:
-        secret = os.urandom(4096)
-        (folder / f"{name}.bootstrap").write_bytes(secret)
-        store = KeyStore(folder / f"{name}.keys")
-        hub.import_bootstrap(name, secret, initiator=False)
-        store.import_bootstrap("hub", secret, initiator=True)
-        prefill_pair(hub, "hub", store, name, 1 << 17, auth_bits=1 << 17)
-        store.close()
-        lines.append(f'[spokes.{name}]\nbootstrap_secret = "{name}.bootstrap"\n')
-        (folder / f"{name}.toml").write_text(
-            f'[node]\nname = "{name}"\nrole = "spoke"\nhub = "hub"\n'
-            f'[network]\nhub_host = "{hub_host}"\nhub_sideband_port = {port}\n'
-            f'[keystore]\npath = "{name}.keys"\n'
-            f'[auth]\nbootstrap_secret = "{name}.bootstrap"\n[link]\nenabled = false\n')
-    hub.close()
-    (folder / "hub.toml").write_text("".join(lines))
+    write_prefilled_network(folder, SPOKES, port, hub_host=hub_host, listen_host=listen_host)
 
 
 def _check_results(folder: Path) -> None:
