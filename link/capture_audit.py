@@ -21,7 +21,6 @@ the link uses, and reports both next to the announced ℓ. ``qkdnet pcap summary
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from qkdnet.link import finite_key, ldpc, verify
+from qkdnet.link import finite_key, ldpc
 from qkdnet.link import wire as w
 
 
@@ -165,21 +164,14 @@ def _audit_block(session: int, index: int, blk: _Block, mu: tuple[float, ...],
     if method is w.Reconciliation.LDPC:
         ldpc_bits = _ldpc_leak(n, float(res.qber), int(n_x.sum()), int(res.cascade_seed),
                                blk.ldpc_requests)
-    from qkdnet.link.session import extra_verify_leak
+    from qkdnet.link.session import leakage_parts
 
-    out.leak_parts = {
-        "ldpc": ldpc_bits,
-        "cascade_alice_parities": blk.parities,
-        "cascade_bob_parities": blk.parities if leak_accounting == "strict" else 0,
-        "verify_error_counts": int(sum(math.ceil(math.log2(int(v) + 1)) for v in n_z)),
-        "verify_tag_extra": extra_verify_leak(verify.tag_bits_for(out.eps_cor, n),
-                                              out.eps_cor),
-    }
+    out.leak_parts = leakage_parts(n_z, ldpc_bits, blk.parities, leak_accounting,
+                                   out.eps_cor)
     stats = finite_key.DecoyStats(n_z=tuple(out.n_z), m_z=tuple(out.m_z),
                                   n_x=tuple(out.n_x), m_x=tuple(out.m_x), mu=mu, p=p)
     fkp = finite_key.FiniteKeyParams(eps_sec=out.eps_sec, eps_cor=out.eps_cor)
-    fn = finite_key.key_length_two_decoy if k == 3 else finite_key.key_length_one_decoy
-    fk = fn(stats, float(sum(out.leak_parts.values())), fkp)
+    fk = finite_key.key_length(stats, float(sum(out.leak_parts.values())), fkp)
     out.ell_recomputed = min(int(fk.ell), n) if fk.ell > 0 else 0
     out.ell_announced = int(blk.pa.final_key_bits)
     return out

@@ -306,6 +306,15 @@ def key_length_one_decoy(stats: DecoyStats, leak_ec_bits: float,
     return _result(stats, leak_ec_bits, params or FiniteKeyParams(), False)
 
 
+def key_length(stats: DecoyStats, leak_ec_bits: float,
+               params: FiniteKeyParams | None = None) -> FiniteKeyResult:
+    """The bound for the decoy method ``stats`` describes: two decoys with three
+    intensities (:func:`key_length_two_decoy`), one decoy with two
+    (:func:`key_length_one_decoy`)."""
+    fn = key_length_two_decoy if len(stats.mu) == 3 else key_length_one_decoy
+    return fn(stats, leak_ec_bits, params)
+
+
 # ---------------------------------------------------------------------------------
 # Expected statistics from a channel model (for simulation, tests and planning).
 # ---------------------------------------------------------------------------------

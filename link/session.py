@@ -370,6 +370,21 @@ def block_id(session_id: int, index: int, part: int) -> int:
     return (session_id << 32) | (index << 2) | part
 
 
+def leakage_parts(n_z: Any, ldpc_bits: int, alice_parities: int, accounting: str,
+                  eps_cor: float) -> dict[str, int]:
+    """Every part of λ for a block with key-basis counts ``n_z`` per intensity (see
+    :meth:`LinkSession._leakage`; ``qkdnet.link.capture_audit`` counts the same from a
+    capture)."""
+    n = int(sum(int(v) for v in n_z))
+    return {
+        "ldpc": ldpc_bits,
+        "cascade_alice_parities": alice_parities,
+        "cascade_bob_parities": alice_parities if accounting == "strict" else 0,
+        "verify_error_counts": int(sum(math.ceil(math.log2(int(v) + 1)) for v in n_z)),
+        "verify_tag_extra": extra_verify_leak(verify.tag_bits_for(eps_cor, n), eps_cor),
+    }
+
+
 def extra_verify_leak(tag_bits: int, eps_cor: float) -> int:
     """Tag bits beyond the log2(2/eps_cor) the finite-key formula already subtracts."""
     return max(0, tag_bits - math.floor(math.log2(2.0 / eps_cor)))
@@ -606,19 +621,18 @@ class LinkSession:
                           auth_bits=(blk.tagged or 0) * TAG_KEY_BITS,
                           wall_time=max(0.0, now - (blk.started or now)), **st)
 
-    def _decoy_stats(self, blk: _Block) -> finite_key.DecoyStats:
-        k = self.config.n_intensities
-        m_z = blk.m_z if blk.m_z is not None else np.zeros(k)
+    def _decoy_stats(self, blk: _Block, m_z: np.ndarray | None = None
+                     ) -> finite_key.DecoyStats:
+        if m_z is None:
+            m_z = blk.m_z if blk.m_z is not None else np.zeros(self.config.n_intensities)
         assert blk.n_z is not None and blk.n_x is not None and blk.m_x is not None
         return finite_key.DecoyStats(
             n_z=tuple(blk.n_z), m_z=tuple(m_z), n_x=tuple(blk.n_x), m_x=tuple(blk.m_x),
             mu=self.config.mu, p=self.config.p)
 
-    def _key_length(self, blk: _Block, leak: float) -> Any:
+    def _key_length(self, blk: _Block, leak: float, m_z: np.ndarray | None = None) -> Any:
         fkp = finite_key.FiniteKeyParams(eps_sec=blk.eps_sec, eps_cor=blk.eps_cor)
-        fn = (finite_key.key_length_two_decoy if self.config.n_intensities == 3
-              else finite_key.key_length_one_decoy)
-        return fn(self._decoy_stats(blk), leak, fkp)
+        return finite_key.key_length(self._decoy_stats(blk, m_z), leak, fkp)
 
     def _record_bounds(self, blk: _Block, fk: Any) -> None:
         cfg = self.config
@@ -657,17 +671,8 @@ class LinkSession:
         the ℓ formula. The parts are recorded in the block's ``ell_inputs``.
         """
         assert blk.n_z is not None
-        counts = int(sum(math.ceil(math.log2(int(n) + 1)) for n in blk.n_z))
-        n = int(blk.n_z.sum())
-        parts = {
-            "ldpc": int(blk.ldpc_leak),
-            "cascade_alice_parities": int(blk.leaked),
-            "cascade_bob_parities": int(blk.leaked)
-            if self.config.leak_accounting == "strict" else 0,
-            "verify_error_counts": counts,
-            "verify_tag_extra": extra_verify_leak(verify.tag_bits_for(blk.eps_cor, n),
-                                                  blk.eps_cor),
-        }
+        parts = leakage_parts(blk.n_z, int(blk.ldpc_leak), int(blk.leaked),
+                              self.config.leak_accounting, blk.eps_cor)
         total = sum(parts.values())
         blk.stats["leak_ec_bits"] = total
         blk.stats.setdefault("ell_inputs", {}).update(
@@ -877,15 +882,9 @@ class TransmitterSession(LinkSession):
         taken at the estimated QBER (what "auto" compares the methods by)."""
         if not math.isfinite(leak):
             return 0.0
-        assert blk.n_z is not None and blk.n_x is not None and blk.m_x is not None
+        assert blk.n_z is not None
         m_z = np.minimum(np.rint(blk.n_z * qber), blk.n_z)
-        stats = finite_key.DecoyStats(
-            n_z=tuple(blk.n_z), m_z=tuple(m_z), n_x=tuple(blk.n_x), m_x=tuple(blk.m_x),
-            mu=self.config.mu, p=self.config.p)
-        fkp = finite_key.FiniteKeyParams(eps_sec=blk.eps_sec, eps_cor=blk.eps_cor)
-        fn = (finite_key.key_length_two_decoy if self.config.n_intensities == 3
-              else finite_key.key_length_one_decoy)
-        return max(float(fn(stats, leak, fkp).ell), 0.0)
+        return max(float(self._key_length(blk, leak, m_z).ell), 0.0)
 
     def _a_ldpc_request(self, blk: _Block, pkt: Packet, now: float) -> Any:
         if blk.method is not w.Reconciliation.LDPC:

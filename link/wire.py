@@ -207,37 +207,33 @@ class EstimateResultMsg(_Body):
     ]
 
 
-class LdpcSyndromeMsg(_Body):
+class _LdpcBody(_Body):
+    """The three LDPC messages share one layout: the block and an opaque payload that
+    qkdnet.link.ldpc encodes and checks."""
+
+    fields_desc = [  # noqa: RUF012
+        IntField("block", 0),
+        FieldLenField("data_len", None, length_of="data", fmt="!I"),
+        StrLenField("data", b"", length_from=lambda p: p.data_len),
+    ]
+
+
+class LdpcSyndromeMsg(_LdpcBody):
     """A → B: the syndrome of every key frame of the block (qkdnet.link.ldpc)."""
 
     name = "LINK_LDPC_SYNDROME"
-    fields_desc = [  # noqa: RUF012
-        IntField("block", 0),
-        FieldLenField("data_len", None, length_of="data", fmt="!I"),
-        StrLenField("data", b"", length_from=lambda p: p.data_len),
-    ]
 
 
-class LdpcRequestMsg(_Body):
+class LdpcRequestMsg(_LdpcBody):
     """B → A: one bit per frame decoded this round: 1 = it failed, reveal more."""
 
     name = "LINK_LDPC_REQUEST"
-    fields_desc = [  # noqa: RUF012
-        IntField("block", 0),
-        FieldLenField("data_len", None, length_of="data", fmt="!I"),
-        StrLenField("data", b"", length_from=lambda p: p.data_len),
-    ]
 
 
-class LdpcReplyMsg(_Body):
+class LdpcReplyMsg(_LdpcBody):
     """A → B: the values of the next punctured bits of each frame that asked."""
 
     name = "LINK_LDPC_REPLY"
-    fields_desc = [  # noqa: RUF012
-        IntField("block", 0),
-        FieldLenField("data_len", None, length_of="data", fmt="!I"),
-        StrLenField("data", b"", length_from=lambda p: p.data_len),
-    ]
 
 
 class ParityRequestMsg(_Body):

@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from qkdnet.link.cascade import CascadeCorrector, CascadePlan, CascadeResponder
 from qkdnet.link.ldpc import LdpcDecoder, LdpcEncoder, LdpcPlan, binary_entropy
 
-
-def make_keys(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    alice = rng.integers(0, 2, n, dtype=np.uint8)
-    bob = alice.copy()
-    bob[rng.choice(n, round(qber * n), replace=False)] ^= 1
-    return alice, bob
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reconciliation import make_keys  # the same keys as Cascade's bench
 
 
 def run_ldpc(alice: np.ndarray, bob: np.ndarray, qber: float, seed: int) -> dict[str, float]:
