@@ -64,3 +64,19 @@ async def test_every_stored_block_ell_is_recomputed_exactly(tmp_path: Path,
                                                   "alice-only")
         assert code == 1
         assert all(b["matches"] is False for b in lax if b["ell_announced"] is not None)
+
+
+def test_an_unknown_audit_preset_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import PcapWriter
+
+    pcap = tmp_path / "tiny.pcap"
+    writer = PcapWriter(str(pcap), linktype=1)
+    writer.write(Ether() / IP() / TCP(dport=9))
+    writer.close()
+    proc = subprocess.run([*QKDNET, "pcap", "summary", str(pcap), "--audit", "nosuch"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("qkdnet: error:") and "unknown preset 'nosuch'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
